@@ -1,0 +1,46 @@
+# The two README commands: `make demo` (the main job on the embedded default) and
+# `make test` (everything CI runs). Both install what they need on first use.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+VENV = $(shell hack/venv.sh)
+PY = $(VENV)/bin/python
+
+.PHONY: test demo lint crds crds-check unit integration e2e cluster-up cluster-down bins venv
+
+venv:
+	@hack/venv.sh >/dev/null
+
+bins:
+	@hack/fetch-bins.sh all >/dev/null
+
+lint: venv
+	.venv/bin/ruff check .
+	.venv/bin/mypy
+
+crds: venv
+	.venv/bin/python -m loraf_operator.api.crdgen
+
+crds-check: venv
+	.venv/bin/python -m loraf_operator.api.crdgen --check
+
+unit: venv
+	.venv/bin/pytest -q tests/unit
+
+integration: venv bins
+	.venv/bin/pytest -q tests/integration
+
+e2e: venv bins
+	.venv/bin/pytest -q tests/e2e
+
+# Everything CI runs, in one pytest session so the control plane starts once.
+test: venv bins lint
+	.venv/bin/pytest -q -ra --durations=15
+
+demo: venv bins
+	.venv/bin/python -m loraf_dev.demo
+
+cluster-up: bins
+	@hack/cluster.sh up
+
+cluster-down:
+	@hack/cluster.sh down

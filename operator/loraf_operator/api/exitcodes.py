@@ -1,0 +1,48 @@
+"""Trainer exit codes: the contract between the trainer process and the operator's Job policy.
+
+See docs/architecture.md ("Exit codes"). Codes 64-66 fail the Job at once
+(`podFailurePolicy: FailJob`), 75 is retried without counting against `backoffLimit`
+(`podFailurePolicy: Ignore`); any other non-zero code is an infrastructure failure.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    CONFIG_INVALID = 64  # EX_USAGE: config fails validation or asks for what we refuse
+    DATASET_INVALID = 65  # EX_DATAERR: a dataset row is invalid (message names row and field)
+    MODEL_INVALID = 66  # EX_NOINPUT: base model cannot be found or loaded
+    PREEMPTED = 75  # EX_TEMPFAIL: SIGTERM received, checkpoint saved
+
+    @property
+    def reason(self) -> str:
+        """CamelCase condition reason for this code (e.g. ``ConfigInvalid``)."""
+        return _REASONS[self]
+
+    @property
+    def fail_fast(self) -> bool:
+        """True when retrying cannot help (the Job fails at once)."""
+        return self in (ExitCode.CONFIG_INVALID, ExitCode.DATASET_INVALID, ExitCode.MODEL_INVALID)
+
+
+_REASONS: dict[ExitCode, str] = {
+    ExitCode.OK: "Completed",
+    ExitCode.CONFIG_INVALID: "ConfigInvalid",
+    ExitCode.DATASET_INVALID: "DatasetInvalid",
+    ExitCode.MODEL_INVALID: "ModelInvalid",
+    ExitCode.PREEMPTED: "Preempted",
+}
+
+#: Codes the Job's podFailurePolicy treats as permanent (FailJob).
+FAIL_FAST_CODES: tuple[int, ...] = tuple(int(c) for c in ExitCode if c.fail_fast)
+
+
+def reason_for(code: int) -> str:
+    """Condition reason for any exit code; unknown non-zero codes are ``InfrastructureFailure``."""
+    try:
+        return ExitCode(code).reason
+    except ValueError:
+        return "InfrastructureFailure"

@@ -1,0 +1,184 @@
+"""Reports training progress into `status.progress` of the run's own LoRAFineTune.
+
+The trainer owns only `status.progress` (docs/architecture.md): every patch is a JSON
+merge patch of `{"status": {"progress": {...}}}` through the status subresource, so it
+can never touch the operator's fields. Patches go out from a background thread: the
+training loop only hands over the latest snapshot, and a slow or failing apiserver
+(retried with backoff) never stalls or crashes training. At most one patch per interval;
+`force=True` (epoch end, end of run) skips the wait.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+GROUP, VERSION, PLURAL = "loraf.dev", "v1alpha1", "lorafinetunes"
+SA_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+
+
+def now_rfc3339() -> str:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def format_eta(seconds: float | None) -> str | None:
+    """'1h02m', '3m20s', '45s' — what `kubectl get loraf` shows."""
+    if seconds is None or seconds < 0:
+        return None
+    s = round(seconds)
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    if h:
+        return f"{h}h{m:02d}m"
+    if m:
+        return f"{m}m{sec:02d}s"
+    return f"{sec}s"
+
+
+def eta_seconds(elapsed: float, done_steps: int, remaining_steps: int) -> float | None:
+    """Linear ETA from the steps done in this process (a resumed run starts counting
+    again, so time spent before a restart does not skew the rate)."""
+    if done_steps <= 0 or elapsed <= 0:
+        return None
+    return elapsed / done_steps * max(0, remaining_steps)
+
+
+class Sink(Protocol):
+    def patch(self, progress: Mapping[str, Any]) -> None: ...
+
+
+class KubeSink:
+    """Patches status.progress with the kubernetes client.
+
+    In the pod: the service-account token (in-cluster config); elsewhere (tests, local
+    debugging): KUBECONFIG."""
+
+    def __init__(self, namespace: str, name: str, request_timeout: float = 10.0) -> None:
+        from kubernetes import client, config
+
+        if os.environ.get("KUBERNETES_SERVICE_HOST") and SA_TOKEN.exists():
+            cfg = client.Configuration()
+            config.load_incluster_config(client_configuration=cfg)
+            api_client = client.ApiClient(cfg)
+        else:
+            api_client = config.new_client_from_config(config_file=os.environ.get("KUBECONFIG"))
+        self.api = client.CustomObjectsApi(api_client)
+        self.namespace, self.name = namespace, name
+        self.request_timeout = request_timeout
+
+    def patch(self, progress: Mapping[str, Any]) -> None:
+        self.api.patch_namespaced_custom_object_status(
+            GROUP,
+            VERSION,
+            self.namespace,
+            PLURAL,
+            self.name,
+            {"status": {"progress": dict(progress)}},
+            _content_type="application/merge-patch+json",
+            _request_timeout=self.request_timeout,
+        )
+
+
+def _is_permanent(exc: BaseException) -> bool:
+    """4xx other than 409/429 will not heal by retrying the same body soon."""
+    status = getattr(exc, "status", None)
+    return isinstance(status, int) and 400 <= status < 500 and status not in (408, 409, 429)
+
+
+class StatusPublisher:
+    """Rate-limited, retrying, non-blocking progress reporter."""
+
+    def __init__(
+        self,
+        sink: Sink | None,
+        interval_s: float = 10.0,
+        *,
+        max_backoff_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.sink = sink
+        self.interval_s = interval_s
+        self.max_backoff_s = max_backoff_s
+        self.clock = clock
+        self.sent = 0
+        self.failures = 0
+        self.last: dict[str, Any] = {}
+        self._pending: dict[str, Any] | None = None
+        self._force = False
+        self._last_sent_at: float | None = None
+        self._cv = threading.Condition()
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        if sink is not None:
+            self._thread = threading.Thread(target=self._run, name="loraf-status", daemon=True)
+            self._thread.start()
+
+    def update(self, fields: Mapping[str, Any], force: bool = False) -> None:
+        """Merge fields into the snapshot; it goes out when the interval allows."""
+        with self._cv:
+            self.last.update(fields)
+            self.last["updatedAt"] = now_rfc3339()
+            if self.sink is None:
+                return
+            self._pending = dict(self.last)
+            self._force = self._force or force
+            self._cv.notify()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Send what is pending (without waiting for the interval), then stop."""
+        if self._thread is None:
+            return
+        with self._cv:
+            self._stop = True
+            self._force = True
+            self._cv.notify()
+        self._thread.join(timeout)
+
+    def _due_in(self) -> float:
+        if self._force or self._last_sent_at is None:
+            return 0.0
+        return self._last_sent_at + self.interval_s - self.clock()
+
+    def _run(self) -> None:
+        backoff = 0.5
+        while True:
+            with self._cv:
+                while True:
+                    if self._pending is None:
+                        if self._stop:
+                            return
+                        self._cv.wait()
+                        continue
+                    wait = self._due_in()
+                    if wait <= 0:
+                        break
+                    self._cv.wait(wait)
+                body, self._pending, self._force = self._pending, None, False
+                stopping = self._stop
+            try:
+                assert self.sink is not None
+                self.sink.patch(body)
+                self.sent += 1
+                backoff = 0.5
+                with self._cv:
+                    self._last_sent_at = self.clock()
+            except Exception as e:  # never let reporting crash training
+                self.failures += 1
+                permanent = _is_permanent(e)
+                log.warning("status patch failed (%s): %s", "giving up" if permanent else "retrying", e)
+                if permanent or (stopping and self.failures > 5):
+                    continue
+                with self._cv:
+                    if self._pending is None:  # retry this body unless a newer one came
+                        self._pending = body
+                    self._force = True
+                    self._cv.wait(backoff)
+                backoff = min(backoff * 2, self.max_backoff_s)
