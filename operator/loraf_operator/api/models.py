@@ -12,7 +12,7 @@ Pure pydantic: importable without torch or the Kubernetes client.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
@@ -36,6 +36,10 @@ MAX_URI = 1024
 MAX_NAME = 253
 MAX_LIST = 64
 
+ShortStr = Annotated[str, Field(min_length=1, max_length=256)]
+NameStr = Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
+ArgStr = Annotated[str, Field(max_length=1024)]
+
 
 def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
     """One `x-kubernetes-validations` entry; `field_path` points the error at a child field."""
@@ -47,6 +51,11 @@ def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str
 
 def _rules(*rules: dict[str, str]) -> dict[str, Any]:
     return {"x-kubernetes-validations": list(rules)}
+
+
+# `default: {}` on an object whose fields all have defaults: the apiserver then fills in the
+# nested defaults too, so stored objects (and printer columns) show the effective values.
+_OBJECT_DEFAULT: dict[str, Any] = {"default": {}}
 
 
 def _count_set(*values: object) -> int:
@@ -345,24 +354,22 @@ class LoRASpec(SpecModel):
         le=65536,
     )
     dropout: float = Field(0.05, description="Dropout on the adapter input, in [0, 1).", ge=0, lt=1)
-    target_modules: list[str] = Field(
-        default_factory=lambda: ["all-linear"],
+    target_modules: list[ShortStr] = Field(
+        ["all-linear"],
         description='Module names to adapt (e.g. [q_proj, v_proj]) or ["all-linear"] for every '
         "linear layer except the output head.",
         min_length=1,
         max_length=MAX_LIST,
-        json_schema_extra={"default": ["all-linear"], "items": {"maxLength": 256}},
     )
     bias: Literal["none", "all", "lora_only"] = Field(
         "none", description="Which bias terms to train alongside the adapter."
     )
     use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
     use_rslora: bool = Field(False, description="Rank-stabilized LoRA: scale by alpha/sqrt(r).")
-    modules_to_save: list[str] = Field(
-        default_factory=list,
+    modules_to_save: list[ShortStr] = Field(
+        [],
         description="Extra modules trained in full and saved with the adapter (e.g. lm_head).",
         max_length=MAX_LIST,
-        json_schema_extra={"items": {"maxLength": 256}},
     )
 
     @property
@@ -512,11 +519,10 @@ class Resources(BaseResources):
     priority_class_name: str | None = Field(
         None, description="PriorityClass of the training pod.", max_length=MAX_NAME
     )
-    image_pull_secrets: list[str] = Field(
-        default_factory=list,
+    image_pull_secrets: list[NameStr] = Field(
+        [],
         description="Names of image pull Secrets.",
         max_length=MAX_LIST,
-        json_schema_extra={"items": {"maxLength": MAX_NAME}},
     )
     model_cache_pvc: str | None = Field(
         None,
@@ -604,12 +610,18 @@ class LoRAFineTuneSpec(SpecModel):
         description="lora trains adapters on frozen bf16/fp16 weights; qlora on 4/8-bit "
         "quantized weights (less memory, somewhat slower).",
     )
-    lora: LoRASpec = Field(default_factory=LoRASpec, description="Adapter shape.")
+    lora: LoRASpec = Field(
+        default_factory=LoRASpec, description="Adapter shape.", json_schema_extra=_OBJECT_DEFAULT
+    )
     quantization: QuantizationSpec | None = Field(
         None, description="Base-weight quantization; only with method qlora (unset uses defaults)."
     )
     training: TrainingSpec = Field(description="Training loop hyper-parameters.")
-    resources: Resources = Field(default_factory=Resources, description="Compute and scheduling.")
+    resources: Resources = Field(
+        default_factory=Resources,
+        description="Compute and scheduling.",
+        json_schema_extra=_OBJECT_DEFAULT,
+    )
     output: OutputSpec = Field(description="Artifact destination.")
     serving: ServingSpec | None = Field(None, description="Serve the adapter after training.")
     suspend: bool = Field(
@@ -841,13 +853,14 @@ class LoRAServingSpec(SpecModel):
     )
     replicas: int = Field(1, description="Server replicas.", ge=0, le=64)
     resources: ServingResources = Field(
-        default_factory=ServingResources, description="Resources of each replica."
+        default_factory=ServingResources,
+        description="Resources of each replica.",
+        json_schema_extra=_OBJECT_DEFAULT,
     )
-    engine_args: list[str] = Field(
-        default_factory=list,
+    engine_args: list[ArgStr] = Field(
+        [],
         description="Extra engine command-line arguments.",
         max_length=MAX_LIST,
-        json_schema_extra={"items": {"maxLength": 1024}},
     )
     port: int = Field(8000, description="HTTP port of the OpenAI-compatible API.", ge=1, le=65535)
     endpoint: str | None = Field(
