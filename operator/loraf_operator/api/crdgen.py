@@ -403,6 +403,10 @@ def generated_files() -> dict[Path, str]:
     return files
 
 
+def _rel(path: Path) -> str:
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--check", action="store_true", help="fail if a generated file is stale")
@@ -417,10 +421,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
-            print(f"wrote {path.relative_to(REPO_ROOT)}")
+            print(f"wrote {_rel(path)}")
     if stale:
         for path in stale:
-            print(f"stale: {path.relative_to(REPO_ROOT)}", file=sys.stderr)
+            print(f"stale: {_rel(path)}", file=sys.stderr)
         print("run: python -m loraf_operator.api.crdgen", file=sys.stderr)
         return 1
     return 0
