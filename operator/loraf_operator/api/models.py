@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "loraf.dev"
@@ -39,6 +39,8 @@ MAX_LIST = 64
 ShortStr = Annotated[str, Field(min_length=1, max_length=256)]
 NameStr = Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
 ArgStr = Annotated[str, Field(max_length=1024)]
+# Booleans are strict like the apiserver's: "yes"/"no" strings are errors, not coerced.
+Flag = Annotated[bool, Strict()]
 
 
 def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
@@ -210,7 +212,7 @@ class BaseModelSpec(SpecModel):
         None,
         description="Secret key holding a Hugging Face token (for gated models), exposed as HF_TOKEN.",
     )
-    trust_remote_code: bool = Field(
+    trust_remote_code: Flag = Field(
         False,
         description="Allow the model repository's own Python code to run. Off by default: it "
         "executes code from the model source inside the training pod.",
@@ -364,8 +366,8 @@ class LoRASpec(SpecModel):
     bias: Literal["none", "all", "lora_only"] = Field(
         "none", description="Which bias terms to train alongside the adapter."
     )
-    use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
-    use_rslora: bool = Field(False, description="Rank-stabilized LoRA: scale by alpha/sqrt(r).")
+    use_dora: Flag = Field(False, description="Weight-decomposed LoRA (DoRA).")
+    use_rslora: Flag = Field(False, description="Rank-stabilized LoRA: scale by alpha/sqrt(r).")
     modules_to_save: list[ShortStr] = Field(
         [],
         description="Extra modules trained in full and saved with the adapter (e.g. lm_head).",
@@ -383,7 +385,7 @@ class QuantizationSpec(SpecModel):
 
     bits: Literal[4, 8] = Field(4, description="Bits per base weight.")
     quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type.")
-    double_quant: bool = Field(True, description="Also quantize the quantization constants.")
+    double_quant: Flag = Field(True, description="Also quantize the quantization constants.")
     compute_dtype: DType = Field("bfloat16", description="Dtype of matmuls on dequantized weights.")
 
 
@@ -423,8 +425,8 @@ class TrainingSpec(SpecModel):
     max_seq_length: int = Field(
         1024, description="Tokens per row; longer rows are truncated.", ge=16, le=262144
     )
-    packing: bool = Field(False, description="Pack several short rows into one sequence.")
-    gradient_checkpointing: bool = Field(
+    packing: Flag = Field(False, description="Pack several short rows into one sequence.")
+    gradient_checkpointing: Flag = Field(
         True, description="Recompute activations in the backward pass: less memory, ~20% slower."
     )
     optimizer: Optimizer | None = Field(
@@ -447,7 +449,7 @@ class TrainingSpec(SpecModel):
     status_interval_seconds: float = Field(
         10, description="Minimum seconds between progress updates written to status.", ge=1
     )
-    completion_only_loss: bool = Field(
+    completion_only_loss: Flag = Field(
         True, description="Compute the loss on answer tokens only, not on the prompt."
     )
     eval_prompts: int = Field(
@@ -554,7 +556,7 @@ class OutputSpec(SpecModel):
         None,
         description="Secret with S3 keys; unset uses the pod's ambient credentials (e.g. IRSA).",
     )
-    merged_weights: bool = Field(
+    merged_weights: Flag = Field(
         False, description="Also upload base+adapter merged weights under merged/."
     )
     adapter_dtype: DType = Field("bfloat16", description="Dtype of the saved adapter weights.")
@@ -566,7 +568,7 @@ Engine = Literal["vllm", "transformers"]
 class ServingSpec(SpecModel):
     """Serve the adapter once training succeeds."""
 
-    enabled: bool = Field(False, description="Serve the adapter after a successful run.")
+    enabled: Flag = Field(False, description="Serve the adapter after a successful run.")
     serving_ref: str | None = Field(
         None,
         description="Name of an existing LoRAServing (same namespace) to add the adapter to; "
@@ -624,7 +626,7 @@ class LoRAFineTuneSpec(SpecModel):
     )
     output: OutputSpec = Field(description="Artifact destination.")
     serving: ServingSpec | None = Field(None, description="Serve the adapter after training.")
-    suspend: bool = Field(
+    suspend: Flag = Field(
         False,
         description="Hold (or pause) the run: no pod runs while true. Kueue-compatible; "
         "resuming continues from the last checkpoint.",
