@@ -11,6 +11,7 @@ Pure pydantic: importable without torch or the Kubernetes client.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -478,8 +479,20 @@ class TrainingSpec(SpecModel):
 
 Quantity = int | str
 
+QUANTITY_PATTERN = r"^[+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?[0-9]+)?$"
+
 _RESOURCES_RULES = _rules(
     cel("!has(self.gpuType) || self.gpus >= 1", "gpuType needs gpus >= 1", ".gpuType"),
+    cel(
+        "!has(self.cpu) || type(self.cpu) == int || isQuantity(self.cpu)",
+        "cpu must be a Kubernetes quantity, e.g. 4 or 500m",
+        ".cpu",
+    ),
+    cel(
+        "!has(self.memory) || type(self.memory) == int || isQuantity(self.memory)",
+        "memory must be a Kubernetes quantity, e.g. 32Gi",
+        ".memory",
+    ),
 )
 
 
@@ -511,6 +524,9 @@ class BaseResources(SpecModel):
     def _check_gpu_type(self) -> BaseResources:
         if self.gpu_type is not None and self.gpus < 1:
             raise ValueError("resources.gpuType needs gpus >= 1")
+        for name, value in (("cpu", self.cpu), ("memory", self.memory)):
+            if isinstance(value, str) and not re.match(QUANTITY_PATTERN, value):
+                raise ValueError(f"resources.{name} must be a Kubernetes quantity, got {value!r}")
         return self
 
 
