@@ -20,9 +20,9 @@ def torch_dtype(name: str) -> Any:
 
 def lora_kwargs(lora: Any) -> dict[str, Any]:
     """peft.LoraConfig arguments. `alpha` defaults to 2·r (the common rule of thumb)."""
-    target = lora.target_modules
-    if isinstance(target, list | tuple):
-        target = list(target)
+    target: list[str] | str = list(lora.target_modules)
+    if target == ["all-linear"]:
+        target = "all-linear"  # peft's shorthand: every linear layer except the output head
     return {
         "r": lora.r,
         "lora_alpha": lora.alpha if lora.alpha is not None else 2 * lora.r,
@@ -81,10 +81,12 @@ def count_parameters(model: Any) -> tuple[int, int]:
     return trainable, total
 
 
-def prepare_for_kbit_training(model: Any, gradient_checkpointing: bool) -> None:
-    """What peft's prepare_model_for_kbit_training does, minus the fp32 upcast of every
-    non-quantized weight (embeddings, lm_head, norms): measured at half the speed and
-    twice the memory (DESIGN.md). Freezes the base and wires gradient checkpointing."""
+def prepare_base_for_training(model: Any, gradient_checkpointing: bool) -> None:
+    """Freeze the base and wire gradient checkpointing, for LoRA and QLoRA alike.
+
+    This is what peft's prepare_model_for_kbit_training does minus its fp32 upcast of
+    every non-quantized weight (embeddings, lm_head, norms), measured at half the speed
+    and twice the memory (DESIGN.md)."""
     for p in model.parameters():
         p.requires_grad_(False)
     if gradient_checkpointing:

@@ -73,7 +73,7 @@ class Prepared:
 
 
 def infer_file_format(path: str, explicit: str | None = None) -> FileFormat:
-    if explicit:
+    if explicit and explicit != "auto":
         if explicit not in ("jsonl", "json", "parquet", "csv"):
             raise DatasetInvalid(f"unsupported fileFormat {explicit!r}")
         return explicit  # type: ignore[return-value]
@@ -122,17 +122,6 @@ def read_rows(path: Path, file_format: FileFormat, max_rows: int | None = None) 
 
         rows = pq.read_table(path).to_pylist()
     return rows[:max_rows] if max_rows is not None else rows
-
-
-def read_dataset_source(paths: Sequence[Path], file_format: str | None, max_rows: int | None) -> list[Any]:
-    """Concatenate rows of one or more files (an S3 prefix may hold several shards)."""
-    rows: list[Any] = []
-    for p in paths:
-        remaining = None if max_rows is None else max_rows - len(rows)
-        if remaining is not None and remaining <= 0:
-            break
-        rows += read_rows(p, infer_file_format(p.name, file_format), remaining)
-    return rows
 
 
 # ---------------------------------------------------------------- validation
@@ -210,6 +199,16 @@ def validate_rows(rows: Sequence[Any], fmt: Format, columns: Mapping[str, str]) 
     return [validate_row(r, i + 1, fmt, columns) for i, r in enumerate(rows)]
 
 
+def subsample(examples: Sequence[Example], max_rows: int | None, seed: int) -> list[Example]:
+    """At most max_rows rows, drawn with the seed (kept in file order)."""
+    if max_rows is None or len(examples) <= max_rows:
+        return list(examples)
+    import random
+
+    keep = set(random.Random(seed).sample(range(len(examples)), max_rows))
+    return [ex for i, ex in enumerate(examples) if i in keep]
+
+
 # ---------------------------------------------------------------- split + hash
 
 
@@ -253,10 +252,15 @@ def prepare(
     eval_fraction: float,
     eval_rows: Sequence[Any] | None = None,
     seed: int = 0,
+    max_rows: int | None = None,
 ) -> Prepared:
-    examples = validate_rows(rows, fmt, columns)
+    """Validate every row (row numbers refer to the source), then subsample and split."""
+    examples = subsample(validate_rows(rows, fmt, columns), max_rows, seed)
     if eval_rows is not None:
-        evals = validate_rows(eval_rows, fmt, columns)
+        try:
+            evals = validate_rows(eval_rows, fmt, columns)
+        except DatasetInvalid as e:
+            raise DatasetInvalid(f"eval dataset: {e.message}") from e
         return Prepared(examples, evals, rows_sha256([*examples, *evals]), len(rows))
     train, evals = eval_split(examples, eval_fraction, seed)
     return Prepared(train, evals, rows_sha256(examples), len(rows))

@@ -61,7 +61,9 @@ class KubeSink:
     In the pod: the service-account token (in-cluster config); elsewhere (tests, local
     debugging): KUBECONFIG."""
 
-    def __init__(self, namespace: str, name: str, request_timeout: float = 10.0) -> None:
+    def __init__(
+        self, namespace: str, name: str, uid: str | None = None, request_timeout: float = 10.0
+    ) -> None:
         from kubernetes import client, config
 
         if os.environ.get("KUBERNETES_SERVICE_HOST") and SA_TOKEN.exists():
@@ -71,8 +73,16 @@ class KubeSink:
         else:
             api_client = config.new_client_from_config(config_file=os.environ.get("KUBECONFIG"))
         self.api = client.CustomObjectsApi(api_client)
-        self.namespace, self.name = namespace, name
+        self.namespace, self.name, self.uid = namespace, name, uid
         self.request_timeout = request_timeout
+
+    def body(self, progress: Mapping[str, Any]) -> dict[str, Any]:
+        body: dict[str, Any] = {"status": {"progress": dict(progress)}}
+        if self.uid:
+            # A uid in the patch is a precondition: a resource deleted and re-created under
+            # the same name (another uid) is not written to by this run's trainer.
+            body["metadata"] = {"uid": self.uid}
+        return body
 
     def patch(self, progress: Mapping[str, Any]) -> None:
         self.api.patch_namespaced_custom_object_status(
@@ -81,7 +91,7 @@ class KubeSink:
             self.namespace,
             PLURAL,
             self.name,
-            {"status": {"progress": dict(progress)}},
+            self.body(progress),
             _content_type="application/merge-patch+json",
             _request_timeout=self.request_timeout,
         )
