@@ -239,6 +239,9 @@ def test_explain_shows_descriptions(cluster: Any, crds: Any) -> None:
 
 def test_printer_columns_from_status(cluster: Any, crds: Any, namespace: str) -> None:
     create(cluster, namespace, mutate(VALID, **{"metadata.name": "cols"}), check=True)
+    # A LoRAServing beside it: `kubectl get loraf` must still list LoRAFineTunes only (a
+    # category named "loraf" would shadow the short name and print both kinds).
+    create(cluster, namespace, mutate(VALID_SERVING, **{"metadata.name": "other"}), check=True)
     status = {
         "status": {
             "phase": "Running",
@@ -265,7 +268,8 @@ def test_printer_columns_from_status(cluster: Any, crds: Any, namespace: str) ->
     stored = cluster.get_json("loraf", "cols", "-n", namespace)
     assert LoRAFineTune.model_validate(stored).status.progress.percent == 40  # type: ignore[union-attr]
     # Categories: `kubectl get ml` lists it.
-    assert "cols" in cluster.kubectl("get", "ml", "-n", namespace).stdout
+    listed = cluster.kubectl("get", "ml", "-n", namespace).stdout
+    assert "lorafinetune.loraf.dev/cols" in listed and "loraserving.loraf.dev/other" in listed
 
 
 def test_serving_columns(cluster: Any, crds: Any, namespace: str) -> None:
