@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from loraf_operator.api.models import LoRAFineTune, LoRAServing
 
 pytestmark = pytest.mark.cluster
@@ -81,15 +80,16 @@ def test_minimal_is_accepted_and_defaulted(cluster: Any, crds: Any, namespace: s
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
-def test_examples_apply_and_round_trip(
-    cluster: Any, crds: Any, namespace: str, path: Path
-) -> None:
+def test_examples_apply_and_round_trip(cluster: Any, crds: Any, namespace: str, path: Path) -> None:
     docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
     res = cluster.kubectl(
         "apply", "--validate=strict", "--server-side", "-n", namespace, "-f", str(path)
     )
     assert res.returncode == 0, res.stderr
-    models = {"LoRAFineTune": LoRAFineTune, "LoRAServing": LoRAServing}
+    models: dict[str, type[LoRAFineTune] | type[LoRAServing]] = {
+        "LoRAFineTune": LoRAFineTune,
+        "LoRAServing": LoRAServing,
+    }
     for doc in docs:
         kind = doc["kind"]
         stored = cluster.get_json(kind.lower(), doc["metadata"]["name"], "-n", namespace)
@@ -108,10 +108,16 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("r-type", mutate(F, **{"spec.lora.r": "eight"}), "spec.lora.r"),
     ("lr-type", mutate(F, **{"spec.training.learningRate": "fast"}), "spec.training.learningRate"),
     ("suspend-type", mutate(F, **{"spec.suspend": "no"}), "spec.suspend"),
-    ("trust-type", mutate(F, **{"spec.baseModel.trustRemoteCode": "yes"}),
-     "spec.baseModel.trustRemoteCode"),
-    ("targets-type", mutate(F, **{"spec.lora.targetModules": "all-linear"}),
-     "spec.lora.targetModules"),
+    (
+        "trust-type",
+        mutate(F, **{"spec.baseModel.trustRemoteCode": "yes"}),
+        "spec.baseModel.trustRemoteCode",
+    ),
+    (
+        "targets-type",
+        mutate(F, **{"spec.lora.targetModules": "all-linear"}),
+        "spec.lora.targetModules",
+    ),
     # bounds
     ("r-zero", mutate(F, **{"spec.lora.r": 0}), "spec.lora.r"),
     ("r-huge", mutate(F, **{"spec.lora.r": 2048}), "spec.lora.r"),
@@ -119,80 +125,146 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("dropout-one", mutate(F, **{"spec.lora.dropout": 1.0}), "spec.lora.dropout"),
     ("targets-empty", mutate(F, **{"spec.lora.targetModules": []}), "spec.lora.targetModules"),
     ("lr-zero", mutate(F, **{"spec.training.learningRate": 0}), "spec.training.learningRate"),
-    ("batch-zero", mutate(F, **{"spec.training.perDeviceBatchSize": 0}),
-     "spec.training.perDeviceBatchSize"),
+    (
+        "batch-zero",
+        mutate(F, **{"spec.training.perDeviceBatchSize": 0}),
+        "spec.training.perDeviceBatchSize",
+    ),
     ("evalfraction", mutate(F, **{"spec.dataset.evalFraction": 0.9}), "spec.dataset.evalFraction"),
     ("gpus-negative", mutate(F, **{"spec.resources.gpus": -1}), "spec.resources.gpus"),
     ("cpu-quantity", mutate(F, **{"spec.resources": {"cpu": "lots"}}), "spec.resources.cpu"),
-    ("memory-quantity", mutate(F, **{"spec.resources": {"memory": "32 GB"}}),
-     "spec.resources.memory"),
+    (
+        "memory-quantity",
+        mutate(F, **{"spec.resources": {"memory": "32 GB"}}),
+        "spec.resources.memory",
+    ),
     ("backoff-negative", mutate(F, **{"spec.backoffLimit": -1}), "spec.backoffLimit"),
-    ("serving-replicas", mutate(F, **{"spec.serving": {"enabled": True, "replicas": -1}}),
-     "spec.serving.replicas"),
+    (
+        "serving-replicas",
+        mutate(F, **{"spec.serving": {"enabled": True, "replicas": -1}}),
+        "spec.serving.replicas",
+    ),
     # enums and patterns
     ("method-enum", mutate(F, **{"spec.method": "full"}), "spec.method"),
     ("bias-enum", mutate(F, **{"spec.lora.bias": "some"}), "spec.lora.bias"),
     ("format-enum", mutate(F, **{"spec.dataset.format": "sharegpt"}), "spec.dataset.format"),
-    ("scheduler-enum", mutate(F, **{"spec.training.scheduler": "step"}),
-     "spec.training.scheduler"),
-    ("optimizer-enum", mutate(F, **{"spec.training.optimizer": "adam"}),
-     "spec.training.optimizer"),
-    ("bits-enum", mutate(F, **{"spec.method": "qlora", "spec.quantization": {"bits": 2}}),
-     "spec.quantization.bits"),
-    ("engine-enum", mutate(F, **{"spec.serving": {"enabled": True, "engine": "tgi"}}),
-     "spec.serving.engine"),
+    ("scheduler-enum", mutate(F, **{"spec.training.scheduler": "step"}), "spec.training.scheduler"),
+    ("optimizer-enum", mutate(F, **{"spec.training.optimizer": "adam"}), "spec.training.optimizer"),
+    (
+        "bits-enum",
+        mutate(F, **{"spec.method": "qlora", "spec.quantization": {"bits": 2}}),
+        "spec.quantization.bits",
+    ),
+    (
+        "engine-enum",
+        mutate(F, **{"spec.serving": {"enabled": True, "engine": "tgi"}}),
+        "spec.serving.engine",
+    ),
     ("output-s3-pattern", mutate(F, **{"spec.output.s3": "https://bucket/x"}), "spec.output.s3"),
-    ("endpoint-pattern", mutate(F, **{"spec.output.endpoint": "minio:9000"}),
-     "spec.output.endpoint"),
-    ("model-s3-pattern",
-     mutate(F, **{"spec.baseModel": {"s3": "s3://UPPER/x"}}), "spec.baseModel.s3"),
-    ("adapter-name-pattern",
-     mutate(F, **{"spec.serving": {"enabled": True, "adapterName": "Bad Name!"}}),
-     "spec.serving.adapterName"),
+    (
+        "endpoint-pattern",
+        mutate(F, **{"spec.output.endpoint": "minio:9000"}),
+        "spec.output.endpoint",
+    ),
+    (
+        "model-s3-pattern",
+        mutate(F, **{"spec.baseModel": {"s3": "s3://UPPER/x"}}),
+        "spec.baseModel.s3",
+    ),
+    (
+        "adapter-name-pattern",
+        mutate(F, **{"spec.serving": {"enabled": True, "adapterName": "Bad Name!"}}),
+        "spec.serving.adapterName",
+    ),
     # required
     ("no-output", mutate(F, **{"spec.output": None}), "spec.output"),
     ("no-dataset-format", mutate(F, **{"spec.dataset.format": None}), "spec.dataset.format"),
     ("no-spec", mutate(F, spec=None), "spec"),
     # CEL cross-field rules
-    ("quant-with-lora", mutate(F, **{"spec.quantization": {"bits": 4}}),
-     "spec.quantization is only allowed when spec.method is qlora"),
-    ("epochs-and-steps", mutate(F, **{"spec.training.epochs": 1}),
-     "exactly one of epochs or maxSteps"),
-    ("neither-epochs-nor-steps", mutate(F, **{"spec.training.maxSteps": None}),
-     "exactly one of epochs or maxSteps"),
-    ("two-model-sources", mutate(F, **{"spec.baseModel.s3": "s3://models/x"}),
-     "spec.baseModel: Invalid value"),
-    ("no-model-source", mutate(F, **{"spec.baseModel": {"trustRemoteCode": False}}),
-     "exactly one of huggingFace, s3 or pvc"),
-    ("revision-without-hub",
-     mutate(F, **{"spec.baseModel": {"s3": "s3://models/x", "revision": "main"}}),
-     "spec.baseModel.revision"),
-    ("token-without-hub",
-     mutate(F, **{"spec.baseModel": {"s3": "s3://models/x", "tokenSecretRef": {"name": "hf"}}}),
-     "spec.baseModel.tokenSecretRef"),
-    ("two-dataset-sources", mutate(F, **{"spec.dataset.huggingFace": "tatsu-lab/alpaca"}),
-     "spec.dataset: Invalid value"),
-    ("empty-eval-source", mutate(F, **{"spec.dataset.eval": {"split": "test"}}),
-     "spec.dataset.eval"),
-    ("gputype-without-gpus",
-     mutate(F, **{"spec.resources": {"gpus": 0, "gpuType": "NVIDIA-H100"}}),
-     "spec.resources.gpuType"),
+    (
+        "quant-with-lora",
+        mutate(F, **{"spec.quantization": {"bits": 4}}),
+        "spec.quantization is only allowed when spec.method is qlora",
+    ),
+    (
+        "epochs-and-steps",
+        mutate(F, **{"spec.training.epochs": 1}),
+        "exactly one of epochs or maxSteps",
+    ),
+    (
+        "neither-epochs-nor-steps",
+        mutate(F, **{"spec.training.maxSteps": None}),
+        "exactly one of epochs or maxSteps",
+    ),
+    (
+        "two-model-sources",
+        mutate(F, **{"spec.baseModel.s3": "s3://models/x"}),
+        "spec.baseModel: Invalid value",
+    ),
+    (
+        "no-model-source",
+        mutate(F, **{"spec.baseModel": {"trustRemoteCode": False}}),
+        "exactly one of huggingFace, s3 or pvc",
+    ),
+    (
+        "revision-without-hub",
+        mutate(F, **{"spec.baseModel": {"s3": "s3://models/x", "revision": "main"}}),
+        "spec.baseModel.revision",
+    ),
+    (
+        "token-without-hub",
+        mutate(F, **{"spec.baseModel": {"s3": "s3://models/x", "tokenSecretRef": {"name": "hf"}}}),
+        "spec.baseModel.tokenSecretRef",
+    ),
+    (
+        "two-dataset-sources",
+        mutate(F, **{"spec.dataset.huggingFace": "tatsu-lab/alpaca"}),
+        "spec.dataset: Invalid value",
+    ),
+    (
+        "empty-eval-source",
+        mutate(F, **{"spec.dataset.eval": {"split": "test"}}),
+        "spec.dataset.eval",
+    ),
+    (
+        "gputype-without-gpus",
+        mutate(F, **{"spec.resources": {"gpus": 0, "gpuType": "NVIDIA-H100"}}),
+        "spec.resources.gpuType",
+    ),
     # unknown fields (strict field validation)
     ("unknown-lora-field", mutate(F, **{"spec.lora.rank": 8}), 'unknown field "spec.lora.rank"'),
     ("unknown-spec-field", mutate(F, **{"spec.epochs": 3}), 'unknown field "spec.epochs"'),
-    ("unknown-output-field", mutate(F, **{"spec.output.secretKey": "x"}),
-     'unknown field "spec.output.secretKey"'),
+    (
+        "unknown-output-field",
+        mutate(F, **{"spec.output.secretKey": "x"}),
+        'unknown field "spec.output.secretKey"',
+    ),
     # LoRAServing
-    ("svc-duplicate-adapter",
-     mutate(S, **{"spec.adapters": [{"name": "a", "uri": "s3://artifacts/a/"},
-                                    {"name": "a", "uri": "s3://artifacts/b/"}]}),
-     "spec.adapters[1]"),
-    ("svc-adapter-uri", mutate(S, **{"spec.adapters": [{"name": "a", "uri": "/tmp/a"}]}),
-     "spec.adapters[0].uri"),
+    (
+        "svc-duplicate-adapter",
+        mutate(
+            S,
+            **{
+                "spec.adapters": [
+                    {"name": "a", "uri": "s3://artifacts/a/"},
+                    {"name": "a", "uri": "s3://artifacts/b/"},
+                ]
+            },
+        ),
+        "spec.adapters[1]",
+    ),
+    (
+        "svc-adapter-uri",
+        mutate(S, **{"spec.adapters": [{"name": "a", "uri": "/tmp/a"}]}),
+        "spec.adapters[0].uri",
+    ),
     ("svc-port", mutate(S, **{"spec.port": 70000}), "spec.port"),
     ("svc-engine", mutate(S, **{"spec.engine": "tgi"}), "spec.engine"),
-    ("svc-two-sources", mutate(S, **{"spec.baseModel.s3": "s3://models/x"}),
-     "spec.baseModel: Invalid value"),
+    (
+        "svc-two-sources",
+        mutate(S, **{"spec.baseModel.s3": "s3://models/x"}),
+        "spec.baseModel: Invalid value",
+    ),
 ]
 
 
@@ -213,7 +285,10 @@ def test_model_agrees_with_apiserver_on_invalid() -> None:
     """Every manifest the apiserver rejects, the models reject too (one source of truth)."""
     from pydantic import ValidationError
 
-    models = {"LoRAFineTune": LoRAFineTune, "LoRAServing": LoRAServing}
+    models: dict[str, type[LoRAFineTune] | type[LoRAServing]] = {
+        "LoRAFineTune": LoRAFineTune,
+        "LoRAServing": LoRAServing,
+    }
     for case_id, manifest, _ in INVALID:
         with pytest.raises(ValidationError):
             models[manifest["kind"]].model_validate(manifest)
@@ -251,14 +326,27 @@ def test_printer_columns_from_status(cluster: Any, crds: Any, namespace: str) ->
         }
     }
     cluster.kubectl(
-        "patch", "lorafinetune", "cols", "-n", namespace, "--subresource=status",
-        "--type=merge", "-p", json.dumps(status),
+        "patch",
+        "lorafinetune",
+        "cols",
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps(status),
     )
     out = cluster.kubectl("get", "loraf", "cols", "-n", namespace).stdout
     header, row = out.splitlines()[:2]
     assert header.split() == ["NAME", "PHASE", "MODEL", "METHOD", "PROGRESS", "LOSS", "ETA", "AGE"]
     assert row.split()[:7] == [
-        "cols", "Running", "HuggingFaceTB/SmolLM2-135M-Instruct", "lora", "40", "1.25", "1m10s"
+        "cols",
+        "Running",
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "lora",
+        "40",
+        "1.25",
+        "1m10s",
     ]
     wide = cluster.kubectl("get", "loraf", "cols", "-n", namespace, "-o", "wide").stdout
     header, row = wide.splitlines()[:2]
@@ -276,16 +364,30 @@ def test_serving_columns(cluster: Any, crds: Any, namespace: str) -> None:
     create(cluster, namespace, mutate(VALID_SERVING, **{"metadata.name": "svc"}), check=True)
     status = {
         "status": {
-            "conditions": [{"type": "Ready", "status": "True", "reason": "AllAdaptersLoaded",
-                            "message": "", "lastTransitionTime": "2025-01-01T00:00:00Z"}],
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True",
+                    "reason": "AllAdaptersLoaded",
+                    "message": "",
+                    "lastTransitionTime": "2025-01-01T00:00:00Z",
+                }
+            ],
             "url": "http://svc.ns.svc:8000/v1",
             "readyReplicas": 1,
             "adapters": [{"name": "a", "uri": "s3://artifacts/a/run-1/", "state": "Ready"}],
         }
     }
     cluster.kubectl(
-        "patch", "loraserving", "svc", "-n", namespace, "--subresource=status",
-        "--type=merge", "-p", json.dumps(status),
+        "patch",
+        "loraserving",
+        "svc",
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps(status),
     )
     out = cluster.kubectl("get", "lorasvc", "svc", "-n", namespace).stdout
     header, row = out.splitlines()[:2]

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from loraf_operator.api import crdgen
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,7 +45,10 @@ def test_structural(which: str) -> None:
         if "additionalProperties" in node:
             assert "properties" not in node, path
         # Every schema node has a type unless it is int-or-string / free-form.
-        if not (node.get("x-kubernetes-int-or-string") or node.get("x-kubernetes-preserve-unknown-fields")):
+        if not (
+            node.get("x-kubernetes-int-or-string")
+            or node.get("x-kubernetes-preserve-unknown-fields")
+        ):
             assert "type" in node, f"{which}: no type at {path}"
         for bound in ("exclusiveMinimum", "exclusiveMaximum"):
             if bound in node:
@@ -60,7 +62,9 @@ def test_finetune_schema_details() -> None:
     lora = spec["properties"]["lora"]
     assert lora["default"] == {}
     r = lora["properties"]["r"]
-    assert r["type"] == "integer" and r["default"] == 16 and r["minimum"] == 1 and r["maximum"] == 1024
+    assert (
+        r["type"] == "integer" and r["default"] == 16 and r["minimum"] == 1 and r["maximum"] == 1024
+    )
     assert "LoRA rank" in r["description"]
     assert lora["properties"]["dropout"]["exclusiveMaximum"] is True
     assert lora["properties"]["targetModules"]["minItems"] == 1
@@ -71,7 +75,9 @@ def test_finetune_schema_details() -> None:
     rules = [r["rule"] for r in spec["x-kubernetes-validations"]]
     assert "self.method == 'qlora' || !has(self.quantization)" in rules
     training = spec["properties"]["training"]
-    assert training["x-kubernetes-validations"][0]["rule"] == "has(self.epochs) != has(self.maxSteps)"
+    assert (
+        training["x-kubernetes-validations"][0]["rule"] == "has(self.epochs) != has(self.maxSteps)"
+    )
     res = spec["properties"]["resources"]["properties"]
     assert res["cpu"]["x-kubernetes-int-or-string"] is True
     assert res["tolerations"]["items"]["x-kubernetes-preserve-unknown-fields"] is True
@@ -98,7 +104,17 @@ def test_names_and_columns() -> None:
     version = ft["versions"][0]
     assert version["subresources"] == {"status": {}}
     cols = {c["name"]: c for c in version["additionalPrinterColumns"]}
-    assert list(cols) == ["Phase", "Model", "Method", "Progress", "Loss", "ETA", "Age", "GPUs", "Artifact"]
+    assert list(cols) == [
+        "Phase",
+        "Model",
+        "Method",
+        "Progress",
+        "Loss",
+        "ETA",
+        "Age",
+        "GPUs",
+        "Artifact",
+    ]
     assert cols["GPUs"]["priority"] == 1 and cols["Artifact"]["priority"] == 1
     svc = CRDS["serving"]["spec"]
     assert svc["names"]["shortNames"] == ["lorasvc"]
@@ -109,7 +125,9 @@ def test_names_and_columns() -> None:
 def test_generated_files_are_current() -> None:
     res = subprocess.run(
         [sys.executable, "-m", "loraf_operator.api.crdgen", "--check"],
-        capture_output=True, text=True, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     assert res.returncode == 0, res.stderr
     crd_dir = ROOT / "crds"

@@ -8,8 +8,6 @@ from typing import Any
 
 import pytest
 import yaml
-from pydantic import ValidationError
-
 from loraf_operator.api.exitcodes import FAIL_FAST_CODES, ExitCode, reason_for
 from loraf_operator.api.models import (
     LoRAFineTune,
@@ -20,6 +18,7 @@ from loraf_operator.api.models import (
     QuantizationSpec,
 )
 from loraf_operator.api.trainer_config import TrainerConfig
+from pydantic import ValidationError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -118,14 +117,20 @@ def test_serving_spec_unique_adapters() -> None:
     assert ok.engine == "vllm" and ok.port == 8000 and ok.replicas == 1
     with pytest.raises(ValidationError, match="unique"):
         LoRAServingSpec.model_validate(
-            {**base, "adapters": [{"name": "x", "uri": "s3://bkt/a/"}, {"name": "x", "uri": "s3://bkt/b/"}]}
+            {
+                **base,
+                "adapters": [
+                    {"name": "x", "uri": "s3://bkt/a/"},
+                    {"name": "x", "uri": "s3://bkt/b/"},
+                ],
+            }
         )
 
 
 def test_spec_is_frozen() -> None:
     s = LoRAFineTuneSpec.model_validate(MINIMAL)
     with pytest.raises(ValidationError):
-        s.method = "qlora"  # type: ignore[misc]
+        setattr(s, "method", "qlora")  # noqa: B010 - mypy cannot see frozen
 
 
 def test_status_ignores_unknown_and_parses_times() -> None:
@@ -134,11 +139,19 @@ def test_status_ignores_unknown_and_parses_times() -> None:
             "phase": "Running",
             "somethingNew": 1,
             "conditions": [
-                {"type": "Running", "status": "True", "reason": "JobRunning",
-                 "lastTransitionTime": "2025-01-01T00:00:00Z"}
+                {
+                    "type": "Running",
+                    "status": "True",
+                    "reason": "JobRunning",
+                    "lastTransitionTime": "2025-01-01T00:00:00Z",
+                }
             ],
-            "progress": {"step": 3, "totalSteps": 30, "peakGpuMemoryGiB": 7.5,
-                         "result": {"adapterUri": "s3://a/b/run-1/adapter/", "evalLossBase": 2.0}},
+            "progress": {
+                "step": 3,
+                "totalSteps": 30,
+                "peakGpuMemoryGiB": 7.5,
+                "result": {"adapterUri": "s3://a/b/run-1/adapter/", "evalLossBase": 2.0},
+            },
         }
     )
     assert st.progress is not None and st.progress.peak_gpu_memory_gi_b == 7.5
@@ -149,7 +162,8 @@ def test_status_ignores_unknown_and_parses_times() -> None:
 
 def test_trainer_config_roundtrip_and_layout() -> None:
     obj = {
-        "apiVersion": "loraf.dev/v1alpha1", "kind": "LoRAFineTune",
+        "apiVersion": "loraf.dev/v1alpha1",
+        "kind": "LoRAFineTune",
         "metadata": {"name": "ft", "namespace": "ns", "uid": "u-1", "generation": 2},
         "spec": spec(**{"output.s3": "s3://artifacts/team/ft/"}),
     }
@@ -161,7 +175,7 @@ def test_trainer_config_roundtrip_and_layout() -> None:
     assert cfg.checkpoint_uri(40) == "s3://artifacts/team/ft/run-3/checkpoints/step-40/"
     assert TrainerConfig.from_yaml(cfg.to_yaml()) == cfg
     with pytest.raises(ValidationError):
-        cfg.run = 4  # type: ignore[misc]
+        setattr(cfg, "run", 4)  # noqa: B010 - mypy cannot see frozen
 
 
 def test_exit_codes() -> None:
@@ -188,5 +202,10 @@ def test_examples_parse(path: Path) -> None:
 
 def test_examples_exist() -> None:
     names = {p.name for p in EXAMPLES}
-    assert {"quickstart.yaml", "mistral-7b-qlora.yaml", "llama3-8b-lora-bf16.yaml",
-            "qwen2-7b-chat-s3.yaml", "with-serving.yaml"} <= names
+    assert {
+        "quickstart.yaml",
+        "mistral-7b-qlora.yaml",
+        "llama3-8b-lora-bf16.yaml",
+        "qwen2-7b-chat-s3.yaml",
+        "with-serving.yaml",
+    } <= names

@@ -14,6 +14,7 @@ apiserver's field validation instead).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -309,7 +310,7 @@ def _doc_table(path: str, s: Schema) -> str:
     required = set(s.get("required", []))
     for name, child in s["properties"].items():
         default = child.get("default")
-        dflt = "" if default is None else f"`{yaml.safe_dump(default, default_flow_style=True).strip().removesuffix('...').strip()}`"
+        dflt = "" if default is None else f"`{json.dumps(default)}`"
         req = " (required)" if name in required else ""
         desc = child.get("description", "").replace("\n", " ").replace("|", "\\|")
         lines.append(
@@ -349,8 +350,10 @@ takes a secret value.
 
 | field | written by |
 |---|---|
-| `status.progress` (and everything in it) | the trainer, through the status subresource, as the run's own ServiceAccount |
-| every other `status` field: `conditions`, `phase`, `message`, `model`, `observedGeneration`, `run`, `history`, `artifacts`, `evaluation`, `gpuHours` | the operator |
+| `status.progress` (and everything in it) | the trainer, through the status \
+subresource, as the run's own ServiceAccount |
+| every other `status` field: `conditions`, `phase`, `message`, `model`, \
+`observedGeneration`, `run`, `history`, `artifacts`, `evaluation`, `gpuHours` | the operator |
 
 Conditions follow the Kubernetes API conventions (a list keyed by `type`, CamelCase
 `reason`): `Validated`, `Running`, `Succeeded`, `Failed`, `Suspended`, so
@@ -434,4 +437,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-

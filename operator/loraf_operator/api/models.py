@@ -111,7 +111,9 @@ class SecretKeyRef(SpecModel):
         min_length=1,
         max_length=MAX_NAME,
     )
-    key: str = Field("token", description="Key within the Secret.", min_length=1, max_length=MAX_NAME)
+    key: str = Field(
+        default="token", description="Key within the Secret.", min_length=1, max_length=MAX_NAME
+    )
 
 
 class S3CredentialsRef(SpecModel):
@@ -123,13 +125,13 @@ class S3CredentialsRef(SpecModel):
         max_length=MAX_NAME,
     )
     access_key_id_key: str = Field(
-        "AWS_ACCESS_KEY_ID",
+        default="AWS_ACCESS_KEY_ID",
         description="Key in the Secret holding the access key id.",
         min_length=1,
         max_length=MAX_NAME,
     )
     secret_access_key_key: str = Field(
-        "AWS_SECRET_ACCESS_KEY",
+        default="AWS_SECRET_ACCESS_KEY",
         description="Key in the Secret holding the secret access key.",
         min_length=1,
         max_length=MAX_NAME,
@@ -146,7 +148,7 @@ class PvcSource(SpecModel):
         pattern=DNS_SUBDOMAIN_PATTERN,
     )
     path: str = Field(
-        "",
+        default="",
         description="Path relative to the volume root (a directory or file); empty means the root.",
         max_length=MAX_URI,
     )
@@ -180,13 +182,13 @@ class BaseModelSpec(SpecModel):
     model_config = ConfigDict(json_schema_extra=_BASE_MODEL_RULES)
 
     hugging_face: str | None = Field(
-        None,
+        default=None,
         description="Hugging Face Hub model id, e.g. mistralai/Mistral-7B-Instruct-v0.3.",
         max_length=256,
         pattern=HF_ID_PATTERN,
     )
     s3: str | None = Field(
-        None,
+        default=None,
         description=(
             "s3:// prefix holding the model files (config, tokenizer, safetensors or a GGUF "
             "file), read with spec.output's endpoint and credentials."
@@ -194,14 +196,16 @@ class BaseModelSpec(SpecModel):
         max_length=MAX_URI,
         pattern=S3_URI_PATTERN,
     )
-    pvc: PvcSource | None = Field(None, description="Model files on a PersistentVolumeClaim.")
+    pvc: PvcSource | None = Field(
+        default=None, description="Model files on a PersistentVolumeClaim."
+    )
     revision: str | None = Field(
-        None,
+        default=None,
         description="Hub revision (branch, tag or commit sha); only with huggingFace.",
         max_length=256,
     )
     gguf_file: str | None = Field(
-        None,
+        default=None,
         description=(
             "Name of a GGUF file within the source to load (dequantized on load), e.g. "
             "SmolLM2-135M-Instruct.Q4_1.gguf. Unset loads safetensors weights."
@@ -210,11 +214,12 @@ class BaseModelSpec(SpecModel):
         pattern=r"^[^\s]+\.gguf$",
     )
     token_secret_ref: SecretKeyRef | None = Field(
-        None,
-        description="Secret key holding a Hugging Face token (for gated models), exposed as HF_TOKEN.",
+        default=None,
+        description="Secret key holding a Hugging Face token (for gated models), exposed as "
+        "HF_TOKEN.",
     )
     trust_remote_code: Flag = Field(
-        False,
+        default=False,
         description="Allow the model repository's own Python code to run. Off by default: it "
         "executes code from the model source inside the training pod.",
     )
@@ -262,21 +267,23 @@ class DataSource(SpecModel):
     model_config = ConfigDict(json_schema_extra=_DATA_SOURCE_RULES)
 
     s3: str | None = Field(
-        None,
+        default=None,
         description="s3:// URI of one file (jsonl, json, parquet or csv) or of a prefix whose "
         "files are all read.",
         max_length=MAX_URI,
         pattern=S3_URI_PATTERN,
     )
-    pvc: PvcSource | None = Field(None, description="A file or directory on a PersistentVolumeClaim.")
+    pvc: PvcSource | None = Field(
+        default=None, description="A file or directory on a PersistentVolumeClaim."
+    )
     hugging_face: str | None = Field(
-        None,
+        default=None,
         description="Hugging Face Hub dataset id, e.g. tatsu-lab/alpaca.",
         max_length=256,
         pattern=HF_ID_PATTERN,
     )
     split: str = Field(
-        "train",
+        default="train",
         description="Dataset split to read; only used with huggingFace.",
         min_length=1,
         max_length=128,
@@ -292,15 +299,25 @@ class DataSource(SpecModel):
 class ColumnMapping(SpecModel):
     """Column-name overrides when the dataset's columns differ from the format's defaults."""
 
-    instruction: str | None = Field(None, description="Column for alpaca `instruction`.", max_length=128)
-    input: str | None = Field(None, description="Column for alpaca `input` (optional context).", max_length=128)
-    output: str | None = Field(None, description="Column for alpaca `output` (the answer).", max_length=128)
-    messages: str | None = Field(None, description="Column for chat `messages`.", max_length=128)
-    prompt: str | None = Field(None, description="Column for prompt-completion `prompt`.", max_length=128)
-    completion: str | None = Field(
-        None, description="Column for prompt-completion `completion`.", max_length=128
+    instruction: str | None = Field(
+        default=None, description="Column for alpaca `instruction`.", max_length=128
     )
-    text: str | None = Field(None, description="Column for plain `text`.", max_length=128)
+    input: str | None = Field(
+        default=None, description="Column for alpaca `input` (optional context).", max_length=128
+    )
+    output: str | None = Field(
+        default=None, description="Column for alpaca `output` (the answer).", max_length=128
+    )
+    messages: str | None = Field(
+        default=None, description="Column for chat `messages`.", max_length=128
+    )
+    prompt: str | None = Field(
+        default=None, description="Column for prompt-completion `prompt`.", max_length=128
+    )
+    completion: str | None = Field(
+        default=None, description="Column for prompt-completion `completion`.", max_length=128
+    )
+    text: str | None = Field(default=None, description="Column for plain `text`.", max_length=128)
 
 
 class DatasetSpec(DataSource):
@@ -313,22 +330,24 @@ class DatasetSpec(DataSource):
         ),
     )
     file_format: FileFormat = Field(
-        "auto",
+        default="auto",
         description="File format for s3/pvc sources; auto picks it from the file extension.",
     )
-    columns: ColumnMapping | None = Field(None, description="Column-name overrides.")
+    columns: ColumnMapping | None = Field(default=None, description="Column-name overrides.")
     eval_fraction: float = Field(
-        0.1,
+        default=0.1,
         description="Fraction of rows held out for evaluation when no eval source is given.",
         ge=0,
         le=0.5,
     )
     eval: DataSource | None = Field(
-        None,
+        default=None,
         description="A separate evaluation source (same format); replaces evalFraction.",
     )
     max_rows: int | None = Field(
-        None, description="Use at most this many training rows (after shuffling with the seed).", ge=1
+        default=None,
+        description="Use at most this many training rows (after shuffling with the seed).",
+        ge=1,
     )
 
 
@@ -343,34 +362,38 @@ class LoRASpec(SpecModel):
     """LoRA adapter shape (peft LoraConfig)."""
 
     r: int = Field(
-        16,
+        default=16,
         description="LoRA rank: the inner dimension of the adapter matrices. Typical 8-64; "
         "higher means more trainable parameters and capacity.",
         ge=1,
         le=1024,
     )
     alpha: int | None = Field(
-        None,
+        default=None,
         description="LoRA scaling numerator (lora_alpha); the update is scaled by alpha/r "
         "(alpha/sqrt(r) with useRslora). Unset means 2*r.",
         ge=1,
         le=65536,
     )
-    dropout: float = Field(0.05, description="Dropout on the adapter input, in [0, 1).", ge=0, lt=1)
+    dropout: float = Field(
+        default=0.05, description="Dropout on the adapter input, in [0, 1).", ge=0, lt=1
+    )
     target_modules: list[ShortStr] = Field(
-        ["all-linear"],
+        default=["all-linear"],
         description='Module names to adapt (e.g. [q_proj, v_proj]) or ["all-linear"] for every '
         "linear layer except the output head.",
         min_length=1,
         max_length=MAX_LIST,
     )
     bias: Literal["none", "all", "lora_only"] = Field(
-        "none", description="Which bias terms to train alongside the adapter."
+        default="none", description="Which bias terms to train alongside the adapter."
     )
-    use_dora: Flag = Field(False, description="Weight-decomposed LoRA (DoRA).")
-    use_rslora: Flag = Field(False, description="Rank-stabilized LoRA: scale by alpha/sqrt(r).")
+    use_dora: Flag = Field(default=False, description="Weight-decomposed LoRA (DoRA).")
+    use_rslora: Flag = Field(
+        default=False, description="Rank-stabilized LoRA: scale by alpha/sqrt(r)."
+    )
     modules_to_save: list[ShortStr] = Field(
-        [],
+        default=[],
         description="Extra modules trained in full and saved with the adapter (e.g. lm_head).",
         max_length=MAX_LIST,
     )
@@ -384,10 +407,14 @@ class LoRASpec(SpecModel):
 class QuantizationSpec(SpecModel):
     """How the frozen base weights are quantized for QLoRA (bitsandbytes)."""
 
-    bits: Literal[4, 8] = Field(4, description="Bits per base weight.")
-    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type.")
-    double_quant: Flag = Field(True, description="Also quantize the quantization constants.")
-    compute_dtype: DType = Field("bfloat16", description="Dtype of matmuls on dequantized weights.")
+    bits: Literal[4, 8] = Field(default=4, description="Bits per base weight.")
+    quant_type: Literal["nf4", "fp4"] = Field(default="nf4", description="4-bit data type.")
+    double_quant: Flag = Field(
+        default=True, description="Also quantize the quantization constants."
+    )
+    compute_dtype: DType = Field(
+        default="bfloat16", description="Dtype of matmuls on dequantized weights."
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -406,62 +433,75 @@ class TrainingSpec(SpecModel):
 
     model_config = ConfigDict(json_schema_extra=_TRAINING_RULES)
 
-    epochs: float | None = Field(None, description="Passes over the training rows.", gt=0, le=1000)
-    max_steps: int | None = Field(None, description="Optimizer steps to run.", ge=1, le=10_000_000)
-    learning_rate: float = Field(2e-4, description="Peak learning rate.", gt=0, le=1)
-    scheduler: Scheduler = Field("cosine", description="Learning-rate schedule after warmup.")
+    epochs: float | None = Field(
+        default=None, description="Passes over the training rows.", gt=0, le=1000
+    )
+    max_steps: int | None = Field(
+        default=None, description="Optimizer steps to run.", ge=1, le=10_000_000
+    )
+    learning_rate: float = Field(default=2e-4, description="Peak learning rate.", gt=0, le=1)
+    scheduler: Scheduler = Field(
+        default="cosine", description="Learning-rate schedule after warmup."
+    )
     warmup_ratio: float = Field(
-        0.03, description="Fraction of steps spent warming up the learning rate.", ge=0, lt=1
+        default=0.03,
+        description="Fraction of steps spent warming up the learning rate.",
+        ge=0,
+        lt=1,
     )
     per_device_batch_size: int = Field(
-        4,
+        default=4,
         description="Rows per forward pass. The trainer may halve it after an out-of-memory "
         "error and raise gradientAccumulationSteps to keep the effective batch.",
         ge=1,
         le=4096,
     )
     gradient_accumulation_steps: int = Field(
-        1, description="Forward passes per optimizer step.", ge=1, le=4096
+        default=1, description="Forward passes per optimizer step.", ge=1, le=4096
     )
     max_seq_length: int = Field(
-        1024, description="Tokens per row; longer rows are truncated.", ge=16, le=262144
+        default=1024, description="Tokens per row; longer rows are truncated.", ge=16, le=262144
     )
-    packing: Flag = Field(False, description="Pack several short rows into one sequence.")
+    packing: Flag = Field(default=False, description="Pack several short rows into one sequence.")
     gradient_checkpointing: Flag = Field(
-        True, description="Recompute activations in the backward pass: less memory, ~20% slower."
+        default=True,
+        description="Recompute activations in the backward pass: less memory, ~20% slower.",
     )
     optimizer: Optimizer | None = Field(
-        None, description="Optimizer. Unset means paged_adamw_8bit for qlora, adamw_torch for lora."
+        default=None,
+        description="Optimizer. Unset means paged_adamw_8bit for qlora, adamw_torch for lora.",
     )
-    seed: int = Field(42, description="Seed for shuffling, the eval split and initialization.", ge=0)
+    seed: int = Field(
+        default=42, description="Seed for shuffling, the eval split and initialization.", ge=0
+    )
     eval_steps: int | None = Field(
-        None, description="Evaluate every N steps; unset evaluates only at the end.", ge=1
+        default=None, description="Evaluate every N steps; unset evaluates only at the end.", ge=1
     )
-    logging_steps: int = Field(1, description="Log (and report loss) every N steps.", ge=1)
+    logging_steps: int = Field(default=1, description="Log (and report loss) every N steps.", ge=1)
     checkpoint_steps: int | None = Field(
-        None, description="Save a resumable checkpoint every N steps.", ge=1
+        default=None, description="Save a resumable checkpoint every N steps.", ge=1
     )
     checkpoint_minutes: float | None = Field(
-        10,
+        default=10,
         description="Also save a checkpoint when this many minutes passed since the last one "
         "(so preemption loses little work). Unset disables time-based checkpoints.",
         gt=0,
     )
     status_interval_seconds: float = Field(
-        10, description="Minimum seconds between progress updates written to status.", ge=1
+        default=10, description="Minimum seconds between progress updates written to status.", ge=1
     )
     completion_only_loss: Flag = Field(
-        True, description="Compute the loss on answer tokens only, not on the prompt."
+        default=True, description="Compute the loss on answer tokens only, not on the prompt."
     )
     eval_prompts: int = Field(
-        10,
+        default=10,
         description="Held-out prompts answered by both the base model and the adapter for the "
         "evaluation report (0 disables).",
         ge=0,
         le=1000,
     )
     memory_budget_gi_b: float | None = Field(
-        None,
+        default=None,
         alias="memoryBudgetGiB",
         description="GPU memory the trainer may plan for (GiB); unset uses the device's total.",
         gt=0,
@@ -501,15 +541,19 @@ class BaseResources(SpecModel):
 
     model_config = ConfigDict(json_schema_extra=_RESOURCES_RULES)
 
-    gpus: int = Field(1, description="nvidia.com/gpu per pod (0 runs on CPU).", ge=0, le=16)
+    gpus: int = Field(default=1, description="nvidia.com/gpu per pod (0 runs on CPU).", ge=0, le=16)
     gpu_type: str | None = Field(
-        None,
+        default=None,
         description="GPU product (e.g. NVIDIA-H100-80GB-HBM3), set as the node selector "
         "nvidia.com/gpu.product.",
         max_length=256,
     )
-    cpu: Quantity | None = Field(None, description="CPU request (a Kubernetes quantity, e.g. 4 or 500m).")
-    memory: Quantity | None = Field(None, description="Memory request and limit (e.g. 32Gi).")
+    cpu: Quantity | None = Field(
+        default=None, description="CPU request (a Kubernetes quantity, e.g. 4 or 500m)."
+    )
+    memory: Quantity | None = Field(
+        default=None, description="Memory request and limit (e.g. 32Gi)."
+    )
     node_selector: dict[str, str] = Field(
         default_factory=dict, description="Extra node selector labels."
     )
@@ -518,7 +562,9 @@ class BaseResources(SpecModel):
         description="Pod tolerations (core/v1 Toleration objects).",
         max_length=MAX_LIST,
     )
-    image: str | None = Field(None, description="Override the container image.", max_length=MAX_URI)
+    image: str | None = Field(
+        default=None, description="Override the container image.", max_length=MAX_URI
+    )
 
     @model_validator(mode="after")
     def _check_gpu_type(self) -> BaseResources:
@@ -533,18 +579,21 @@ class BaseResources(SpecModel):
 class Resources(BaseResources):
     """Compute resources and scheduling of the training pod."""
 
-    affinity: dict[str, Any] | None = Field(None, description="Pod affinity (core/v1 Affinity).")
+    affinity: dict[str, Any] | None = Field(
+        default=None, description="Pod affinity (core/v1 Affinity)."
+    )
     priority_class_name: str | None = Field(
-        None, description="PriorityClass of the training pod.", max_length=MAX_NAME
+        default=None, description="PriorityClass of the training pod.", max_length=MAX_NAME
     )
     image_pull_secrets: list[NameStr] = Field(
-        [],
+        default=[],
         description="Names of image pull Secrets.",
         max_length=MAX_LIST,
     )
     model_cache_pvc: str | None = Field(
-        None,
-        description="PersistentVolumeClaim mounted as the model cache (HF_HOME), shared across runs.",
+        default=None,
+        description="PersistentVolumeClaim mounted as the model cache (HF_HOME), shared "
+        "across runs.",
         max_length=MAX_NAME,
     )
 
@@ -554,7 +603,7 @@ class Resources(BaseResources):
 
 
 class OutputSpec(SpecModel):
-    """Where the run's artifacts go: <s3>/run-<n>/{adapter/,merged/,eval/,checkpoints/,manifest.json}."""
+    """Where artifacts go: <s3>/run-<n>/{adapter/, merged/, eval/, checkpoints/, manifest.json}."""
 
     s3: str = Field(
         description="s3:// prefix for artifacts; each run writes under <s3>/run-<n>/.",
@@ -562,20 +611,22 @@ class OutputSpec(SpecModel):
         pattern=S3_URI_PATTERN,
     )
     endpoint: str | None = Field(
-        None,
+        default=None,
         description="S3 endpoint URL (for S3-compatible stores); unset uses the operator default.",
         max_length=MAX_URI,
         pattern=URL_PATTERN,
     )
-    region: str | None = Field(None, description="S3 region.", max_length=64)
+    region: str | None = Field(default=None, description="S3 region.", max_length=64)
     credentials_secret_ref: S3CredentialsRef | None = Field(
-        None,
+        default=None,
         description="Secret with S3 keys; unset uses the pod's ambient credentials (e.g. IRSA).",
     )
     merged_weights: Flag = Field(
-        False, description="Also upload base+adapter merged weights under merged/."
+        default=False, description="Also upload base+adapter merged weights under merged/."
     )
-    adapter_dtype: DType = Field("bfloat16", description="Dtype of the saved adapter weights.")
+    adapter_dtype: DType = Field(
+        default="bfloat16", description="Dtype of the saved adapter weights."
+    )
 
 
 Engine = Literal["vllm", "transformers"]
@@ -584,23 +635,25 @@ Engine = Literal["vllm", "transformers"]
 class ServingSpec(SpecModel):
     """Serve the adapter once training succeeds."""
 
-    enabled: Flag = Field(False, description="Serve the adapter after a successful run.")
+    enabled: Flag = Field(default=False, description="Serve the adapter after a successful run.")
     serving_ref: str | None = Field(
-        None,
+        default=None,
         description="Name of an existing LoRAServing (same namespace) to add the adapter to; "
         "unset creates a dedicated one.",
         max_length=MAX_NAME,
         pattern=DNS_LABEL_PATTERN,
     )
     adapter_name: str | None = Field(
-        None,
+        default=None,
         description="Name the adapter is served under (the OpenAI `model`); unset uses the "
         "LoRAFineTune's name.",
         max_length=63,
         pattern=ADAPTER_NAME_PATTERN,
     )
-    replicas: int = Field(1, description="Replicas of a dedicated LoRAServing.", ge=0, le=64)
-    engine: Engine = Field("vllm", description="Engine of a dedicated LoRAServing.")
+    replicas: int = Field(
+        default=1, description="Replicas of a dedicated LoRAServing.", ge=0, le=64
+    )
+    engine: Engine = Field(default="vllm", description="Engine of a dedicated LoRAServing.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -624,7 +677,7 @@ class LoRAFineTuneSpec(SpecModel):
     base_model: BaseModelSpec = Field(description="The pretrained model to adapt.")
     dataset: DatasetSpec = Field(description="Training (and evaluation) data.")
     method: Method = Field(
-        "lora",
+        default="lora",
         description="lora trains adapters on frozen bf16/fp16 weights; qlora on 4/8-bit "
         "quantized weights (less memory, somewhat slower).",
     )
@@ -632,7 +685,8 @@ class LoRAFineTuneSpec(SpecModel):
         default_factory=LoRASpec, description="Adapter shape.", json_schema_extra=_OBJECT_DEFAULT
     )
     quantization: QuantizationSpec | None = Field(
-        None, description="Base-weight quantization; only with method qlora (unset uses defaults)."
+        default=None,
+        description="Base-weight quantization; only with method qlora (unset uses defaults).",
     )
     training: TrainingSpec = Field(description="Training loop hyper-parameters.")
     resources: Resources = Field(
@@ -641,24 +695,28 @@ class LoRAFineTuneSpec(SpecModel):
         json_schema_extra=_OBJECT_DEFAULT,
     )
     output: OutputSpec = Field(description="Artifact destination.")
-    serving: ServingSpec | None = Field(None, description="Serve the adapter after training.")
+    serving: ServingSpec | None = Field(
+        default=None, description="Serve the adapter after training."
+    )
     suspend: Flag = Field(
-        False,
+        default=False,
         description="Hold (or pause) the run: no pod runs while true. Kueue-compatible; "
         "resuming continues from the last checkpoint.",
     )
     active_deadline_seconds: int | None = Field(
-        None, description="Fail a run that takes longer than this (seconds).", ge=1
+        default=None, description="Fail a run that takes longer than this (seconds).", ge=1
     )
     backoff_limit: int = Field(
-        3,
+        default=3,
         description="Retries after infrastructure failures (invalid config, data or model fail "
         "at once; preemption is retried without counting).",
         ge=0,
         le=100,
     )
     ttl_seconds_after_finished: int | None = Field(
-        None, description="Delete the finished Job and its pods after this many seconds.", ge=0
+        default=None,
+        description="Delete the finished Job and its pods after this many seconds.",
+        ge=0,
     )
 
     @model_validator(mode="after")
@@ -699,19 +757,21 @@ COND_READY = "Ready"  # LoRAServing
 class Condition(StatusModel):
     """A Kubernetes API-convention condition."""
 
-    type: str = Field(description="Condition type, e.g. Validated, Running, Succeeded, Failed.", max_length=316)
+    type: str = Field(
+        description="Condition type, e.g. Validated, Running, Succeeded, Failed.", max_length=316
+    )
     status: ConditionStatus = Field(description="True, False or Unknown.")
     reason: str = Field(
-        "",
+        default="",
         description="CamelCase reason for the last transition, e.g. DatasetInvalid.",
         max_length=1024,
     )
-    message: str = Field("", description="Human-readable detail.", max_length=32768)
+    message: str = Field(default="", description="Human-readable detail.", max_length=32768)
     observed_generation: int | None = Field(
-        None, description="metadata.generation the condition was computed from.", ge=0
+        default=None, description="metadata.generation the condition was computed from.", ge=0
     )
     last_transition_time: datetime | None = Field(
-        None, description="When status last changed."
+        default=None, description="When status last changed."
     )
 
 
@@ -724,21 +784,31 @@ _CONDITIONS_FIELD: dict[str, Any] = {
 class Artifacts(StatusModel):
     """What a run uploaded."""
 
-    adapter_uri: str | None = Field(None, description="s3:// prefix of the adapter (adapter/).")
-    merged_uri: str | None = Field(None, description="s3:// prefix of merged weights, if asked for.")
-    manifest_uri: str | None = Field(None, description="s3:// URI of manifest.json (written last).")
-    eval_report_uri: str | None = Field(None, description="s3:// URI of eval/report.json.")
-    size_bytes: int | None = Field(None, description="Total bytes of the adapter files.")
-    sha256: str | None = Field(None, description="sha256 of adapter_model.safetensors.")
+    adapter_uri: str | None = Field(
+        default=None, description="s3:// prefix of the adapter (adapter/)."
+    )
+    merged_uri: str | None = Field(
+        default=None, description="s3:// prefix of merged weights, if asked for."
+    )
+    manifest_uri: str | None = Field(
+        default=None, description="s3:// URI of manifest.json (written last)."
+    )
+    eval_report_uri: str | None = Field(default=None, description="s3:// URI of eval/report.json.")
+    size_bytes: int | None = Field(default=None, description="Total bytes of the adapter files.")
+    sha256: str | None = Field(default=None, description="sha256 of adapter_model.safetensors.")
 
 
 class EvalSummary(StatusModel):
     """Base model vs adapter on the held-out rows."""
 
-    eval_loss_base: float | None = Field(None, description="Eval loss of the base model.")
-    eval_loss_adapter: float | None = Field(None, description="Eval loss with the adapter.")
-    perplexity_base: float | None = Field(None, description="Eval perplexity of the base model.")
-    perplexity_adapter: float | None = Field(None, description="Eval perplexity with the adapter.")
+    eval_loss_base: float | None = Field(default=None, description="Eval loss of the base model.")
+    eval_loss_adapter: float | None = Field(default=None, description="Eval loss with the adapter.")
+    perplexity_base: float | None = Field(
+        default=None, description="Eval perplexity of the base model."
+    )
+    perplexity_adapter: float | None = Field(
+        default=None, description="Eval perplexity with the adapter."
+    )
 
 
 class RunResult(Artifacts, EvalSummary):
@@ -751,28 +821,40 @@ Stage = Literal["Loading", "Validating", "Training", "Evaluating", "Uploading", 
 class Progress(StatusModel):
     """Live training progress. Written only by the trainer (its run's ServiceAccount)."""
 
-    run_number: int | None = Field(None, description="Run this progress belongs to.")
-    stage: Stage | None = Field(None, description="What the trainer is doing.")
-    step: int | None = Field(None, description="Optimizer steps done.")
-    total_steps: int | None = Field(None, description="Optimizer steps planned.")
-    epoch: float | None = Field(None, description="Epochs done (fractional).")
-    percent: float | None = Field(None, description="Percent of planned steps done.")
-    loss: float | None = Field(None, description="Latest training loss.")
-    eval_loss: float | None = Field(None, description="Latest evaluation loss.")
-    learning_rate: float | None = Field(None, description="Current learning rate.")
-    tokens_per_second: float | None = Field(None, description="Training throughput (tokens/s).")
-    eta: str | None = Field(None, description="Time left, human readable (e.g. 3m20s).")
-    eta_seconds: float | None = Field(None, description="Time left in seconds.")
-    peak_gpu_memory_gi_b: float | None = Field(
-        None, alias="peakGpuMemoryGiB", description="Peak GPU memory reserved (GiB)."
+    run_number: int | None = Field(default=None, description="Run this progress belongs to.")
+    stage: Stage | None = Field(default=None, description="What the trainer is doing.")
+    step: int | None = Field(default=None, description="Optimizer steps done.")
+    total_steps: int | None = Field(default=None, description="Optimizer steps planned.")
+    epoch: float | None = Field(default=None, description="Epochs done (fractional).")
+    percent: float | None = Field(default=None, description="Percent of planned steps done.")
+    loss: float | None = Field(default=None, description="Latest training loss.")
+    eval_loss: float | None = Field(default=None, description="Latest evaluation loss.")
+    learning_rate: float | None = Field(default=None, description="Current learning rate.")
+    tokens_per_second: float | None = Field(
+        default=None, description="Training throughput (tokens/s)."
     )
-    trainable_params: int | None = Field(None, description="Trainable (adapter) parameters.")
-    total_params: int | None = Field(None, description="All parameters of the adapted model.")
-    trainable_percent: float | None = Field(None, description="100 * trainable / total.")
-    updated_at: datetime | None = Field(None, description="When the trainer last wrote progress.")
-    oom_retries: int | None = Field(None, description="Out-of-memory retries with a smaller micro-batch.")
-    micro_batch_size: int | None = Field(None, description="Per-device batch size in use.")
-    result: RunResult | None = Field(None, description="What the run uploaded (set at the end).")
+    eta: str | None = Field(default=None, description="Time left, human readable (e.g. 3m20s).")
+    eta_seconds: float | None = Field(default=None, description="Time left in seconds.")
+    peak_gpu_memory_gi_b: float | None = Field(
+        default=None, alias="peakGpuMemoryGiB", description="Peak GPU memory reserved (GiB)."
+    )
+    trainable_params: int | None = Field(
+        default=None, description="Trainable (adapter) parameters."
+    )
+    total_params: int | None = Field(
+        default=None, description="All parameters of the adapted model."
+    )
+    trainable_percent: float | None = Field(default=None, description="100 * trainable / total.")
+    updated_at: datetime | None = Field(
+        default=None, description="When the trainer last wrote progress."
+    )
+    oom_retries: int | None = Field(
+        default=None, description="Out-of-memory retries with a smaller micro-batch."
+    )
+    micro_batch_size: int | None = Field(default=None, description="Per-device batch size in use.")
+    result: RunResult | None = Field(
+        default=None, description="What the run uploaded (set at the end)."
+    )
 
 
 Phase = Literal["Pending", "Queued", "Scheduling", "Running", "Succeeded", "Failed", "Suspended"]
@@ -781,56 +863,63 @@ Phase = Literal["Pending", "Queued", "Scheduling", "Running", "Succeeded", "Fail
 class RunRef(StatusModel):
     """The current run's bookkeeping."""
 
-    number: int | None = Field(None, description="Run number (1, 2, ...); names the Job and S3 prefix.")
-    generation: int | None = Field(None, description="metadata.generation the run was started for.")
-    job_name: str | None = Field(None, description="Name of the run's Job.")
-    start_time: datetime | None = Field(None, description="When the run started.")
-    completion_time: datetime | None = Field(None, description="When the run finished.")
+    number: int | None = Field(
+        default=None, description="Run number (1, 2, ...); names the Job and S3 prefix."
+    )
+    generation: int | None = Field(
+        default=None, description="metadata.generation the run was started for."
+    )
+    job_name: str | None = Field(default=None, description="Name of the run's Job.")
+    start_time: datetime | None = Field(default=None, description="When the run started.")
+    completion_time: datetime | None = Field(default=None, description="When the run finished.")
 
 
 class HistoryEntry(StatusModel):
     """A finished run."""
 
     number: int = Field(description="Run number.")
-    generation: int | None = Field(None, description="metadata.generation of the run.")
-    phase: Phase | None = Field(None, description="How it ended.")
-    reason: str | None = Field(None, description="CamelCase reason it ended.")
-    artifacts: Artifacts | None = Field(None, description="What it uploaded.")
-    start_time: datetime | None = Field(None, description="When it started.")
-    completion_time: datetime | None = Field(None, description="When it finished.")
+    generation: int | None = Field(default=None, description="metadata.generation of the run.")
+    phase: Phase | None = Field(default=None, description="How it ended.")
+    reason: str | None = Field(default=None, description="CamelCase reason it ended.")
+    artifacts: Artifacts | None = Field(default=None, description="What it uploaded.")
+    start_time: datetime | None = Field(default=None, description="When it started.")
+    completion_time: datetime | None = Field(default=None, description="When it finished.")
 
 
 class LoRAFineTuneStatus(StatusModel):
     """Observed state. `progress` is written by the trainer; every other field by the operator."""
 
     observed_generation: int | None = Field(
-        None, description="(operator) metadata.generation last acted on."
+        default=None, description="(operator) metadata.generation last acted on."
     )
     phase: Phase | None = Field(
-        None, description="(operator) display-only summary of the conditions; never read back."
+        default=None,
+        description="(operator) display-only summary of the conditions; never read back.",
     )
-    message: str | None = Field(None, description="(operator) human-readable state detail.")
+    message: str | None = Field(default=None, description="(operator) human-readable state detail.")
     model: str | None = Field(
-        None, description="(operator) short name of spec.baseModel, for kubectl get."
+        default=None, description="(operator) short name of spec.baseModel, for kubectl get."
     )
     conditions: list[Condition] = Field(
         default_factory=list,
         description="(operator) Validated, Running, Succeeded, Failed, Suspended.",
         json_schema_extra=_CONDITIONS_FIELD,
     )
-    run: RunRef | None = Field(None, description="(operator) the current run.")
+    run: RunRef | None = Field(default=None, description="(operator) the current run.")
     history: list[HistoryEntry] = Field(
         default_factory=list, description="(operator) finished runs, oldest first (capped)."
     )
     artifacts: Artifacts | None = Field(
-        None, description="(operator) artifacts of the latest successful run."
+        default=None, description="(operator) artifacts of the latest successful run."
     )
     evaluation: EvalSummary | None = Field(
-        None, description="(operator) evaluation summary of the latest successful run."
+        default=None, description="(operator) evaluation summary of the latest successful run."
     )
-    gpu_hours: float | None = Field(None, description="(operator) GPU-hours used by all runs.")
+    gpu_hours: float | None = Field(
+        default=None, description="(operator) GPU-hours used by all runs."
+    )
     progress: Progress | None = Field(
-        None, description="(trainer) live progress of the current run."
+        default=None, description="(trainer) live progress of the current run."
     )
 
 
@@ -851,7 +940,9 @@ class ServingAdapter(SpecModel):
         max_length=MAX_URI,
         pattern=S3_URI_PATTERN,
     )
-    rank: int | None = Field(None, description="Adapter rank (sizes the engine's LoRA slots).", ge=1, le=1024)
+    rank: int | None = Field(
+        default=None, description="Adapter rank (sizes the engine's LoRA slots).", ge=1, le=1024
+    )
 
 
 class ServingResources(BaseResources):
@@ -862,31 +953,36 @@ class LoRAServingSpec(SpecModel):
     """Desired state of a multi-adapter inference server."""
 
     base_model: BaseModelSpec = Field(description="The base model the adapters were trained on.")
-    engine: Engine = Field("vllm", description="Inference engine.")
+    engine: Engine = Field(default="vllm", description="Inference engine.")
     adapters: list[ServingAdapter] = Field(
         default_factory=list,
         description="Adapters to load, keyed by name.",
         max_length=MAX_LIST,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
-    replicas: int = Field(1, description="Server replicas.", ge=0, le=64)
+    replicas: int = Field(default=1, description="Server replicas.", ge=0, le=64)
     resources: ServingResources = Field(
         default_factory=ServingResources,
         description="Resources of each replica.",
         json_schema_extra=_OBJECT_DEFAULT,
     )
     engine_args: list[ArgStr] = Field(
-        [],
+        default=[],
         description="Extra engine command-line arguments.",
         max_length=MAX_LIST,
     )
-    port: int = Field(8000, description="HTTP port of the OpenAI-compatible API.", ge=1, le=65535)
-    endpoint: str | None = Field(
-        None, description="S3 endpoint URL for adapters and model.", max_length=MAX_URI, pattern=URL_PATTERN
+    port: int = Field(
+        default=8000, description="HTTP port of the OpenAI-compatible API.", ge=1, le=65535
     )
-    region: str | None = Field(None, description="S3 region.", max_length=64)
+    endpoint: str | None = Field(
+        default=None,
+        description="S3 endpoint URL for adapters and model.",
+        max_length=MAX_URI,
+        pattern=URL_PATTERN,
+    )
+    region: str | None = Field(default=None, description="S3 region.", max_length=64)
     credentials_secret_ref: S3CredentialsRef | None = Field(
-        None, description="Secret with S3 keys for reading adapters and the model."
+        default=None, description="Secret with S3 keys for reading adapters and the model."
     )
 
     @model_validator(mode="after")
@@ -904,20 +1000,24 @@ class AdapterStatus(StatusModel):
     """A loaded (or failing) adapter."""
 
     name: str = Field(description="Adapter name.")
-    uri: str | None = Field(None, description="Where it was loaded from.")
-    state: AdapterState | None = Field(None, description="Loading, Ready or Failed.")
-    reason: str | None = Field(None, description="Why it failed, if it did.")
+    uri: str | None = Field(default=None, description="Where it was loaded from.")
+    state: AdapterState | None = Field(default=None, description="Loading, Ready or Failed.")
+    reason: str | None = Field(default=None, description="Why it failed, if it did.")
 
 
 class LoRAServingStatus(StatusModel):
     """Observed state of the server (written by the operator)."""
 
-    observed_generation: int | None = Field(None, description="metadata.generation last acted on.")
+    observed_generation: int | None = Field(
+        default=None, description="metadata.generation last acted on."
+    )
     conditions: list[Condition] = Field(
         default_factory=list, description="Ready.", json_schema_extra=_CONDITIONS_FIELD
     )
-    url: str | None = Field(None, description="In-cluster base URL of the OpenAI-compatible API.")
-    ready_replicas: int | None = Field(None, description="Replicas serving.")
+    url: str | None = Field(
+        default=None, description="In-cluster base URL of the OpenAI-compatible API."
+    )
+    ready_replicas: int | None = Field(default=None, description="Replicas serving.")
     adapters: list[AdapterStatus] = Field(
         default_factory=list,
         description="Adapters and their state.",
