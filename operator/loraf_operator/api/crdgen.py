@@ -330,6 +330,28 @@ Two namespaced kinds: `LoRAFineTune` (short name `loraf`) trains an adapter;
 and `kubectl get loraf-all` categories. Every field below is declared once, in the pydantic
 models; the CRDs, `kubectl explain` and this page are generated from them.
 
+The smallest valid LoRAFineTune (everything else has a default; see `examples/`):
+
+```yaml
+apiVersion: loraf.dev/v1alpha1
+kind: LoRAFineTune
+metadata:
+  name: my-adapter
+spec:
+  baseModel:
+    huggingFace: HuggingFaceTB/SmolLM2-135M-Instruct
+  dataset:
+    s3: s3://my-data/train.jsonl
+    format: alpaca
+  training:
+    maxSteps: 100
+  output:
+    s3: s3://my-artifacts/my-adapter
+```
+
+To change a field, edit `operator/loraf_operator/api/models.py` and run
+`python -m loraf_operator.api.crdgen` (CI runs it with `--check`).
+
 ## Validation
 
 Manifests are checked by the apiserver at `kubectl apply`: types, bounds, enums and
