@@ -1,0 +1,242 @@
+"""The run's batch/v1 Job: one pod running `loraf train` on the mounted TrainerConfig.
+
+Retry semantics live in the Job, not in the operator: `backoffLimit` counts infrastructure
+failures, `podFailurePolicy` fails the Job at once on the trainer's user-error exit codes
+(retrying a bad dataset cannot help) and ignores preemption (exit 75 after a checkpoint, or
+a pod disruption), so those retries do not use up `backoffLimit`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..api.exitcodes import FAIL_FAST_CODES, ExitCode
+from ..api.models import LoRAFineTune
+from ..api.trainer_config import CONFIG_MOUNT_PATH
+from .common import BuildDefaults, child_metadata, generation
+from .labels import QUEUE_NAME, run_annotations, run_labels
+from .naming import child_name, config_map_name
+
+CONTAINER = "trainer"
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+CONFIG_DIR = CONFIG_MOUNT_PATH.rsplit("/", 1)[0]  # /etc/loraf
+PVC_ROOT = "/mnt/pvc"  # the trainer looks for claim <c> at /mnt/pvc/<c> (model_loading.py)
+WORK_DIR = "/workspace"
+CACHE_DIR = "/cache"
+TERMINATION_LOG = "/dev/termination-log"
+RUN_AS_USER = 1000
+
+
+def pod_failure_policy() -> dict[str, Any]:
+    return {
+        "rules": [
+            {
+                "action": "FailJob",
+                "onExitCodes": {
+                    "containerName": CONTAINER,
+                    "operator": "In",
+                    "values": list(FAIL_FAST_CODES),
+                },
+            },
+            {
+                "action": "Ignore",
+                "onExitCodes": {
+                    "containerName": CONTAINER,
+                    "operator": "In",
+                    "values": [int(ExitCode.PREEMPTED)],
+                },
+            },
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+        ]
+    }
+
+
+def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+def build_env(ft: LoRAFineTune, defaults: BuildDefaults) -> list[dict[str, Any]]:
+    """Container env: identity, S3 endpoint/region, and secrets only by reference."""
+    spec = ft.spec
+    env: list[dict[str, Any]] = [
+        {"name": "LORAF_NAMESPACE", "value": ft.namespace},
+        {"name": "LORAF_NAME", "value": ft.name},
+        {"name": "LORAF_WORK_DIR", "value": WORK_DIR},
+        {"name": "HOME", "value": WORK_DIR},  # uid 1000 has no home in most images
+    ]
+    out = spec.output
+    endpoint = out.endpoint or defaults.s3_endpoint
+    region = out.region or defaults.s3_region
+    if endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": endpoint})
+    if region:
+        env.append({"name": "AWS_REGION", "value": region})
+    if out.credentials_secret_ref is not None:
+        ref = out.credentials_secret_ref
+        env.append(_secret_env("AWS_ACCESS_KEY_ID", ref.name, ref.access_key_id_key))
+        env.append(_secret_env("AWS_SECRET_ACCESS_KEY", ref.name, ref.secret_access_key_key))
+    if spec.base_model.token_secret_ref is not None:
+        ref_hf = spec.base_model.token_secret_ref
+        env.append(_secret_env("HF_TOKEN", ref_hf.name, ref_hf.key))
+    if spec.resources.model_cache_pvc:
+        env.append({"name": "HF_HOME", "value": f"{CACHE_DIR}/huggingface"})
+    return env
+
+
+def _pvc_claims(ft: LoRAFineTune) -> list[str]:
+    """Claims the trainer reads model/data from, in a stable order, without repeats."""
+    spec = ft.spec
+    sources = [
+        spec.base_model.pvc,
+        spec.dataset.pvc,
+        spec.dataset.eval.pvc if spec.dataset.eval else None,
+    ]
+    claims: list[str] = []
+    for src in sources:
+        if src is not None and src.claim_name not in claims:
+            claims.append(src.claim_name)
+    return claims
+
+
+def build_volumes(ft: LoRAFineTune, run: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, volumeMounts) of the trainer pod."""
+    volumes: list[dict[str, Any]] = [
+        {"name": "config", "configMap": {"name": config_map_name(ft.name, run)}},
+        # The default 64 MiB /dev/shm breaks torch data loaders and NCCL.
+        {"name": "shm", "emptyDir": {"medium": "Memory"}},
+        {"name": "work", "emptyDir": {}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "shm", "mountPath": "/dev/shm"},
+        {"name": "work", "mountPath": WORK_DIR},
+    ]
+    cache = ft.spec.resources.model_cache_pvc
+    if cache:
+        volumes.append({"name": "model-cache", "persistentVolumeClaim": {"claimName": cache}})
+        mounts.append({"name": "model-cache", "mountPath": CACHE_DIR})
+    for i, claim in enumerate(_pvc_claims(ft)):
+        vol = f"pvc-{i}"
+        volumes.append(
+            {"name": vol, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        )
+        mounts.append({"name": vol, "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True})
+    return volumes, mounts
+
+
+def build_resources(ft: LoRAFineTune) -> dict[str, Any]:
+    res = ft.spec.resources
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+    if res.gpus > 0:
+        requests[GPU_RESOURCE] = limits[GPU_RESOURCE] = str(res.gpus)
+    if res.cpu is not None:
+        requests["cpu"] = str(res.cpu)
+    if res.memory is not None:
+        requests["memory"] = limits["memory"] = str(res.memory)
+    out: dict[str, Any] = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def build_scheduling(ft: LoRAFineTune) -> dict[str, Any]:
+    """nodeSelector, tolerations, affinity and priority of the pod spec."""
+    res = ft.spec.resources
+    node_selector: dict[str, str] = {}
+    tolerations: list[dict[str, Any]] = []
+    if res.gpus > 0:
+        tolerations.append(dict(GPU_TOLERATION))
+        if res.gpu_type:
+            node_selector[GPU_PRODUCT_LABEL] = res.gpu_type
+    node_selector.update(res.node_selector)
+    tolerations.extend(t for t in res.tolerations if t not in tolerations)
+    out: dict[str, Any] = {}
+    if node_selector:
+        out["nodeSelector"] = node_selector
+    if tolerations:
+        out["tolerations"] = tolerations
+    if res.affinity:
+        out["affinity"] = res.affinity
+    if res.priority_class_name:
+        out["priorityClassName"] = res.priority_class_name
+    if res.image_pull_secrets:
+        out["imagePullSecrets"] = [{"name": n} for n in res.image_pull_secrets]
+    return out
+
+
+def build_container(ft: LoRAFineTune, run: int, defaults: BuildDefaults) -> dict[str, Any]:
+    _, mounts = build_volumes(ft, run)
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": ft.spec.resources.image or defaults.trainer_image,
+        "command": ["loraf", "train", "--config", CONFIG_MOUNT_PATH],
+        "env": build_env(ft, defaults),
+        "volumeMounts": mounts,
+        # The trainer writes a one-line reason here before a non-zero exit; on a crash
+        # without one, the log tail is used instead.
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    resources = build_resources(ft)
+    if resources:
+        container["resources"] = resources
+    return container
+
+
+def build_job(ft: LoRAFineTune, run: int, defaults: BuildDefaults | None = None) -> dict[str, Any]:
+    """The Job of run `run` of `ft`."""
+    defaults = defaults or BuildDefaults()
+    spec = ft.spec
+    name = child_name(ft.name, run)
+    meta = child_metadata(ft, run, name)
+    queue = (ft.metadata.get("labels") or {}).get(QUEUE_NAME)
+    if queue:
+        meta["labels"][QUEUE_NAME] = queue
+    volumes, _ = build_volumes(ft, run)
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",  # required by podFailurePolicy; retries are new pods
+        "serviceAccountName": name,
+        "automountServiceAccountToken": True,  # the trainer patches status.progress
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
+            "fsGroup": RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [build_container(ft, run, defaults)],
+        "volumes": volumes,
+        **build_scheduling(ft),
+    }
+    job_spec: dict[str, Any] = {
+        "backoffLimit": spec.backoff_limit,
+        "completions": 1,
+        "parallelism": 1,
+        "suspend": spec.suspend,
+        "podFailurePolicy": pod_failure_policy(),
+        "template": {
+            "metadata": {
+                "labels": run_labels(ft.name, run),
+                "annotations": run_annotations(ft.name, run, generation(ft)),
+            },
+            "spec": pod_spec,
+        },
+    }
+    if spec.active_deadline_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    if spec.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}

@@ -1,0 +1,153 @@
+"""kopf glue: register handlers that hand over to `Reconciler`. No decisions in here.
+
+- LoRAFineTune create/update(spec)/resume -> `Reconciler.reconcile` (start/stop runs).
+- Job and Pod events (label app.kubernetes.io/managed-by=loraf) -> `Reconciler.sync`.
+- No timers or daemons: kopf would put a finalizer on every LoRAFineTune for them, and a
+  finalizer makes resources undeletable while the operator is down. The safety net is the
+  watch re-list instead: every LORAF_STATUS_INTERVAL_SECONDS the watch streams end and
+  kopf lists again, which replays every Job and Pod through the handlers below.
+- In-memory indexes of LoRAFineTunes, run Jobs and run Pods, fed by the same watches, so
+  following a run needs no extra reads.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import kopf
+
+from . import metrics
+from .api.models import FINETUNE_PLURAL, GROUP, VERSION
+from .builders.labels import FINETUNE, JOB_NAME, MANAGED_SELECTOR
+from .kube import Kube
+from .reconciler import Reconciler
+from .settings import Settings
+
+FT = (GROUP, VERSION, FINETUNE_PLURAL)
+JOBS = ("batch", "v1", "jobs")
+PODS = ("", "v1", "pods")
+
+
+def _slim(body: Any, keep_spec: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """A small copy of a watched object for the indexes (no managedFields)."""
+    meta = body.get("metadata") or {}
+    out: dict[str, Any] = {
+        "metadata": {
+            k: copy.deepcopy(meta[k])
+            for k in (
+                "name",
+                "namespace",
+                "uid",
+                "resourceVersion",
+                "generation",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "labels",
+                "annotations",
+                "ownerReferences",
+            )
+            if k in meta
+        },
+        "status": copy.deepcopy(dict(body.get("status") or {})),
+    }
+    spec = body.get("spec") or {}
+    out["spec"] = (
+        copy.deepcopy(dict(spec))
+        if keep_spec is None
+        else {k: spec[k] for k in keep_spec if k in spec}
+    )
+    for k in ("apiVersion", "kind"):
+        if k in body:
+            out[k] = body[k]
+    return out
+
+
+def _owner(body: Any) -> str | None:
+    return ((body.get("metadata") or {}).get("annotations") or {}).get(FINETUNE)
+
+
+def register(cfg: Settings, registry: kopf.OperatorRegistry) -> None:
+    """Register every handler on `registry` with the given settings."""
+
+    @kopf.on.startup(registry=registry, id="startup")
+    async def startup(**kw: Any) -> None:
+        settings: kopf.OperatorSettings = kw["settings"]
+        memo: kopf.Memo = kw["memo"]
+        # kopf's own bookkeeping goes to annotations, never into our status.
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="loraf.dev")
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix="loraf.dev", key="last-handled-configuration"
+        )
+        settings.persistence.finalizer = "loraf.dev/kopf-finalizer"  # unused: no delete handlers
+        settings.posting.reporting_component = "loraf-operator"
+        settings.posting.level = 20  # INFO: handler failures become Events too
+        settings.peering.mandatory = bool(cfg.peering)
+        # Re-list (and so re-sync every run) at this interval; see the module docstring.
+        settings.watching.server_timeout = cfg.status_interval_seconds
+        settings.watching.client_timeout = cfg.status_interval_seconds + 30
+        settings.networking.request_timeout = 30
+        memo.reconciler = Reconciler(await Kube.connect(), cfg)
+        metrics.serve(cfg.metrics_port)
+
+    @kopf.on.login(registry=registry, id="login")
+    def login(**kw: Any) -> kopf.ConnectionInfo | None:
+        # An explicit registry has no default login handlers: in-cluster token, else kubeconfig.
+        return kopf.login_with_service_account(**kw) or kopf.login_with_kubeconfig(**kw)
+
+    @kopf.on.cleanup(registry=registry, id="cleanup")
+    async def cleanup(**kw: Any) -> None:
+        rec = getattr(kw["memo"], "reconciler", None)
+        if rec is not None:
+            await rec.kube.close()
+
+    # -- indexes (kwargs only: kopf passes many, and mypy checks them against its protocols) --
+
+    @kopf.index(*FT, registry=registry, id="finetunes")
+    def finetunes(**kw: Any) -> dict[Any, Any]:
+        return {(kw["namespace"], kw["name"]): _slim(kw["body"])}
+
+    @kopf.index(*JOBS, labels=MANAGED_SELECTOR, registry=registry, id="run_jobs")
+    def run_jobs(**kw: Any) -> dict[Any, Any]:
+        return {
+            (kw["namespace"], kw["name"]): _slim(kw["body"], keep_spec=("suspend", "backoffLimit"))
+        }
+
+    @kopf.index(*PODS, labels=MANAGED_SELECTOR, registry=registry, id="run_pods")
+    def run_pods(**kw: Any) -> dict[Any, Any]:
+        job = kw["labels"].get(JOB_NAME)
+        return {(kw["namespace"], job): _slim(kw["body"], keep_spec=("nodeName",))} if job else {}
+
+    # -- the LoRAFineTune ---------------------------------------------------------------------
+
+    @kopf.on.resume(*FT, registry=registry, id="reconcile")
+    @kopf.on.create(*FT, registry=registry, id="reconcile")
+    @kopf.on.update(*FT, field="spec", registry=registry, id="reconcile")
+    async def reconcile(**kw: Any) -> None:
+        with metrics.timed("reconcile"):
+            await kw["memo"].reconciler.reconcile(dict(kw["body"]), kw["run_jobs"], kw["logger"])
+
+    @kopf.on.event(*FT, registry=registry, id="finetune_gone")
+    async def finetune_gone(**kw: Any) -> None:
+        if kw["type"] == "DELETED" and hasattr(kw["memo"], "reconciler"):
+            kw["memo"].reconciler.forget((kw["namespace"], kw["name"]))
+
+    # -- the run's Job and Pods ---------------------------------------------------------------
+
+    async def _follow(kw: dict[str, Any]) -> None:
+        owner = _owner(kw["body"])
+        memo = kw["memo"]
+        if owner and hasattr(memo, "reconciler"):
+            await memo.reconciler.sync(
+                kw["namespace"], owner, kw["finetunes"], kw["run_jobs"], kw["run_pods"]
+            )
+
+    @kopf.on.event(*JOBS, labels=MANAGED_SELECTOR, registry=registry, id="job_event")
+    async def job_event(**kw: Any) -> None:
+        with metrics.timed("job_event"):
+            await _follow(kw)
+
+    @kopf.on.event(*PODS, labels=MANAGED_SELECTOR, registry=registry, id="pod_event")
+    async def pod_event(**kw: Any) -> None:
+        with metrics.timed("pod_event"):
+            await _follow(kw)

@@ -1,0 +1,153 @@
+"""A small async Kubernetes REST layer: dict manifests in, dicts out.
+
+Built on `kubernetes.aio` for authentication (kubeconfig, in-cluster token, exec plugins)
+and connection pooling, but sends and returns plain JSON: the builders produce wire-format
+dicts, and round-tripping them through generated model classes would cost CPU and could
+drop fields the client does not know.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from kubernetes.aio import config as kconfig
+from kubernetes.aio.client import ApiClient, Configuration
+
+from .api.models import FINETUNE_PLURAL, GROUP, VERSION
+
+Obj = dict[str, Any]
+MERGE_PATCH = "application/merge-patch+json"
+FIELD_MANAGER = "loraf-operator"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, body: str, method: str, path: str) -> None:
+        self.status = status
+        self.body = body
+        try:
+            self.reason = str(json.loads(body).get("reason", ""))
+            self.message = str(json.loads(body).get("message", body))
+        except (ValueError, AttributeError):
+            self.reason, self.message = "", body
+        super().__init__(f"{method} {path}: {status} {self.message}")
+
+
+@dataclass(frozen=True)
+class Kind:
+    api: str  # "/api/v1" or "/apis/<group>/<version>"
+    plural: str
+
+
+KINDS: dict[str, Kind] = {
+    "ServiceAccount": Kind("/api/v1", "serviceaccounts"),
+    "ConfigMap": Kind("/api/v1", "configmaps"),
+    "Pod": Kind("/api/v1", "pods"),
+    "Role": Kind("/apis/rbac.authorization.k8s.io/v1", "roles"),
+    "RoleBinding": Kind("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
+    "Job": Kind("/apis/batch/v1", "jobs"),
+    "LoRAFineTune": Kind(f"/apis/{GROUP}/{VERSION}", FINETUNE_PLURAL),
+}
+
+
+def path_of(kind: str, namespace: str, name: str | None = None, sub: str | None = None) -> str:
+    k = KINDS[kind]
+    p = f"{k.api}/namespaces/{quote(namespace)}/{k.plural}"
+    if name:
+        p += f"/{quote(name)}"
+    if sub:
+        p += f"/{sub}"
+    return p
+
+
+class Kube:
+    """One pooled connection to the apiserver, shared by all handlers."""
+
+    def __init__(self, client: ApiClient) -> None:
+        self._client = client
+
+    @classmethod
+    async def connect(cls) -> Kube:
+        cfg = Configuration()
+        if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
+            kconfig.load_incluster_config(client_configuration=cfg)
+        else:
+            await kconfig.load_kube_config(client_configuration=cfg)
+        cfg.connection_pool_maxsize = 32
+        return cls(ApiClient(cfg))
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        query: dict[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> Obj:
+        if query:
+            path = f"{path}?{urlencode(query)}"
+        m, url, headers, data, _ = await self._client.param_serialize(
+            method,
+            path,
+            header_params={"Content-Type": content_type, "Accept": "application/json"},
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        resp = await self._client.call_api(m, url, header_params=headers, body=data)
+        raw = await resp.read()
+        if resp.status >= 300:
+            raise ApiError(resp.status, raw.decode(errors="replace"), method, path)
+        return json.loads(raw) if raw else {}
+
+    # -- verbs ------------------------------------------------------------------------------
+
+    async def get(self, kind: str, namespace: str, name: str) -> Obj | None:
+        try:
+            return await self.request("GET", path_of(kind, namespace, name))
+        except ApiError as e:
+            if e.status == 404:
+                return None
+            raise
+
+    async def create(self, obj: Obj) -> Obj:
+        meta = obj["metadata"]
+        return await self.request(
+            "POST",
+            path_of(obj["kind"], meta["namespace"]),
+            obj,
+            query={"fieldManager": FIELD_MANAGER},
+        )
+
+    async def delete(
+        self, kind: str, namespace: str, name: str, propagation: str = "Background"
+    ) -> bool:
+        """Delete; False when it was already gone."""
+        try:
+            await self.request(
+                "DELETE",
+                path_of(kind, namespace, name),
+                {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation},
+            )
+            return True
+        except ApiError as e:
+            if e.status == 404:
+                return False
+            raise
+
+    async def patch(
+        self, kind: str, namespace: str, name: str, patch: Obj, sub: str | None = None
+    ) -> Obj:
+        return await self.request(
+            "PATCH",
+            path_of(kind, namespace, name, sub),
+            patch,
+            query={"fieldManager": FIELD_MANAGER},
+            content_type=MERGE_PATCH,
+        )

@@ -1,0 +1,311 @@
+"""Read a run's Job and Pods into condition decisions. Pure: objects in, `Cond`s out.
+
+The Job controller owns retries (backoffLimit, podFailurePolicy); this module only
+explains, with a precise reason and message, what the Job and its pods are doing:
+Unschedulable, image pull failures, OOMKilled, the trainer's user-error exit codes,
+DeadlineExceeded, BackoffLimitExceeded, and preempted/evicted pods (retried, not failed).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .api.exitcodes import ExitCode, reason_for
+from .api.models import COND_FAILED, COND_RUNNING, COND_SUCCEEDED, COND_SUSPENDED
+from .status import (
+    COND_SCHEDULED,
+    REASON_QUEUED,
+    REASON_SUSPENDED,
+    Cond,
+    Condition,
+    is_true,
+    reason,
+)
+
+Obj = dict[str, Any]
+
+# Container waiting reasons that are normal steps of starting a container.
+_STARTING = frozenset({"ContainerCreating", "PodInitializing", ""})
+# DisruptionTarget reasons (set by Kubernetes before it kills a pod) and what we call them.
+_DISRUPTION_REASONS = {
+    "PreemptionByScheduler": "Preempted",
+    "PreemptionByKubeScheduler": "Preempted",
+    "EvictionByEvictionAPI": "Evicted",
+    "DeletionByTaintManager": "Evicted",
+    "DeletionByPodGC": "Evicted",
+    "TerminationByKubelet": "Evicted",
+}
+_RETRIED_NOT_COUNTED = frozenset({"Preempted", "Evicted"})
+_EXIT_CODE_RE = re.compile(r"exit code (\d+)")
+
+
+def _conditions(obj: Obj) -> list[Obj]:
+    return list((obj.get("status") or {}).get("conditions") or [])
+
+
+def _cond(obj: Obj, type_: str) -> Obj | None:
+    return next((c for c in _conditions(obj) if c.get("type") == type_), None)
+
+
+def _true(obj: Obj, type_: str) -> bool:
+    c = _cond(obj, type_)
+    return c is not None and c.get("status") == "True"
+
+
+def _container_status(pod: Obj) -> Obj:
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    return next(
+        (s for s in statuses if s.get("name") == "trainer"), statuses[0] if statuses else {}
+    )
+
+
+def _terminated(pod: Obj) -> Obj | None:
+    cs = _container_status(pod)
+    return (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get(
+        "terminated"
+    )
+
+
+def _name(obj: Obj) -> str:
+    return str((obj.get("metadata") or {}).get("name", ""))
+
+
+def _created(obj: Obj) -> str:
+    return str((obj.get("metadata") or {}).get("creationTimestamp", ""))
+
+
+def _phase(pod: Obj) -> str:
+    return str((pod.get("status") or {}).get("phase", ""))
+
+
+@dataclass(frozen=True)
+class PodFailure:
+    """Why one pod of the run ended without success."""
+
+    reason: str  # Preempted, Evicted, OOMKilled, ConfigInvalid, ..., InfrastructureFailure
+    message: str
+    exit_code: int | None = None
+
+    @property
+    def retried_free(self) -> bool:
+        """Retried without counting against backoffLimit (podFailurePolicy: Ignore)."""
+        return self.reason in _RETRIED_NOT_COUNTED
+
+    def describe(self) -> str:
+        code = f" (exit code {self.exit_code})" if self.exit_code is not None else ""
+        return f"{self.reason}{code}" + (f": {self.message}" if self.message else "")
+
+
+def pod_failure(pod: Obj) -> PodFailure:
+    """Why a failed pod failed: disruption, then OOM, then the trainer's exit code."""
+    status = pod.get("status") or {}
+    term = _terminated(pod) or {}
+    code = term.get("exitCode")
+    message = str(term.get("message") or "").strip()
+    disruption = _cond(pod, "DisruptionTarget")
+    if disruption and disruption.get("status") == "True":
+        why = _DISRUPTION_REASONS.get(str(disruption.get("reason")), "Evicted")
+        return PodFailure(why, str(disruption.get("message") or message), code)
+    if status.get("reason") == "Evicted":
+        return PodFailure("Evicted", str(status.get("message") or message), code)
+    if code == ExitCode.PREEMPTED:
+        return PodFailure("Preempted", message or "the trainer saved a checkpoint and exited", code)
+    if term.get("reason") == "OOMKilled":
+        return PodFailure("OOMKilled", message or "the trainer ran out of memory", code)
+    if code is None:
+        return PodFailure(
+            "PodFailed", str(status.get("message") or status.get("reason") or ""), None
+        )
+    return PodFailure(reason_for(int(code)), message, int(code))
+
+
+def _failed_pods(pods: Sequence[Obj]) -> list[Obj]:
+    return sorted((p for p in pods if _phase(p) == "Failed"), key=_created)
+
+
+def _active_pods(pods: Sequence[Obj]) -> list[Obj]:
+    return sorted(
+        (
+            p
+            for p in pods
+            if _phase(p) not in ("Succeeded", "Failed")
+            and not (p.get("metadata") or {}).get("deletionTimestamp")
+        ),
+        key=_created,
+    )
+
+
+def retry_note(pods: Sequence[Obj]) -> str:
+    """'retry 2 after Preempted (exit code 75, not counted against backoffLimit)' or ''."""
+    failed = _failed_pods(pods)
+    if not failed:
+        return ""
+    last = pod_failure(failed[-1])
+    free = ", not counted against backoffLimit" if last.retried_free else ""
+    code = f"exit code {last.exit_code}" if last.exit_code is not None else "no exit code"
+    return f"retry {len(failed)} after {last.reason} ({code}{free})"
+
+
+def _join(*parts: str) -> str:
+    return "; ".join(p for p in parts if p)
+
+
+def job_failure(job: Obj, pods: Sequence[Obj]) -> tuple[str, str]:
+    """(reason, message) of a failed Job, as precise as its pods allow."""
+    cond = _cond(job, "Failed") if _true(job, "Failed") else _cond(job, "FailureTarget")
+    job_reason = str((cond or {}).get("reason") or "JobFailed")
+    job_msg = str((cond or {}).get("message") or "")
+    failed = _failed_pods(pods)
+    last = pod_failure(failed[-1]) if failed else None
+    if job_reason == "DeadlineExceeded":
+        return "DeadlineExceeded", job_msg or "the run took longer than activeDeadlineSeconds"
+    if job_reason == "PodFailurePolicy":
+        fail_fast = next(
+            (
+                f
+                for f in (pod_failure(p) for p in reversed(failed))
+                if f.exit_code in _fail_fast_codes()
+            ),
+            None,
+        )
+        if fail_fast is not None:
+            return fail_fast.reason, fail_fast.message or job_msg
+        m = _EXIT_CODE_RE.search(job_msg)  # pods already gone: the Job names the code
+        if m:
+            return reason_for(int(m.group(1))), job_msg
+        return "JobFailed", job_msg
+    if job_reason == "BackoffLimitExceeded":
+        backoff = int((job.get("spec") or {}).get("backoffLimit", 0))
+        head = f"failed {len(failed) or backoff + 1} time(s), backoffLimit {backoff} exceeded"
+        if last is not None and last.reason == "OOMKilled":
+            return "OOMKilled", _join(last.message, head)
+        return "BackoffLimitExceeded", _join(
+            head, f"last attempt: {last.describe()}" if last else ""
+        )
+    return job_reason, job_msg
+
+
+def _fail_fast_codes() -> set[int | None]:
+    return {int(c) for c in ExitCode if c.fail_fast}
+
+
+def _started_before(prev: Sequence[Condition]) -> bool:
+    """Whether this run's pod has run already (then a suspension is Suspended, not Queued)."""
+    return (
+        is_true(prev, COND_RUNNING)
+        or reason(prev, COND_RUNNING) == REASON_SUSPENDED
+        or (is_true(prev, COND_SUSPENDED) and reason(prev, COND_SUSPENDED) == REASON_SUSPENDED)
+    )
+
+
+def _not_suspended_reason(prev: Sequence[Condition]) -> str:
+    """Resumed right after a suspension, else keep the reason (no churn, no extra events)."""
+    if is_true(prev, COND_SUSPENDED):
+        return "Resumed"
+    return reason(prev, COND_SUSPENDED) or "NotSuspended"
+
+
+def _pod_conditions(pod: Obj, note: str) -> list[Cond]:
+    """Scheduled/Running for the newest live pod of the run."""
+    name = _name(pod)
+    sched = _cond(pod, "PodScheduled")
+    if sched is not None and sched.get("status") == "False":
+        why = str(sched.get("reason") or "Unschedulable")
+        msg = str(sched.get("message") or "")
+        return [
+            Cond(COND_SCHEDULED, "False", why, f"pod {name}: {msg}" if msg else f"pod {name}"),
+            Cond(COND_RUNNING, "False", "Pending", _join(f"pod {name} is not scheduled", note)),
+        ]
+    node = str((pod.get("spec") or {}).get("nodeName") or "")
+    if sched is None and not node:
+        return [
+            Cond(COND_SCHEDULED, "Unknown", "Pending", f"pod {name} waits for the scheduler"),
+            Cond(COND_RUNNING, "False", "Pending", _join(f"pod {name} is pending", note)),
+        ]
+    scheduled = Cond(COND_SCHEDULED, "True", "PodScheduled", f"pod {name} is on node {node}")
+    cs = _container_status(pod)
+    state = cs.get("state") or {}
+    waiting = state.get("waiting")
+    if waiting and waiting.get("reason") not in _STARTING:
+        why = str(waiting["reason"])
+        return [
+            scheduled,
+            Cond(COND_RUNNING, "False", why, _join(str(waiting.get("message") or ""), note)),
+        ]
+    if _phase(pod) == "Running" and state.get("running") is not None:
+        return [
+            scheduled,
+            Cond(
+                COND_RUNNING, "True", "PodRunning", _join(f"pod {name} is running on {node}", note)
+            ),
+        ]
+    return [
+        scheduled,
+        Cond(COND_RUNNING, "False", "ContainerCreating", _join(f"pod {name} is starting", note)),
+    ]
+
+
+def observe(job: Obj | None, pods: Sequence[Obj], prev: Sequence[Condition]) -> list[Cond]:
+    """Conditions describing run `job` (with its `pods`), given the previous conditions.
+
+    Returns no updates when the Job is absent (not created yet, or removed after it
+    finished): absence says nothing new.
+    """
+    if job is None:
+        return []
+    if _true(job, "Complete") or _true(job, "SuccessCriteriaMet"):
+        return [
+            Cond(COND_SUSPENDED, "False", "Completed", ""),
+            Cond(COND_RUNNING, "False", "Completed", "the run finished"),
+            Cond(
+                COND_SUCCEEDED,
+                "True",
+                "Completed",
+                "the trainer finished and uploaded its artifacts",
+            ),
+            Cond(COND_FAILED, "False", "Completed", ""),
+        ]
+    if _true(job, "Failed") or _true(job, "FailureTarget"):
+        why, msg = job_failure(job, pods)
+        return [
+            Cond(COND_SUSPENDED, "False", why, ""),
+            Cond(COND_RUNNING, "False", why, msg),
+            Cond(COND_SUCCEEDED, "False", why, ""),
+            Cond(COND_FAILED, "True", why, msg),
+        ]
+    suspended = bool((job.get("spec") or {}).get("suspend")) or _true(job, "Suspended")
+    if suspended:
+        started = _started_before(prev)
+        why = REASON_SUSPENDED if started else REASON_QUEUED
+        msg = (
+            "the run is suspended; it resumes from its last checkpoint when unsuspended"
+            if started
+            else "the Job is suspended (spec.suspend or a queue such as Kueue holds it)"
+        )
+        return [
+            Cond(COND_SUSPENDED, "True", why, msg),
+            Cond(COND_RUNNING, "False", why, msg),
+        ]
+    resumed = Cond(COND_SUSPENDED, "False", _not_suspended_reason(prev), "")
+    note = retry_note(pods)
+    active = _active_pods(pods)
+    if active:
+        return [resumed, *_pod_conditions(active[-1], note)]
+    failed = _failed_pods(pods)
+    if failed:
+        last = pod_failure(failed[-1])
+        return [
+            resumed,
+            Cond(COND_SCHEDULED, "Unknown", "Retrying", "waiting for the Job controller to retry"),
+            Cond(COND_RUNNING, "False", last.reason, _join(last.describe(), "retrying")),
+        ]
+    return [
+        resumed,
+        Cond(
+            COND_SCHEDULED, "Unknown", "Pending", "waiting for the Job controller to create the pod"
+        ),
+        Cond(COND_RUNNING, "False", "NotStarted", "the run's pod does not exist yet"),
+    ]

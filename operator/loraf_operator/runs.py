@@ -1,0 +1,170 @@
+"""Run bookkeeping, pure: which run to act on, and the status patches that go with it.
+
+A run is one Job (`<name>-r<n>`). A new `metadata.generation` starts run n+1 unless the
+spec fields a run depends on are unchanged (only `suspend` or `serving` were edited): then
+the same run continues and only `Job.spec.suspend` follows the spec.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from .api.models import (
+    COND_FAILED,
+    COND_RUNNING,
+    COND_SUCCEEDED,
+    COND_SUSPENDED,
+    COND_VALIDATED,
+    Artifacts,
+    EvalSummary,
+    RunResult,
+)
+from .status import COND_SCHEDULED, REASON_QUEUED, Cond, Condition, derive_phase, get, is_true
+
+Obj = dict[str, Any]
+HISTORY_CAP = 20
+
+
+def run_of(status: Obj) -> Obj:
+    return dict(status.get("run") or {})
+
+
+def finished(conditions: Sequence[Condition]) -> bool:
+    return is_true(conditions, COND_SUCCEEDED) or is_true(conditions, COND_FAILED)
+
+
+def next_run_number(status: Obj) -> int:
+    numbers = [int(run_of(status).get("number") or 0)]
+    numbers += [int(h.get("number") or 0) for h in status.get("history") or []]
+    return max(numbers) + 1
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the reconcile handler does.
+
+    start: create run `run` (after stopping `stop`, if set); ensure: make sure run `run`'s
+    children exist (idempotent); sync: the run continues under a new generation (only
+    suspend/serving changed); none: the run already finished, nothing to create.
+    """
+
+    action: Literal["start", "ensure", "sync", "none"]
+    run: int
+    stop: int | None = None
+
+
+def plan(status: Obj, generation: int, spec_hash: str, run_hash: str | None) -> Plan:
+    """Decide from the status, the spec hash and the hash the current run was built from.
+
+    `run_hash` is the `loraf.dev/spec-hash` of the current run's children (None: unknown,
+    only looked up when the generation moved on).
+    """
+    run = run_of(status)
+    number = run.get("number")
+    if not number:
+        return Plan("start", next_run_number(status))
+    number = int(number)
+    conds = status.get("conditions") or []
+    if int(run.get("generation") or 0) == generation:
+        return Plan("none" if finished(conds) else "ensure", number)
+    if run_hash is not None and run_hash == spec_hash:
+        return Plan("none" if finished(conds) else "sync", number)
+    return Plan("start", number + 1, stop=number)
+
+
+def start_conditions(suspend: bool) -> list[Cond]:
+    """The conditions of a run that was just created (its Job exists, no pod yet)."""
+    conds = [
+        Cond(COND_VALIDATED, "True", "SpecValid", "the spec is valid"),
+        Cond(COND_SUCCEEDED, "False", "RunStarted", ""),
+        Cond(COND_FAILED, "False", "RunStarted", ""),
+        Cond(COND_RUNNING, "False", "NotStarted", "the run's pod does not exist yet"),
+    ]
+    if suspend:
+        msg = "the Job is suspended (spec.suspend or a queue such as Kueue holds it)"
+        conds.append(Cond(COND_SUSPENDED, "True", REASON_QUEUED, msg))
+    else:
+        conds.append(Cond(COND_SUSPENDED, "False", "NotSuspended", ""))
+        conds.append(Cond(COND_SCHEDULED, "Unknown", "Pending", "waiting for the Job controller"))
+    return conds
+
+
+def invalid_conditions(message: str) -> list[Cond]:
+    return [
+        Cond(COND_VALIDATED, "False", "InvalidSpec", message),
+        Cond(COND_FAILED, "True", "InvalidSpec", message),
+        Cond(COND_SUCCEEDED, "False", "InvalidSpec", ""),
+        Cond(COND_RUNNING, "False", "InvalidSpec", "no Job is created for an invalid spec"),
+    ]
+
+
+def history_entry(status: Obj, completion_time: str, unfinished_reason: str = "Superseded") -> Obj:
+    """The current run as a history entry (when a new run or an invalid spec replaces it).
+
+    A finished run keeps its own outcome; a run stopped midway records the phase it was in
+    and `unfinished_reason`.
+    """
+    run = run_of(status)
+    conds = status.get("conditions") or []
+    phase = derive_phase(conds)
+    reason = unfinished_reason
+    if finished(conds):
+        reason = str(
+            (get(conds, COND_FAILED if phase == "Failed" else COND_SUCCEEDED) or {}).get(
+                "reason", ""
+            )
+        )
+    entry: Obj = {
+        "number": int(run.get("number") or 0),
+        "generation": run.get("generation"),
+        "phase": phase,
+        "reason": reason,
+        "startTime": run.get("startTime"),
+        "completionTime": run.get("completionTime") or completion_time,
+    }
+    if phase == "Succeeded" and status.get("artifacts"):
+        entry["artifacts"] = status["artifacts"]
+    return {k: v for k, v in entry.items() if v is not None}
+
+
+def append_history(status: Obj, entry: Obj) -> list[Obj]:
+    history = [h for h in status.get("history") or [] if h.get("number") != entry.get("number")]
+    return [*history, entry][-HISTORY_CAP:]
+
+
+def result_for_run(status: Obj, run: int) -> tuple[Obj, Obj] | None:
+    """(artifacts, evaluation) from the trainer's `progress.result`, if it is this run's."""
+    progress = status.get("progress") or {}
+    result = progress.get("result")
+    if not result or progress.get("runNumber") != run:
+        return None
+    rr = RunResult.model_validate(result)
+    data = rr.model_dump()
+    artifacts = Artifacts.model_validate({k: data[k] for k in Artifacts.model_fields}).to_dict()
+    evaluation = EvalSummary.model_validate(
+        {k: data[k] for k in EvalSummary.model_fields}
+    ).to_dict()
+    return artifacts, evaluation
+
+
+def _ts(value: Any) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def gpu_hours(job: Obj | None, gpus: int, end: str) -> float:
+    """GPU-hours a run's Job used: gpus x (end - Job start)."""
+    if job is None or gpus <= 0:
+        return 0.0
+    start = _ts((job.get("status") or {}).get("startTime"))
+    stop = _ts((job.get("status") or {}).get("completionTime")) or _ts(end)
+    if start is None or stop is None or stop <= start:
+        return 0.0
+    return gpus * (stop - start).total_seconds() / 3600
