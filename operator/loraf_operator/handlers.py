@@ -84,8 +84,8 @@ def register(cfg: Settings, registry: kopf.OperatorRegistry) -> None:
         settings.posting.level = 20  # INFO: handler failures become Events too
         settings.peering.mandatory = bool(cfg.peering)
         # Re-list (and so re-sync every run) at this interval; see the module docstring.
-        settings.watching.server_timeout = cfg.status_interval_seconds
-        settings.watching.client_timeout = cfg.status_interval_seconds + 30
+        settings.watching.server_timeout = int(cfg.status_interval_seconds)
+        settings.watching.client_timeout = int(cfg.status_interval_seconds) + 30
         settings.networking.request_timeout = 30
         memo.reconciler = Reconciler(await Kube.connect(), cfg)
         metrics.serve(cfg.metrics_port)

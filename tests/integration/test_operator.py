@@ -1,0 +1,492 @@
+"""The operator against the real control plane: kube-apiserver (RBAC on), the Job
+controller, the garbage collector and the scheduler, with kwok GPU nodes
+(hack/kwok-stages.yaml: pods stay Running until annotated sim.loraf.dev/exit-code).
+
+The operator runs as a subprocess under the non-admin `loraf-operator` identity with the
+generated ClusterRole, watching namespaces t-test-op-* (the `namespace` fixture names
+them after the test, so every test here is called test_op_*).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from loraf_operator.api.trainer_config import TrainerConfig
+
+from .operator_fixtures import OperatorHandle, operator, start_operator, wait_until
+
+__all__ = ["operator"]  # the fixture, imported for pytest
+
+pytestmark = pytest.mark.timeout(120)
+
+GPU_PRODUCT = "NVIDIA-H100-80GB-HBM3"
+
+
+def manifest(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "baseModel": {"huggingFace": "HuggingFaceTB/SmolLM2-135M-Instruct"},
+        "dataset": {"s3": "s3://data/train.jsonl", "format": "alpaca"},
+        "training": {"maxSteps": 10},
+        "output": {"s3": f"s3://out/{name}", "credentialsSecretRef": {"name": "s3-creds"}},
+        "resources": {"gpus": 1, "gpuType": GPU_PRODUCT},
+    }
+    for k, v in spec.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            base[k] = {**base[k], **v}
+        else:
+            base[k] = v
+    return {
+        "apiVersion": "loraf.dev/v1alpha1",
+        "kind": "LoRAFineTune",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": base,
+    }
+
+
+def apply(cluster: Any, obj: dict[str, Any]) -> None:
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(obj))
+
+
+def get_ft(cluster: Any, ns: str, name: str) -> dict[str, Any]:
+    return cluster.get_json("lorafinetune", name, "-n", ns)
+
+
+def cond(ft: dict[str, Any], type_: str) -> dict[str, Any]:
+    conds = (ft.get("status") or {}).get("conditions") or []
+    return next((c for c in conds if c["type"] == type_), {})
+
+
+def wait_cond(
+    cluster: Any,
+    ns: str,
+    name: str,
+    type_: str,
+    status: str = "True",
+    reason: str | None = None,
+    timeout: float = 30,
+) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        ft = get_ft(cluster, ns, name)
+        c = cond(ft, type_)
+        ok = c.get("status") == status and (reason is None or c.get("reason") == reason)
+        return ft if ok else None
+
+    try:
+        return wait_until(f"{name} {type_}={status} ({reason})", check, timeout)
+    except AssertionError as e:
+        status_now = get_ft(cluster, ns, name).get("status")
+        raise AssertionError(f"{e}\nstatus: {json.dumps(status_now, indent=1)}") from None
+
+
+def pods(cluster: Any, ns: str, job: str) -> list[dict[str, Any]]:
+    items = cluster.get_json("pods", "-n", ns, "-l", f"batch.kubernetes.io/job-name={job}")["items"]
+    return sorted(items, key=lambda p: p["metadata"]["creationTimestamp"])
+
+
+def running_pod(cluster: Any, ns: str, job: str) -> str:
+    def check() -> str | None:
+        live = [p for p in pods(cluster, ns, job) if p.get("status", {}).get("phase") == "Running"]
+        return live[-1]["metadata"]["name"] if live else None
+
+    return wait_until(f"a running pod of {job}", check)
+
+
+def finish_pod(
+    cluster: Any, ns: str, pod: str, code: int, reason: str = "", message: str = ""
+) -> None:
+    ann = [f"sim.loraf.dev/exit-code={code}"]
+    if reason:
+        ann.append(f"sim.loraf.dev/reason={reason}")
+    if message:
+        ann.append(f"sim.loraf.dev/message={message}")
+    cluster.kubectl("annotate", "pod", pod, "-n", ns, "--overwrite", *ann)
+
+
+def events(cluster: Any, ns: str, name: str) -> list[dict[str, Any]]:
+    items = cluster.get_json(
+        "events",
+        "-n",
+        ns,
+        "--field-selector",
+        f"involvedObject.name={name},involvedObject.kind=LoRAFineTune",
+    )["items"]
+    return items
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_op_create_run_succeed(cluster: Any, namespace: str, operator: OperatorHandle) -> None:
+    ns, name = namespace, "demo"
+    apply(cluster, manifest(name, ns, backoffLimit=2, activeDeadlineSeconds=3600))
+    ft = wait_cond(cluster, ns, name, "Running")
+    uid = ft["metadata"]["uid"]
+    st = ft["status"]
+    assert st["phase"] == "Running"
+    assert st["run"]["number"] == 1 and st["run"]["jobName"] == "demo-r1"
+    assert st["observedGeneration"] == 1
+    assert cond(ft, "Validated")["status"] == "True"
+    assert cond(ft, "Scheduled")["status"] == "True"
+    # No kopf bookkeeping in status, no finalizer (children go by owner references).
+    assert set(st) <= {"observedGeneration", "phase", "message", "model", "conditions", "run"}
+    assert not ft["metadata"].get("finalizers")
+
+    # Children: owned, labelled, as built.
+    for kind, child in (
+        ("sa", "demo-r1"),
+        ("role", "demo-r1"),
+        ("rolebinding", "demo-r1"),
+        ("configmap", "demo-r1-config"),
+        ("job", "demo-r1"),
+    ):
+        obj = cluster.get_json(kind, child, "-n", ns)
+        refs = obj["metadata"]["ownerReferences"]
+        assert refs[0]["uid"] == uid and refs[0]["controller"] is True, kind
+        assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "loraf"
+    role = cluster.get_json("role", "demo-r1", "-n", ns)
+    assert role["rules"] == [
+        {
+            "apiGroups": ["loraf.dev"],
+            "resources": ["lorafinetunes/status"],
+            "resourceNames": ["demo"],
+            "verbs": ["get", "patch"],
+        }
+    ]
+    cm = cluster.get_json("configmap", "demo-r1-config", "-n", ns)
+    cfg = TrainerConfig.from_yaml(cm["data"]["config.yaml"])
+    assert (cfg.name, cfg.namespace, cfg.run, cfg.uid) == (name, ns, 1, uid)
+    job = cluster.get_json("job", "demo-r1", "-n", ns)
+    spec = job["spec"]
+    assert spec["backoffLimit"] == 2 and spec["activeDeadlineSeconds"] == 3600
+    assert [r["action"] for r in spec["podFailurePolicy"]["rules"]] == [
+        "FailJob",
+        "Ignore",
+        "Ignore",
+    ]
+    pod = spec["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["command"] == ["loraf", "train", "--config", "/etc/loraf/config.yaml"]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    env = {e["name"]: e for e in c["env"]}
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "s3-creds"
+    assert env["AWS_ENDPOINT_URL"]["value"] == cluster.s3_endpoint
+    assert pod["serviceAccountName"] == "demo-r1"
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": GPU_PRODUCT}
+    live = pods(cluster, ns, "demo-r1")
+    assert len(live) == 1 and live[0]["spec"]["nodeName"].startswith("gpu-node-")
+
+    # The trainer (as the run's own ServiceAccount) reports its result, then exits 0.
+    token = cluster.kubectl("create", "token", "demo-r1", "-n", ns).stdout.strip()
+    result = {
+        "adapterUri": "s3://out/demo/run-1/adapter/",
+        "manifestUri": "s3://out/demo/run-1/manifest.json",
+        "sizeBytes": 1234,
+        "evalLossBase": 3.1,
+        "evalLossAdapter": 2.2,
+    }
+    patch = {
+        "status": {"progress": {"runNumber": 1, "stage": "Done", "step": 10, "result": result}}
+    }
+    cluster.kubectl(
+        "patch",
+        "lorafinetune",
+        name,
+        "-n",
+        ns,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps(patch),
+        f"--token={token}",
+        "--kubeconfig=" + cluster.kubeconfig,
+    )
+    finish_pod(cluster, ns, live[0]["metadata"]["name"], 0)
+    cluster.kubectl(
+        "wait", "--for=condition=Succeeded", f"lorafinetune/{name}", "-n", ns, "--timeout=30s"
+    )
+    ft = get_ft(cluster, ns, name)
+    st = ft["status"]
+    assert st["phase"] == "Succeeded"
+    assert st["artifacts"]["adapterUri"] == result["adapterUri"]
+    assert st["evaluation"] == {"evalLossBase": 3.1, "evalLossAdapter": 2.2}
+    assert st["progress"]["step"] == 10  # the trainer's field, left alone
+    assert st["run"]["completionTime"]
+    assert cond(ft, "Failed")["status"] == "False" and cond(ft, "Running")["status"] == "False"
+    reasons = {e["reason"] for e in events(cluster, ns, name)}
+    assert {"RunStarted", "PodRunning", "Completed"} <= reasons, reasons
+
+
+def test_op_run_service_account_is_least_privilege(
+    cluster: Any, namespace: str, operator: OperatorHandle
+) -> None:
+    ns = namespace
+    apply(cluster, manifest("mine", ns))
+    apply(cluster, manifest("other", ns))
+    wait_until(
+        "both Jobs",
+        lambda: all(
+            cluster.kubectl("get", "job", j, "-n", ns, check=False).returncode == 0
+            for j in ("mine-r1", "other-r1")
+        ),
+    )
+    cluster.kubectl(
+        "create",
+        "secret",
+        "generic",
+        "s3-creds",
+        "-n",
+        ns,
+        "--from-literal=AWS_SECRET_ACCESS_KEY=x",
+    )
+    token = cluster.kubectl("create", "token", "mine-r1", "-n", ns).stdout.strip()
+    as_sa = ("--token=" + token, "--kubeconfig=" + cluster.kubeconfig)
+    body = json.dumps({"status": {"progress": {"runNumber": 1, "step": 1}}})
+
+    def kc(*args: str) -> Any:
+        return cluster.kubectl(*args, *as_sa, check=False)
+
+    own = kc(
+        "patch",
+        "lorafinetune",
+        "mine",
+        "-n",
+        ns,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        body,
+    )
+    assert own.returncode == 0, own.stderr
+    other = kc(
+        "patch",
+        "lorafinetune",
+        "other",
+        "-n",
+        ns,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        body,
+    )
+    assert other.returncode != 0 and "forbidden" in other.stderr.lower()
+    spec_patch = kc(
+        "patch", "lorafinetune", "mine", "-n", ns, "--type=merge", "-p", '{"spec":{"suspend":true}}'
+    )
+    assert spec_patch.returncode != 0 and "forbidden" in spec_patch.stderr.lower()
+    secret = kc("get", "secret", "s3-creds", "-n", ns)
+    assert secret.returncode != 0 and "forbidden" in secret.stderr.lower()
+    assert kc("auth", "can-i", "list", "pods", "-n", ns).stdout.strip() == "no"
+
+
+def test_op_unschedulable(cluster: Any, namespace: str, operator: OperatorHandle) -> None:
+    ns = namespace
+    apply(cluster, manifest("big", ns, resources={"gpus": 16}))  # nodes have 8 each
+    ft = wait_cond(cluster, ns, "big", "Scheduled", "False", "Unschedulable")
+    msg = cond(ft, "Scheduled")["message"]
+    assert "Insufficient nvidia.com/gpu" in msg, msg
+    assert ft["status"]["phase"] == "Scheduling"
+    assert "Unschedulable" in ft["status"]["message"]
+    assert any(
+        e["reason"] == "Unschedulable" and e["type"] == "Warning"
+        for e in events(cluster, ns, "big")
+    )
+
+
+def test_op_dataset_invalid_fails_fast(
+    cluster: Any, namespace: str, operator: OperatorHandle
+) -> None:
+    ns = namespace
+    apply(cluster, manifest("bad-data", ns, backoffLimit=3))
+    pod = running_pod(cluster, ns, "bad-data-r1")
+    msg = "row 7: field 'output' is missing"
+    finish_pod(cluster, ns, pod, 65, message=msg)
+    ft = wait_cond(cluster, ns, "bad-data", "Failed", "True", "DatasetInvalid")
+    assert cond(ft, "Failed")["message"] == msg
+    assert ft["status"]["phase"] == "Failed"
+    assert (
+        len(pods(cluster, ns, "bad-data-r1")) == 1
+    )  # failed fast: no retry despite backoffLimit 3
+
+
+def test_op_oomkilled(cluster: Any, namespace: str, operator: OperatorHandle) -> None:
+    ns = namespace
+    apply(cluster, manifest("oom", ns, backoffLimit=0))
+    pod = running_pod(cluster, ns, "oom-r1")
+    finish_pod(cluster, ns, pod, 137, reason="OOMKilled")
+    ft = wait_cond(cluster, ns, "oom", "Failed", "True", "OOMKilled")
+    assert "backoffLimit 0 exceeded" in cond(ft, "Failed")["message"]
+
+
+def test_op_image_pull_error(cluster: Any, namespace: str, operator: OperatorHandle) -> None:
+    ns = namespace
+    apply(cluster, manifest("noimg", ns, resources={"image": "loraf.invalid/unpullable:latest"}))
+    ft = wait_cond(cluster, ns, "noimg", "Running", "False", "ErrImagePull")
+    assert "loraf.invalid/unpullable" in cond(ft, "Running")["message"]
+    assert ft["status"]["phase"] == "Scheduling"
+    assert ft["status"]["message"].startswith("ErrImagePull")
+
+
+def test_op_deadline_exceeded(cluster: Any, namespace: str, operator: OperatorHandle) -> None:
+    ns = namespace
+    apply(cluster, manifest("slow", ns, activeDeadlineSeconds=2))
+    ft = wait_cond(cluster, ns, "slow", "Failed", "True", "DeadlineExceeded", timeout=30)
+    assert ft["status"]["phase"] == "Failed"
+
+
+def test_op_preempted_is_retried_not_failed(
+    cluster: Any, namespace: str, operator: OperatorHandle
+) -> None:
+    ns = namespace
+    apply(cluster, manifest("pre", ns, backoffLimit=0))
+    first = running_pod(cluster, ns, "pre-r1")
+    finish_pod(cluster, ns, first, 75, message="SIGTERM: checkpoint saved at step 4")
+
+    def retried() -> dict[str, Any] | None:
+        ft = get_ft(cluster, ns, "pre")
+        c = cond(ft, "Running")
+        return ft if c.get("status") == "True" and "Preempted" in c.get("message", "") else None
+
+    ft = wait_until("Running again after preemption", retried)
+    assert "not counted against backoffLimit" in cond(ft, "Running")["message"]
+    assert cond(ft, "Failed")["status"] == "False"
+    second = running_pod(cluster, ns, "pre-r1")
+    assert second != first
+    assert any(e["reason"] == "PodRunning" for e in events(cluster, ns, "pre"))
+    finish_pod(cluster, ns, second, 0)
+    wait_cond(cluster, ns, "pre", "Succeeded")
+
+
+def test_op_suspend_and_resume(cluster: Any, namespace: str, operator: OperatorHandle) -> None:
+    ns = namespace
+    apply(cluster, manifest("held", ns, suspend=True))
+    ft = wait_cond(cluster, ns, "held", "Suspended", "True", "Queued")
+    assert ft["status"]["phase"] == "Queued"
+    assert cluster.get_json("job", "held-r1", "-n", ns)["spec"]["suspend"] is True
+    assert pods(cluster, ns, "held-r1") == []
+
+    cluster.kubectl(
+        "patch",
+        "lorafinetune",
+        "held",
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        '{"spec":{"suspend":false}}',
+    )
+    ft = wait_cond(cluster, ns, "held", "Running")
+    assert ft["status"]["run"]["number"] == 1  # same run: suspend is not a new spec
+    assert ft["status"]["observedGeneration"] == 2
+    assert cond(ft, "Suspended")["reason"] == "Resumed"
+
+    cluster.kubectl(
+        "patch", "lorafinetune", "held", "-n", ns, "--type=merge", "-p", '{"spec":{"suspend":true}}'
+    )
+    ft = wait_cond(cluster, ns, "held", "Suspended", "True", "Suspended")
+    assert ft["status"]["phase"] == "Suspended"
+    wait_until(
+        "pods gone while suspended",
+        lambda: (
+            not [
+                p
+                for p in pods(cluster, ns, "held-r1")
+                if not p["metadata"].get("deletionTimestamp")
+            ]
+        ),
+    )
+    assert ft["status"]["run"]["number"] == 1
+
+
+def test_op_spec_change_starts_new_run(
+    cluster: Any, namespace: str, operator: OperatorHandle
+) -> None:
+    ns = namespace
+    apply(cluster, manifest("evolve", ns))
+    wait_cond(cluster, ns, "evolve", "Running")
+    obj = manifest("evolve", ns)
+    obj["spec"]["training"] = {"maxSteps": 20}
+    apply(cluster, obj)
+
+    def run2() -> dict[str, Any] | None:
+        ft = get_ft(cluster, ns, "evolve")
+        return ft if (ft["status"].get("run") or {}).get("number") == 2 else None
+
+    ft = wait_until("run 2", run2)
+    assert ft["status"]["run"]["generation"] == 2 and ft["status"]["observedGeneration"] == 2
+    hist = ft["status"]["history"]
+    assert [h["number"] for h in hist] == [1] and hist[0]["reason"] == "Superseded"
+    wait_until(
+        "old Job gone",
+        lambda: cluster.kubectl("get", "job", "evolve-r1", "-n", ns, check=False).returncode != 0,
+    )
+    assert cluster.kubectl("get", "sa", "evolve-r1", "-n", ns, check=False).returncode != 0
+    cfg = TrainerConfig.from_yaml(
+        cluster.get_json("configmap", "evolve-r2-config", "-n", ns)["data"]["config.yaml"]
+    )
+    assert cfg.run == 2 and cfg.spec.training.max_steps == 20
+    wait_cond(cluster, ns, "evolve", "Running")
+
+
+def test_op_delete_removes_children(cluster: Any, namespace: str, operator: OperatorHandle) -> None:
+    ns = namespace
+    apply(cluster, manifest("gone", ns))
+    wait_cond(cluster, ns, "gone", "Running")
+    cluster.kubectl("delete", "lorafinetune", "gone", "-n", ns, "--timeout=20s")
+
+    def no_children() -> bool:
+        out = cluster.kubectl(
+            "get",
+            "job,sa,role,rolebinding,configmap,pods",
+            "-n",
+            ns,
+            "-l",
+            "loraf.dev/finetune=gone",
+            "-o",
+            "name",
+        ).stdout.strip()
+        return out == ""
+
+    wait_until("garbage collection of the run's children", no_children, timeout=30)
+
+
+def test_restart_mid_reconcile_no_duplicate_job(
+    cluster: Any, namespace: str, crds: list[str]
+) -> None:
+    """Kill -9 the operator while it creates runs; a restarted one finishes them, once."""
+    ns = namespace
+    op = start_operator(cluster, namespaces=[ns])
+    names = [f"r{i}" for i in range(6)]
+    try:
+        cluster.kubectl(
+            "apply",
+            "-f",
+            "-",
+            input=json.dumps(
+                {"apiVersion": "v1", "kind": "List", "items": [manifest(n, ns) for n in names]}
+            ),
+        )
+        wait_until(
+            "the first child",
+            lambda: cluster.kubectl(
+                "get", "sa,job", "-n", ns, "-l", "app.kubernetes.io/managed-by=loraf", "-o", "name"
+            ).stdout.strip(),
+            every=0.02,
+        )
+        op.kill()
+        before = cluster.kubectl("get", "jobs", "-n", ns, "-o", "name").stdout.split()
+        op = start_operator(cluster, namespaces=[ns])
+        for n in names:
+            wait_cond(cluster, ns, n, "Running")
+        jobs = cluster.get_json("jobs", "-n", ns)["items"]
+        assert sorted(j["metadata"]["name"] for j in jobs) == sorted(f"{n}-r1" for n in names)
+        for n in names:
+            ft = get_ft(cluster, ns, n)
+            assert ft["status"]["run"]["number"] == 1
+            assert len(pods(cluster, ns, f"{n}-r1")) == 1
+        print(f"jobs existing at the kill: {len(before)} of {len(names)}")
+    finally:
+        op.stop()
