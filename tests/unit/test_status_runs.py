@@ -1,0 +1,98 @@
+"""Run bookkeeping: which run to act on, history entries, artifacts from the trainer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loraf_operator.runs import (
+    append_history,
+    gpu_hours,
+    history_entry,
+    next_run_number,
+    plan,
+    result_for_run,
+    start_conditions,
+)
+from loraf_operator.status import apply, derive_phase
+
+
+def status(
+    number: int | None = None, gen: int = 1, done: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    st: dict[str, Any] = {"conditions": [], **extra}
+    if number:
+        st["run"] = {"number": number, "generation": gen, "startTime": "T0"}
+    if done:
+        st["conditions"] = [
+            {
+                "type": done,
+                "status": "True",
+                "reason": "Completed" if done == "Succeeded" else "OOMKilled",
+            }
+        ]
+    return st
+
+
+def test_plan() -> None:
+    assert plan(status(), 1, "h", None).action == "start"
+    assert plan(status(), 1, "h", None).run == 1
+    assert plan(status(1, gen=1), 1, "h", None).action == "ensure"  # resume/restart
+    assert plan(status(1, gen=1, done="Succeeded"), 1, "h", None).action == "none"
+    p = plan(status(1, gen=1), 2, "h2", "h1")  # spec changed
+    assert (p.action, p.run, p.stop) == ("start", 2, 1)
+    assert plan(status(1, gen=1), 2, "h", "h").action == "sync"  # only suspend/serving changed
+    assert plan(status(1, gen=1), 2, "h", None).action == "start"  # children gone: unknown
+    assert plan(status(2, gen=3, history=[{"number": 1}]), 4, "b", "a").run == 3
+
+
+def test_next_run_number_after_invalid_spec() -> None:
+    assert next_run_number({"history": [{"number": 1}, {"number": 4}]}) == 5
+
+
+def test_start_conditions() -> None:
+    c = apply([], start_conditions(False), 1, "T")
+    assert derive_phase(c) == "Scheduling"
+    c = apply([], start_conditions(True), 1, "T")
+    assert derive_phase(c) == "Queued"
+
+
+def test_history() -> None:
+    running = status(1, gen=1)
+    running["conditions"] = apply([], [*start_conditions(False)], 1, "T")
+    e = history_entry(running, "T9")
+    assert e == {
+        "number": 1,
+        "generation": 1,
+        "phase": "Scheduling",
+        "reason": "Superseded",
+        "startTime": "T0",
+        "completionTime": "T9",
+    }
+    ok = status(1, done="Succeeded", artifacts={"adapterUri": "s3://b/run-1/adapter/"})
+    e = history_entry(ok, "T9")
+    assert e["phase"] == "Succeeded" and e["artifacts"]["adapterUri"] == "s3://b/run-1/adapter/"
+    assert history_entry(status(1, done="Failed"), "T")["reason"] == "OOMKilled"
+    hist = append_history({"history": [{"number": i} for i in range(1, 21)]}, {"number": 21})
+    assert len(hist) == 20 and hist[-1]["number"] == 21 and hist[0]["number"] == 2
+
+
+def test_result_only_from_the_same_run() -> None:
+    result = {"adapterUri": "s3://b/run-2/adapter/", "sha256": "ab", "evalLossAdapter": 1.5}
+    st = {"progress": {"runNumber": 2, "result": result}}
+    artifacts, evaluation = result_for_run(st, 2)  # type: ignore[misc]
+    assert artifacts == {"adapterUri": "s3://b/run-2/adapter/", "sha256": "ab"}
+    assert evaluation == {"evalLossAdapter": 1.5}
+    assert result_for_run(st, 3) is None
+    assert result_for_run({"progress": {"runNumber": 2}}, 2) is None
+
+
+def test_gpu_hours() -> None:
+    job = {
+        "status": {"startTime": "2026-01-01T00:00:00Z", "completionTime": "2026-01-01T00:30:00Z"}
+    }
+    assert gpu_hours(job, 2, "2026-01-01T05:00:00Z") == 1.0
+    assert (
+        gpu_hours({"status": {"startTime": "2026-01-01T00:00:00Z"}}, 1, "2026-01-01T01:00:00Z")
+        == 1.0
+    )
+    assert gpu_hours(None, 1, "x") == 0.0 and gpu_hours(job, 0, "x") == 0.0
