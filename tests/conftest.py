@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from loraf_dev import cluster as cp
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,12 +57,19 @@ class Cluster:
         return env
 
     def kubectl(
-        self, *args: str, input: str | None = None, check: bool = True,
-        kubeconfig: str | None = None, timeout: float = 120,
+        self,
+        *args: str,
+        input: str | None = None,
+        check: bool = True,
+        kubeconfig: str | None = None,
+        timeout: float = 120,
     ) -> subprocess.CompletedProcess[str]:
         res = subprocess.run(
             [f"{self.bin_dir}/kubectl", f"--kubeconfig={kubeconfig or self.kubeconfig}", *args],
-            input=input, text=True, capture_output=True, timeout=timeout,
+            input=input,
+            text=True,
+            capture_output=True,
+            timeout=timeout,
         )
         if check and res.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed: {res.stderr}")
@@ -92,8 +98,9 @@ def cluster() -> Iterator[Cluster]:
 
 @pytest.fixture
 def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
-    base = request.node.name.lower().replace("_", "-")
-    name = f"t-{''.join(c for c in base if c.isalnum() or c == '-')[:40].strip('-')}-{uuid.uuid4().hex[:5]}"
+    raw = request.node.name.lower().replace("_", "-")
+    base = "".join(c for c in raw if c.isalnum() or c == "-")
+    name = f"t-{base[:40].strip('-')}-{uuid.uuid4().hex[:5]}"
     cluster.kubectl("create", "namespace", name)
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
@@ -105,8 +112,11 @@ def s3(cluster: Cluster) -> Any:
     from botocore.config import Config
 
     return boto3.client(
-        "s3", endpoint_url=cluster.s3_endpoint, aws_access_key_id=cluster.s3_access_key,
-        aws_secret_access_key=cluster.s3_secret_key, region_name="us-east-1",
+        "s3",
+        endpoint_url=cluster.s3_endpoint,
+        aws_access_key_id=cluster.s3_access_key,
+        aws_secret_access_key=cluster.s3_secret_key,
+        region_name="us-east-1",
         config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2}),
     )
 

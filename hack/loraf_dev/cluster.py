@@ -105,7 +105,10 @@ def kubeconfig(st: State, user: str, token: str) -> str:
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [
-                {"name": "loraf", "cluster": {"server": st.server, "certificate-authority": str(ca)}}
+                {
+                    "name": "loraf",
+                    "cluster": {"server": st.server, "certificate-authority": str(ca)},
+                }
             ],
             "users": [{"name": user, "user": {"token": token}}],
             "contexts": [{"name": user, "context": {"cluster": "loraf", "user": user}}],
@@ -118,20 +121,24 @@ def kubeconfig(st: State, user: str, token: str) -> str:
 def start(st: State, name: str, argv: list[str]) -> None:
     logf = open(st.path("logs", f"{name}.log"), "ab")  # noqa: SIM115 - owned by the child
     proc = subprocess.Popen(
-        argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        start_new_session=True, cwd=st.dir,
+        argv,
+        stdout=logf,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        cwd=st.dir,
     )
     st.pids[name] = proc.pid
     st.save()
 
 
-def wait_for(what: str, check, timeout: float = 60.0, st: State | None = None) -> None:  # noqa: ANN001
+def wait_for(what: str, check, timeout: float = 60.0, st: State | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             if check():
                 return
-        except Exception:  # noqa: BLE001 - not up yet
+        except Exception:
             pass
         if st is not None:
             for name, pid in st.pids.items():
@@ -157,7 +164,9 @@ def kubectl(st: State, *args: str, input: str | None = None, user: str = "admin"
     cfg = st.path(f"{user}.kubeconfig")
     res = subprocess.run(
         [str(Path(st.bin_dir, "kubectl")), f"--kubeconfig={cfg}", *args],
-        input=input, text=True, capture_output=True,
+        input=input,
+        text=True,
+        capture_output=True,
     )
     if res.returncode != 0:
         raise RuntimeError(f"kubectl {' '.join(args)}: {res.stderr.strip()}")
@@ -212,7 +221,10 @@ def nodes() -> list[dict]:
             LOCAL_NODE,
             1,
             {**gpu_labels, "nvidia.com/gpu.count": "1", "loraf.dev/process-kubelet": "true"},
-            [*gpu_taint, {"key": "loraf.dev/process-kubelet", "value": "true", "effect": "NoSchedule"}],
+            [
+                *gpu_taint,
+                {"key": "loraf.dev/process-kubelet", "value": "true", "effect": "NoSchedule"},
+            ],
         )
     )
     return out
@@ -234,80 +246,162 @@ def up(args: argparse.Namespace) -> State:
     for sub in ("certs", "logs", "etcd", "s3"):
         (sd / sub).mkdir(parents=True)
     st = State(
-        dir=str(sd), bin_dir=bin_dir, apiserver_port=free_port(), etcd_port=free_port(),
-        s3_port=free_port(), admin_token=secrets.token_hex(16),
-        operator_token=secrets.token_hex(16), s3_access_key="loraf-" + secrets.token_hex(4),
+        dir=str(sd),
+        bin_dir=bin_dir,
+        apiserver_port=free_port(),
+        etcd_port=free_port(),
+        s3_port=free_port(),
+        admin_token=secrets.token_hex(16),
+        operator_token=secrets.token_hex(16),
+        s3_access_key="loraf-" + secrets.token_hex(4),
         s3_secret_key=secrets.token_hex(20),
     )
     st.save()
     b = Path(bin_dir)
     certs = st.path("certs")
     subprocess.run(
-        ["openssl", "genrsa", "-out", str(certs / "sa.key"), "2048"], check=True, capture_output=True
+        ["openssl", "genrsa", "-out", str(certs / "sa.key"), "2048"],
+        check=True,
+        capture_output=True,
     )
     subprocess.run(
         ["openssl", "rsa", "-in", str(certs / "sa.key"), "-pubout", "-out", str(certs / "sa.pub")],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     )
     # Token auth: an admin and the non-admin identity the operator runs as.
     st.path("tokens.csv").write_text(
-        f'{st.admin_token},{ADMIN_USER},1,"system:masters"\n'
-        f"{st.operator_token},{OPERATOR_USER},2\n"
+        f'{st.admin_token},{ADMIN_USER},1,"system:masters"\n{st.operator_token},{OPERATOR_USER},2\n'
     )
     peer = free_port()
-    start(st, "etcd", [
-        str(b / "etcd"), "--data-dir", str(st.path("etcd")), "--name", "loraf",
-        "--listen-client-urls", f"http://127.0.0.1:{st.etcd_port}",
-        "--advertise-client-urls", f"http://127.0.0.1:{st.etcd_port}",
-        "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-        "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-        "--initial-cluster", f"loraf=http://127.0.0.1:{peer}",
-        "--unsafe-no-fsync", "--log-level", "warn",
-    ])
-    start(st, "kube-apiserver", [
-        str(b / "kube-apiserver"), f"--etcd-servers=http://127.0.0.1:{st.etcd_port}",
-        f"--cert-dir={certs}", f"--secure-port={st.apiserver_port}",
-        "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
-        "--service-cluster-ip-range=10.0.0.0/24", "--allow-privileged=true",
-        "--authorization-mode=RBAC", f"--token-auth-file={st.path('tokens.csv')}",
-        f"--service-account-issuer={st.server}/",
-        f"--service-account-key-file={certs / 'sa.pub'}",
-        f"--service-account-signing-key-file={certs / 'sa.key'}",
-        "--endpoint-reconciler-type=none", "--v=1",
-    ])
+    start(
+        st,
+        "etcd",
+        [
+            str(b / "etcd"),
+            "--data-dir",
+            str(st.path("etcd")),
+            "--name",
+            "loraf",
+            "--listen-client-urls",
+            f"http://127.0.0.1:{st.etcd_port}",
+            "--advertise-client-urls",
+            f"http://127.0.0.1:{st.etcd_port}",
+            "--listen-peer-urls",
+            f"http://127.0.0.1:{peer}",
+            "--initial-advertise-peer-urls",
+            f"http://127.0.0.1:{peer}",
+            "--initial-cluster",
+            f"loraf=http://127.0.0.1:{peer}",
+            "--unsafe-no-fsync",
+            "--log-level",
+            "warn",
+        ],
+    )
+    start(
+        st,
+        "kube-apiserver",
+        [
+            str(b / "kube-apiserver"),
+            f"--etcd-servers=http://127.0.0.1:{st.etcd_port}",
+            f"--cert-dir={certs}",
+            f"--secure-port={st.apiserver_port}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            "--service-cluster-ip-range=10.0.0.0/24",
+            "--allow-privileged=true",
+            "--authorization-mode=RBAC",
+            f"--token-auth-file={st.path('tokens.csv')}",
+            f"--service-account-issuer={st.server}/",
+            f"--service-account-key-file={certs / 'sa.pub'}",
+            f"--service-account-signing-key-file={certs / 'sa.key'}",
+            "--endpoint-reconciler-type=none",
+            "--v=1",
+        ],
+    )
     wait_for("apiserver cert", lambda: st.path("certs", "apiserver.crt").exists(), st=st)
     for user, token in (("admin", st.admin_token), ("operator", st.operator_token)):
         st.path(f"{user}.kubeconfig").write_text(kubeconfig(st, user, token))
     wait_for("kube-apiserver /readyz", lambda: https_ok(st, "/readyz"), timeout=90, st=st)
     admin_cfg = str(st.path("admin.kubeconfig"))
-    common = [f"--kubeconfig={admin_cfg}", f"--authentication-kubeconfig={admin_cfg}",
-              f"--authorization-kubeconfig={admin_cfg}", "--leader-elect=false",
-              "--bind-address=127.0.0.1"]
-    start(st, "kube-controller-manager", [
-        str(b / "kube-controller-manager"), *common, f"--secure-port={free_port()}",
-        f"--service-account-private-key-file={certs / 'sa.key'}",
-        f"--root-ca-file={certs / 'apiserver.crt'}", "--use-service-account-credentials=false",
-        "--controllers=*", "--concurrent-job-syncs=20", "--v=1",
-    ])
-    start(st, "kube-scheduler", [
-        str(b / "kube-scheduler"), *common, f"--secure-port={free_port()}", "--v=1",
-    ])
-    start(st, "kwok", [
-        str(b / "kwok"), f"--kubeconfig={admin_cfg}", "--manage-all-nodes=false",
-        f"--manage-nodes-with-annotation-selector={KWOK_ANNOTATION}=fake",
-        f"--config={HACK / 'kwok-stages.yaml'}", f"--server-address=127.0.0.1:{free_port()}",
-        "--node-lease-duration-seconds=40",
-    ])
-    start(st, "s3", [
-        str(b / "s3s-fs"), "--host", "127.0.0.1", "--port", str(st.s3_port),
-        "--access-key", st.s3_access_key, "--secret-key", st.s3_secret_key, str(st.path("s3")),
-    ])
-    kubectl(st, "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": nodes()}))
+    common = [
+        f"--kubeconfig={admin_cfg}",
+        f"--authentication-kubeconfig={admin_cfg}",
+        f"--authorization-kubeconfig={admin_cfg}",
+        "--leader-elect=false",
+        "--bind-address=127.0.0.1",
+    ]
+    start(
+        st,
+        "kube-controller-manager",
+        [
+            str(b / "kube-controller-manager"),
+            *common,
+            f"--secure-port={free_port()}",
+            f"--service-account-private-key-file={certs / 'sa.key'}",
+            f"--root-ca-file={certs / 'apiserver.crt'}",
+            "--use-service-account-credentials=false",
+            "--controllers=*",
+            "--concurrent-job-syncs=20",
+            "--v=1",
+        ],
+    )
+    start(
+        st,
+        "kube-scheduler",
+        [
+            str(b / "kube-scheduler"),
+            *common,
+            f"--secure-port={free_port()}",
+            "--v=1",
+        ],
+    )
+    start(
+        st,
+        "kwok",
+        [
+            str(b / "kwok"),
+            f"--kubeconfig={admin_cfg}",
+            "--manage-all-nodes=false",
+            f"--manage-nodes-with-annotation-selector={KWOK_ANNOTATION}=fake",
+            f"--config={HACK / 'kwok-stages.yaml'}",
+            f"--server-address=127.0.0.1:{free_port()}",
+            "--node-lease-duration-seconds=40",
+        ],
+    )
+    start(
+        st,
+        "s3",
+        [
+            str(b / "s3s-fs"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(st.s3_port),
+            "--access-key",
+            st.s3_access_key,
+            "--secret-key",
+            st.s3_secret_key,
+            str(st.path("s3")),
+        ],
+    )
+    kubectl(
+        st,
+        "apply",
+        "-f",
+        "-",
+        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": nodes()}),
+    )
     wait_for("nodes Ready", lambda: nodes_ready(st), timeout=60, st=st)
-    wait_for("default service account", lambda: bool(kubectl(st, "get", "sa", "default", "-o", "name")), st=st)
+    wait_for(
+        "default service account",
+        lambda: bool(kubectl(st, "get", "sa", "default", "-o", "name")),
+        st=st,
+    )
     wait_for("S3 server", lambda: s3_listening(st), st=st)
     write_env(st)
-    log(f"up in {time.monotonic() - t0:.1f}s: {st.server}, S3 {st.s3_endpoint}; source {st.path('env')}")
+    took = time.monotonic() - t0
+    log(f"up in {took:.1f}s: {st.server}, S3 {st.s3_endpoint}; source {st.path('env')}")
     return st
 
 
@@ -315,8 +409,12 @@ def nodes_ready(st: State) -> bool:
     out = kubectl(st, "get", "nodes", "-o", "json")
     items = json.loads(out)["items"]
     ready = [
-        n for n in items
-        if any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"].get("conditions", []))
+        n
+        for n in items
+        if any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in n["status"].get("conditions", [])
+        )
     ]
     return len(ready) == len(GPU_NODES) + len(CPU_NODES) + 1
 
@@ -347,7 +445,7 @@ def write_env(st: State) -> None:
 
 def down_state(st: State) -> None:
     # Reverse start order: consumers first, etcd last.
-    for name, pid in reversed(list(st.pids.items())):
+    for pid in reversed(list(st.pids.values())):
         if pid_alive(pid):
             try:
                 os.killpg(pid, signal.SIGTERM)
@@ -376,8 +474,11 @@ def down(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="hack/cluster.sh", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="hack/cluster.sh",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("up", help="start everything (reuses a running cluster)")
     d = sub.add_parser("down", help="stop every process `up` started")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import logging
 import os
 import shlex
@@ -90,7 +91,7 @@ class ProcessKubelet:
         return {k: base64.b64decode(v) for k, v in (sec.data or {}).items()}
 
     def _sa_token(self, pod: Any, expiration: int | None, audience: str | None) -> bytes:
-        spec = client.AuthenticationV1TokenRequestSpec(
+        spec = client.V1TokenRequestSpec(
             audiences=[audience] if audience else [],
             expiration_seconds=expiration or 3600,
             bound_object_ref=client.V1BoundObjectReference(
@@ -98,9 +99,11 @@ class ProcessKubelet:
             ),
         )
         tr = self.core.create_namespaced_service_account_token(
-            pod.spec.service_account_name or "default", pod.metadata.namespace,
+            pod.spec.service_account_name or "default",
+            pod.metadata.namespace,
             client.AuthenticationV1TokenRequest(spec=spec),
         )
+        assert tr.status is not None
         return str(tr.status.token).encode()
 
     def _materialise(self, pod: Any, root: Path) -> dict[str, Path]:
@@ -121,13 +124,17 @@ class ProcessKubelet:
                             self._sa_token(pod, t.expiration_seconds, t.audience)
                         )
                     elif src.config_map:
-                        self._write_items(d, self._configmap(ns, src.config_map.name), src.config_map.items)
+                        self._write_items(
+                            d, self._configmap(ns, src.config_map.name), src.config_map.items
+                        )
                     elif src.secret:
                         self._write_items(d, self._secret(ns, src.secret.name), src.secret.items)
                     elif src.downward_api:
                         for item in src.downward_api.items or []:
                             if item.field_ref:
-                                (d / item.path).write_text(self._field(pod, item.field_ref.field_path))
+                                (d / item.path).write_text(
+                                    self._field(pod, item.field_ref.field_path)
+                                )
             elif v.persistent_volume_claim:
                 # A PVC is a folder shared by every pod that claims it.
                 pvc = self.workdir / "pvcs" / ns / v.persistent_volume_claim.claim_name
@@ -152,13 +159,16 @@ class ProcessKubelet:
         ns = pod.metadata.namespace
         env = {k: os.environ[k] for k in PASSTHROUGH_ENV if k in os.environ}
         env.update(
-            HOME=str(home), HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
+            HOME=str(home),
+            HF_HUB_OFFLINE="1",
+            PYTHONUNBUFFERED="1",
             KUBERNETES_SERVICE_HOST="127.0.0.1",
             KUBERNETES_SERVICE_PORT=str(self.apiserver_port),
         )
         for ef in c.env_from or []:
             data = (
-                self._configmap(ns, ef.config_map_ref.name) if ef.config_map_ref
+                self._configmap(ns, ef.config_map_ref.name)
+                if ef.config_map_ref
                 else self._secret(ns, ef.secret_ref.name)
             )
             env.update({(ef.prefix or "") + k: v.decode() for k, v in data.items()})
@@ -169,14 +179,16 @@ class ProcessKubelet:
             vf = e.value_from
             try:
                 if vf.secret_key_ref:
-                    env[e.name] = self._secret(ns, vf.secret_key_ref.name)[vf.secret_key_ref.key].decode()
+                    env[e.name] = self._secret(ns, vf.secret_key_ref.name)[
+                        vf.secret_key_ref.key
+                    ].decode()
                 elif vf.config_map_key_ref:
                     r = vf.config_map_key_ref
                     env[e.name] = self._configmap(ns, r.name)[r.key].decode()
                 elif vf.field_ref:
                     env[e.name] = self._field(pod, vf.field_ref.field_path)
             except (KeyError, ApiException):
-                optional = (vf.secret_key_ref or vf.config_map_key_ref)
+                optional = vf.secret_key_ref or vf.config_map_key_ref
                 if not (optional and optional.optional):
                     raise
         return env
@@ -192,10 +204,26 @@ class ProcessKubelet:
             env = self._env(pod, c, root / "home")
         except (ApiException, KeyError) as exc:
             # Like kubelet's CreateContainerConfigError: the pod stays Pending with a reason.
-            self._patch(pod, {"phase": "Pending", "containerStatuses": [{
-                "name": c.name, "image": c.image, "ready": False, "restartCount": 0,
-                "state": {"waiting": {"reason": "CreateContainerConfigError", "message": str(exc)[:500]}},
-            }]})
+            self._patch(
+                pod,
+                {
+                    "phase": "Pending",
+                    "containerStatuses": [
+                        {
+                            "name": c.name,
+                            "image": c.image,
+                            "ready": False,
+                            "restartCount": 0,
+                            "state": {
+                                "waiting": {
+                                    "reason": "CreateContainerConfigError",
+                                    "message": str(exc)[:500],
+                                }
+                            },
+                        }
+                    ],
+                },
+            )
             return
         (root / "home").mkdir(exist_ok=True)
         tlog_path = c.termination_message_path or DEFAULT_TERMINATION_LOG
@@ -206,11 +234,12 @@ class ProcessKubelet:
         argv = [*(c.command or []), *(c.args or [])]
         script = ["set -e"]
         for src, dst in binds:
-            kind = "f" if src.is_file() else "d"
-            prep = f"touch {shlex.quote(dst)}" if kind == "f" else f"mkdir -p {shlex.quote(dst)}"
-            if kind == "f":
-                prep = f"mkdir -p {shlex.quote(str(Path(dst).parent))} && [ -e {shlex.quote(dst)} ] || {prep}"
-            script.append(prep)
+            q, parent = shlex.quote(dst), shlex.quote(str(Path(dst).parent))
+            if src.is_file():
+                # A file mount point must exist as a file (e.g. /dev/termination-log).
+                script.append(f"mkdir -p {parent} && {{ [ -e {q} ] || touch {q}; }}")
+            else:
+                script.append(f"mkdir -p {q}")
             script.append(f"mount --bind {shlex.quote(str(src))} {shlex.quote(dst)}")
         workdir = c.working_dir or str(root / "home")
         script.append(f"cd {shlex.quote(workdir)}")
@@ -219,23 +248,41 @@ class ProcessKubelet:
         out = open(root / "container.log", "ab")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen(
             ["unshare", "--mount", "--propagation", "private", "sh", "-c", "\n".join(script)],
-            env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-        r = Running(pod.metadata.name, pod.metadata.namespace, proc, root, tlog, now(), c.name, c.image)
+        r = Running(
+            pod.metadata.name, pod.metadata.namespace, proc, root, tlog, now(), c.name, c.image
+        )
         with self.lock:
             self.running[uid] = r
-        self._patch(pod, {
-            "phase": "Running", "startTime": r.started_at, "hostIP": "127.0.0.1", "podIP": "127.0.0.1",
-            "conditions": [
-                {"type": t, "status": "True", "lastTransitionTime": r.started_at}
-                for t in ("Initialized", "Ready", "ContainersReady", "PodScheduled")
-            ],
-            "containerStatuses": [{
-                "name": c.name, "image": c.image, "imageID": "", "ready": True, "started": True,
-                "restartCount": 0, "state": {"running": {"startedAt": r.started_at}},
-            }],
-        })
+        self._patch(
+            pod,
+            {
+                "phase": "Running",
+                "startTime": r.started_at,
+                "hostIP": "127.0.0.1",
+                "podIP": "127.0.0.1",
+                "conditions": [
+                    {"type": t, "status": "True", "lastTransitionTime": r.started_at}
+                    for t in ("Initialized", "Ready", "ContainersReady", "PodScheduled")
+                ],
+                "containerStatuses": [
+                    {
+                        "name": c.name,
+                        "image": c.image,
+                        "imageID": "",
+                        "ready": True,
+                        "started": True,
+                        "restartCount": 0,
+                        "state": {"running": {"startedAt": r.started_at}},
+                    }
+                ],
+            },
+        )
         threading.Thread(target=self._wait, args=(uid, r), daemon=True).start()
 
     def _wait(self, uid: str, r: Running) -> None:
@@ -248,16 +295,38 @@ class ProcessKubelet:
         status = {
             "phase": "Succeeded" if exit_code == 0 else "Failed",
             "conditions": [
-                {"type": "Ready", "status": "False", "reason": "PodCompleted", "lastTransitionTime": finished},
-                {"type": "ContainersReady", "status": "False", "reason": "PodCompleted",
-                 "lastTransitionTime": finished},
+                {
+                    "type": "Ready",
+                    "status": "False",
+                    "reason": "PodCompleted",
+                    "lastTransitionTime": finished,
+                },
+                {
+                    "type": "ContainersReady",
+                    "status": "False",
+                    "reason": "PodCompleted",
+                    "lastTransitionTime": finished,
+                },
             ],
-            "containerStatuses": [{
-                "name": r.container, "image": r.image, "imageID": "", "ready": False, "started": False,
-                "restartCount": 0, "state": {"terminated": {
-                    "exitCode": exit_code, "reason": reason, "message": message,
-                    "startedAt": r.started_at, "finishedAt": finished}},
-            }],
+            "containerStatuses": [
+                {
+                    "name": r.container,
+                    "image": r.image,
+                    "imageID": "",
+                    "ready": False,
+                    "started": False,
+                    "restartCount": 0,
+                    "state": {
+                        "terminated": {
+                            "exitCode": exit_code,
+                            "reason": reason,
+                            "message": message,
+                            "startedAt": r.started_at,
+                            "finishedAt": finished,
+                        }
+                    },
+                }
+            ],
         }
         try:
             self.core.patch_namespaced_pod_status(r.pod, r.namespace, {"status": status})
@@ -323,13 +392,15 @@ class ProcessKubelet:
         while not self.stop.is_set():
             try:
                 for ev in watch.Watch().stream(
-                    self.core.list_pod_for_all_namespaces, field_selector=selector, timeout_seconds=30
+                    self.core.list_pod_for_all_namespaces,
+                    field_selector=selector,
+                    timeout_seconds=30,
                 ):
                     if ev["type"] in ("ADDED", "MODIFIED"):
                         self.handle(ev["object"])
                     if self.stop.is_set():
                         break
-            except Exception as exc:  # noqa: BLE001 - keep serving pods across API hiccups
+            except Exception as exc:
                 log.warning("watch error: %s; retrying", exc)
                 time.sleep(1)
 
@@ -338,10 +409,8 @@ class ProcessKubelet:
         with self.lock:
             procs = list(self.running.values())
         for r in procs:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(r.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
         for r in procs:
             try:
                 r.proc.wait(timeout=15)

@@ -26,10 +26,13 @@ def gpu_job(name: str, gpus: int, backoff: int = 0) -> dict[str, Any]:
                 "spec": {
                     "restartPolicy": "Never",
                     "tolerations": [GPU_TOLERATION],
-                    "containers": [{
-                        "name": "train", "image": "example.invalid/trainer:1",
-                        "resources": {"limits": {"nvidia.com/gpu": str(gpus)}},
-                    }],
+                    "containers": [
+                        {
+                            "name": "train",
+                            "image": "example.invalid/trainer:1",
+                            "resources": {"limits": {"nvidia.com/gpu": str(gpus)}},
+                        }
+                    ],
                 }
             },
         },
@@ -72,7 +75,9 @@ def test_gpu_job_scheduled_running_then_succeeds(cluster: Cluster, namespace: st
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(gpu_job("ok", 1)))
     pod = wait_until(
         "pod Running",
-        lambda: (p := job_pod(cluster, namespace, "ok")) and p["status"].get("phase") == "Running" and p,
+        lambda: (
+            (p := job_pod(cluster, namespace, "ok")) and p["status"].get("phase") == "Running" and p
+        ),
     )
     assert pod["spec"]["nodeName"] in ("gpu-node-0", "gpu-node-1")
     name = pod["metadata"]["name"]
@@ -85,15 +90,25 @@ def test_failing_exit_code_fails_the_job(cluster: Cluster, namespace: str) -> No
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(gpu_job("bad", 1)))
     pod = wait_until(
         "pod Running",
-        lambda: (p := job_pod(cluster, namespace, "bad")) and p["status"].get("phase") == "Running" and p,
+        lambda: (
+            (p := job_pod(cluster, namespace, "bad"))
+            and p["status"].get("phase") == "Running"
+            and p
+        ),
     )
     cluster.kubectl(
-        "annotate", "pod", pod["metadata"]["name"], "-n", namespace,
-        "sim.loraf.dev/exit-code=137", "sim.loraf.dev/reason=OOMKilled",
+        "annotate",
+        "pod",
+        pod["metadata"]["name"],
+        "-n",
+        namespace,
+        "sim.loraf.dev/exit-code=137",
+        "sim.loraf.dev/reason=OOMKilled",
     )
     wait_until("job Failed", lambda: job_condition(cluster, namespace, "bad", "Failed"))
     term = cluster.get_json("pod", pod["metadata"]["name"], "-n", namespace)["status"][
-        "containerStatuses"][0]["state"]["terminated"]
+        "containerStatuses"
+    ][0]["state"]["terminated"]
     assert term["exitCode"] == 137 and term["reason"] == "OOMKilled"
 
 
@@ -116,15 +131,23 @@ def test_deleting_owner_garbage_collects_child(cluster: Cluster, namespace: str)
     cluster.kubectl("create", "configmap", "owner", "-n", namespace)
     uid = cluster.get_json("configmap", "owner", "-n", namespace)["metadata"]["uid"]
     child = {
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "child", "ownerReferences": [
-            {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": uid}]},
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "child",
+            "ownerReferences": [
+                {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": uid}
+            ],
+        },
     }
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(child))
     cluster.kubectl("delete", "configmap", "owner", "-n", namespace)
     wait_until(
         "child collected",
-        lambda: cluster.kubectl("get", "configmap", "child", "-n", namespace, check=False).returncode != 0,
+        lambda: (
+            cluster.kubectl("get", "configmap", "child", "-n", namespace, check=False).returncode
+            != 0
+        ),
     )
 
 
@@ -146,8 +169,11 @@ def test_s3_rejects_wrong_secret_and_round_trips_with_right_one(
     from botocore.config import Config
 
     wrong = boto3.client(
-        "s3", endpoint_url=cluster.s3_endpoint, aws_access_key_id=cluster.s3_access_key,
-        aws_secret_access_key="not-the-secret", region_name="us-east-1",
+        "s3",
+        endpoint_url=cluster.s3_endpoint,
+        aws_access_key_id=cluster.s3_access_key,
+        aws_secret_access_key="not-the-secret",
+        region_name="us-east-1",
         config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
     )
     with pytest.raises(ClientError) as err:
@@ -162,6 +188,7 @@ def test_s3_rejects_wrong_secret_and_round_trips_with_right_one(
 def test_helm_and_kubectl_on_path(cluster: Cluster) -> None:
     import subprocess
 
-    out = subprocess.run(["helm", "version", "--short"], env=cluster.env, capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run(
+        ["helm", "version", "--short"], env=cluster.env, capture_output=True, text=True, check=True
+    )
     assert out.stdout.startswith("v")
