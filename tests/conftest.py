@@ -141,3 +141,28 @@ def crds(cluster: Cluster) -> list[str]:
     # Discovery caches in kubectl lag a moment behind Established.
     time.sleep(1)
     return names
+
+
+@pytest.fixture(scope="session")
+def process_kubelet(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Run pods bound to the `loraf-local` node as local processes (loraf_dev.kubelet)."""
+    import sys
+
+    workdir = tmp_path_factory.mktemp("process-kubelet")
+    env = cluster.env
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    log = open(workdir / "kubelet.log", "ab")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loraf_dev.kubelet", "--kubeconfig", cluster.kubeconfig,
+         "--node", cp.LOCAL_NODE, "--workdir", str(workdir)],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        yield workdir
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()

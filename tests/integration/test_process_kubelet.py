@@ -1,0 +1,116 @@
+"""The dev/test process kubelet runs pods on `loraf-local` as real local processes."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import Cluster
+
+LOCAL = {
+    "nodeSelector": {"loraf.dev/process-kubelet": "true"},
+    "tolerations": [{"operator": "Exists"}],
+}
+
+PROBE = r"""
+import os, json, pathlib
+from kubernetes import client, config
+config.load_incluster_config()
+review = client.AuthenticationV1Api().create_self_subject_review(
+    {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+out = {
+    "user": review.status.user_info.username,
+    "config": pathlib.Path("/etc/probe/greeting").read_text(),
+    "secret": os.environ["SECRET_VALUE"],
+    "ns": os.environ["POD_NS"],
+}
+pathlib.Path("/dev/termination-log").write_text(json.dumps(out))
+raise SystemExit(3)
+"""
+
+
+def wait_pod(cluster: Cluster, ns: str, name: str, pred: Any, timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    pod = None
+    while time.monotonic() < deadline:
+        res = cluster.kubectl("get", "pod", name, "-n", ns, "-o", "json", check=False)
+        pod = json.loads(res.stdout) if res.returncode == 0 else None
+        if pred(pod):
+            return pod
+        time.sleep(0.3)
+    raise AssertionError(f"pod {name} never matched; last status: {pod and pod.get('status')}")
+
+
+def test_pod_runs_with_volumes_env_and_its_own_identity(
+    cluster: Cluster, namespace: str, process_kubelet: Path
+) -> None:
+    cluster.kubectl("create", "configmap", "probe", "-n", namespace, "--from-literal=greeting=hi")
+    cluster.kubectl(
+        "create", "secret", "generic", "probe", "-n", namespace, "--from-literal=v=s3cr3t"
+    )
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "probe"},
+        "spec": {
+            **LOCAL,
+            "restartPolicy": "Never",
+            "volumes": [{"name": "cfg", "configMap": {"name": "probe"}}],
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "python:3.11",
+                    "command": ["python", "-c", PROBE],
+                    "volumeMounts": [{"name": "cfg", "mountPath": "/etc/probe"}],
+                    "env": [
+                        {
+                            "name": "SECRET_VALUE",
+                            "valueFrom": {"secretKeyRef": {"name": "probe", "key": "v"}},
+                        },
+                        {
+                            "name": "POD_NS",
+                            "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+                        },
+                    ],
+                }
+            ],
+        },
+    }
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(pod))
+    done = wait_pod(
+        cluster, namespace, "probe", lambda p: p and p["status"].get("phase") == "Failed"
+    )
+    term = done["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert term["exitCode"] == 3
+    seen = json.loads(term["message"])
+    assert seen == {
+        "user": f"system:serviceaccount:{namespace}:default",
+        "config": "hi",
+        "secret": "s3cr3t",
+        "ns": namespace,
+    }
+
+
+def test_deleting_a_pod_sends_sigterm_and_removes_it(
+    cluster: Cluster, namespace: str, process_kubelet: Path, tmp_path: Path
+) -> None:
+    marker = tmp_path / "got-sigterm"
+    script = f"trap 'echo term > {marker}; exit 0' TERM; while true; do sleep 0.2; done"
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "sleeper"},
+        "spec": {
+            **LOCAL,
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 5,
+            "containers": [{"name": "main", "image": "busybox", "command": ["sh", "-c", script]}],
+        },
+    }
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(pod))
+    wait_pod(cluster, namespace, "sleeper", lambda p: p and p["status"].get("phase") == "Running")
+    cluster.kubectl("delete", "pod", "sleeper", "-n", namespace, "--wait=false")
+    wait_pod(cluster, namespace, "sleeper", lambda p: p is None, timeout=30)
+    assert marker.read_text().strip() == "term"
