@@ -87,7 +87,7 @@ def cluster() -> Iterator[Cluster]:
         return
     os.environ["LORAF_CLUSTER_DIR"] = str(ROOT / ".cache" / "test-cluster")
     try:
-        st = cp.up(None)  # type: ignore[arg-type]
+        st = cp.up(None)
         yield Cluster(st)
     finally:
         sd = cp.state_dir()
