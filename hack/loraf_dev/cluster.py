@@ -40,6 +40,8 @@ GPU_PRODUCT = "NVIDIA-H100-80GB-HBM3"
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
 
 ADMIN_USER = "loraf-admin"
+# What `up` starts; add-ons (operator, process kubelet) may be added to the pid list too.
+CORE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "s3")
 OPERATOR_USER = "loraf-operator"
 
 
@@ -118,7 +120,8 @@ def kubeconfig(st: State, user: str, token: str) -> str:
     )
 
 
-def start(st: State, name: str, argv: list[str]) -> None:
+def start(st: State, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+    """Start a long-running process in its own session; `down` stops it by pid."""
     logf = open(st.path("logs", f"{name}.log"), "ab")  # noqa: SIM115 - owned by the child
     proc = subprocess.Popen(
         argv,
@@ -127,6 +130,7 @@ def start(st: State, name: str, argv: list[str]) -> None:
         stdin=subprocess.DEVNULL,
         start_new_session=True,
         cwd=st.dir,
+        env=env,
     )
     st.pids[name] = proc.pid
     st.save()
@@ -230,11 +234,12 @@ def nodes() -> list[dict]:
     return out
 
 
-def up(args: argparse.Namespace) -> State:
+def up(args: argparse.Namespace | None = None) -> State:
     sd = state_dir()
     if (sd / "state.json").exists():
         old = State.load(sd)
-        if old.pids and all(pid_alive(p) for p in old.pids.values()):
+        core = [pid for name, pid in old.pids.items() if name in CORE]
+        if len(core) == len(CORE) and all(pid_alive(p) for p in core):
             log(f"already up ({sd})")
             return old
         down_state(old)
