@@ -138,8 +138,11 @@ def register(cfg: Settings, registry: kopf.OperatorRegistry) -> None:
         owner = _owner(kw["body"])
         memo = kw["memo"]
         if owner and hasattr(memo, "reconciler"):
+            deleted = (
+                kw["name"] if kw["type"] == "DELETED" and kw["body"].get("kind") == "Job" else None
+            )
             await memo.reconciler.sync(
-                kw["namespace"], owner, kw["finetunes"], kw["run_jobs"], kw["run_pods"]
+                kw["namespace"], owner, kw["finetunes"], kw["run_jobs"], kw["run_pods"], deleted
             )
 
     @kopf.on.event(*JOBS, labels=MANAGED_SELECTOR, registry=registry, id="job_event")

@@ -22,7 +22,7 @@ from .api.models import LoRAFineTune
 from .builders import build_run, child_name, config_map_name, run_spec_hash
 from .builders.labels import QUEUE_NAME, SPEC_HASH
 from .kube import ApiError, Kube
-from .run_tracking import observe
+from .run_tracking import job_deleted, observe
 from .runs import (
     Plan,
     append_history,
@@ -301,7 +301,9 @@ class Reconciler:
         finetunes: Index | None,
         jobs: Index | None,
         pods: Index | None,
+        deleted_job: str | None = None,
     ) -> None:
+        """Recompute the current run's conditions; `deleted_job`: a Job that just went away."""
         key = (namespace, name)
         async with self._locks[key]:
             body = self.freshest(key, _first(finetunes, key))
@@ -317,7 +319,11 @@ class Reconciler:
             run_pods = list((pods or {}).get((namespace, job_name)) or [])
             gen = int(status.get("observedGeneration") or body["metadata"].get("generation") or 0)
             now = now_iso()
-            new = apply(conds, observe(job, run_pods, conds), gen, now)
+            updates = observe(job, run_pods, conds)
+            if job is None and deleted_job == job_name:
+                # Deleted before it finished (by hand, or by a controller): the run is over.
+                updates = job_deleted(job_name)
+            new = apply(conds, updates, gen, now)
             phase, message = summary(new)
             if new == conds and phase == status.get("phase") and message == status.get("message"):
                 return

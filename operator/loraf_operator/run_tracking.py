@@ -248,6 +248,15 @@ def _pod_conditions(pod: Obj, note: str) -> list[Cond]:
     ]
 
 
+def job_deleted(job_name: str) -> list[Cond]:
+    """The run's Job was deleted before it finished: the run failed (it is not recreated)."""
+    msg = f"the run's Job {job_name} was deleted before it finished"
+    return [
+        Cond(COND_RUNNING, "False", "JobDeleted", msg),
+        Cond(COND_FAILED, "True", "JobDeleted", msg),
+    ]
+
+
 def observe(job: Obj | None, pods: Sequence[Obj], prev: Sequence[Condition]) -> list[Cond]:
     """Conditions describing run `job` (with its `pods`), given the previous conditions.
 

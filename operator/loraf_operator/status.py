@@ -55,6 +55,7 @@ WARNING_REASONS = frozenset(
         "Evicted",
         "PodFailed",
         "JobFailed",
+        "JobDeleted",
     }
 )
 

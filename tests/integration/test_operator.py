@@ -10,6 +10,7 @@ them after the test, so every test here is called test_op_*).
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -451,6 +452,19 @@ def test_op_delete_removes_children(cluster: Any, namespace: str, operator: Oper
         return out == ""
 
     wait_until("garbage collection of the run's children", no_children, timeout=30)
+
+
+def test_op_job_deleted_ends_the_run(
+    cluster: Any, namespace: str, operator: OperatorHandle
+) -> None:
+    ns = namespace
+    apply(cluster, manifest("lost", ns))
+    wait_cond(cluster, ns, "lost", "Running")
+    cluster.kubectl("delete", "job", "lost-r1", "-n", ns, "--wait=false")
+    ft = wait_cond(cluster, ns, "lost", "Failed", "True", "JobDeleted")
+    assert ft["status"]["phase"] == "Failed"
+    time.sleep(1)  # a recreated Job would appear within this second
+    assert cluster.kubectl("get", "job", "lost-r1", "-n", ns, check=False).returncode != 0
 
 
 def test_restart_mid_reconcile_no_duplicate_job(
