@@ -9,17 +9,18 @@ from typing import Any
 
 import pytest
 import yaml
-
 from loraf_operator.api.exitcodes import ExitCode
-from loraf_trainer import cli
 from loraf_operator.api.trainer_config import TrainerConfig
+from loraf_trainer import cli
 from loraf_trainer.train import check_config, sft_config_kwargs
 
 
 def spec(**over: Any) -> dict[str, Any]:
     s: dict[str, Any] = {
-        "baseModel": {"pvc": {"claimName": "models", "path": "smollm2"},
-                      "ggufFile": "SmolLM2-135M-Instruct.Q4_1.gguf"},
+        "baseModel": {
+            "pvc": {"claimName": "models", "path": "smollm2"},
+            "ggufFile": "SmolLM2-135M-Instruct.Q4_1.gguf",
+        },
         "dataset": {"pvc": {"claimName": "data", "path": "train.jsonl"}, "format": "alpaca"},
         "training": {"maxSteps": 10},
         "output": {"s3": "s3://bucket/prefix"},
@@ -31,8 +32,14 @@ def spec(**over: Any) -> dict[str, Any]:
 
 def trainer_config(**over: Any) -> TrainerConfig:
     return TrainerConfig.model_validate(
-        {"namespace": "ns", "name": "ft", "uid": "u-1", "generation": 1, "run": 1,
-         "spec": spec(**over)}
+        {
+            "namespace": "ns",
+            "name": "ft",
+            "uid": "u-1",
+            "generation": 1,
+            "run": 1,
+            "spec": spec(**over),
+        }
     )
 
 
@@ -46,8 +53,14 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def write_config(tmp: Path, **over: object) -> Path:
-    cfg = {"namespace": "ns", "name": "ft", "uid": "u", "generation": 1, "run": 1,
-           "spec": spec(**over)}  # type: ignore[arg-type]
+    cfg = {
+        "namespace": "ns",
+        "name": "ft",
+        "uid": "u",
+        "generation": 1,
+        "run": 1,
+        "spec": spec(**over),
+    }
     path = tmp / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -83,8 +96,18 @@ def test_unreadable_or_invalid_config_exits_64(env: Path) -> None:
     assert cli.main(["train", "--config", str(env / "nope.yaml")]) == 64
     assert "cannot read config" in termination(env)
     bad = env / "bad.yaml"
-    bad.write_text(yaml.safe_dump({"namespace": "ns", "name": "ft", "uid": "u", "generation": 1,
-                                   "run": 1, "spec": spec(training={"epochs": 1})}))
+    bad.write_text(
+        yaml.safe_dump(
+            {
+                "namespace": "ns",
+                "name": "ft",
+                "uid": "u",
+                "generation": 1,
+                "run": 1,
+                "spec": spec(training={"epochs": 1}),
+            }
+        )
+    )
     assert cli.main(["train", "--config", str(bad)]) == 64
     assert "config invalid" in termination(env)
 
@@ -96,14 +119,22 @@ def test_check_config_accepts_one_or_zero_gpus() -> None:
 
 def test_sft_config_kwargs(tmp_path: Path) -> None:
     cfg = trainer_config(method="qlora", training={"maxSteps": 7, "checkpointSteps": 3})
-    kw = sft_config_kwargs(cfg, tmp_path, "bfloat16", on_gpu=True, has_eval=False, interactive=False)
+    kw = sft_config_kwargs(
+        cfg, tmp_path, "bfloat16", on_gpu=True, has_eval=False, interactive=False
+    )
     assert kw["max_steps"] == 7 and "num_train_epochs" not in kw
     assert kw["optim"] == "paged_adamw_8bit" and kw["bf16"] and not kw["fp16"]
     assert kw["save_strategy"] == "steps" and kw["save_steps"] == 3
     assert kw["eval_strategy"] == "no" and kw["disable_tqdm"]
     assert kw["completion_only_loss"] is True and kw["max_length"] == 1024
-    cpu = sft_config_kwargs(trainer_config(training={"epochs": 2, "maxSteps": None}), tmp_path,
-                            "float32", on_gpu=False, has_eval=True, interactive=True)
+    cpu = sft_config_kwargs(
+        trainer_config(training={"epochs": 2, "maxSteps": None}),
+        tmp_path,
+        "float32",
+        on_gpu=False,
+        has_eval=True,
+        interactive=True,
+    )
     assert cpu["num_train_epochs"] == 2 and "max_steps" not in cpu
     assert cpu["optim"] == "adamw_torch" and cpu["use_cpu"] and not cpu["bf16"]
     assert cpu["save_strategy"] == "no"

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from loraf_trainer import data
 from loraf_trainer.errors import DatasetInvalid
 
@@ -52,9 +51,13 @@ def test_column_mapping_is_used_in_messages() -> None:
 
 
 def test_chat_rows() -> None:
-    good = {"messages": [{"role": "system", "content": "be brief"},
-                         {"role": "user", "content": "hi"},
-                         {"role": "assistant", "content": "hello"}]}
+    good = {
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"},
+        ]
+    }
     ex = data.validate_row(good, 1, "chat", {})
     assert ex.messages == (("system", "be brief"), ("user", "hi"))
     assert ex.target == "hello"
@@ -82,7 +85,7 @@ def test_eval_split_is_deterministic_and_order_independent() -> None:
     exs = data.validate_rows([alpaca(i) for i in range(100)], "alpaca", {})
     train, evals = data.eval_split(exs, 0.1, seed=42)
     assert len(evals) == 10 and len(train) == 90
-    train2, evals2 = data.eval_split(list(reversed(exs)), 0.1, seed=42)
+    _, evals2 = data.eval_split(list(reversed(exs)), 0.1, seed=42)
     assert {e.row for e in evals} == {e.row for e in evals2}
     assert not {e.row for e in evals} & {e.row for e in train}
     _, other_seed = data.eval_split(exs, 0.1, seed=7)

@@ -8,9 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from loraf_trainer import artifacts
-from loraf_trainer.checkpoints import MARKER, complete_checkpoints, fetch_latest_checkpoint, upload_checkpoint
+from loraf_trainer.checkpoints import (
+    MARKER,
+    complete_checkpoints,
+    fetch_latest_checkpoint,
+    upload_checkpoint,
+)
 from loraf_trainer.storage import LocalStore, S3Store, S3Uri, Store, download_prefix, put_dir
 
 
@@ -30,15 +34,16 @@ def moto_store() -> Iterator[Store]:
 
     with moto.mock_aws():
         client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket="b")
-        yield S3Store(client, S3Uri.parse("s3://b/prefix/run-1"))
+        client.create_bucket(Bucket="unit-bucket")
+        yield S3Store(client, S3Uri.parse("s3://unit-bucket/prefix/run-1"))
 
 
 @pytest.fixture(params=["local", "s3"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
     if request.param == "local":
         return LocalStore(tmp_path / "out" / "run-1")
-    return request.getfixturevalue("moto_store")  # type: ignore[no-any-return]
+    store: Store = request.getfixturevalue("moto_store")
+    return store
 
 
 def make_tree(root: Path, files: dict[str, bytes]) -> Path:
@@ -63,11 +68,15 @@ def test_put_list_get(store: Store, tmp_path: Path) -> None:
 
 def test_checkpoints_only_complete_ones_count(store: Store, tmp_path: Path) -> None:
     for step in (5, 10, 15):
-        upload_checkpoint(store, make_tree(tmp_path / f"c{step}", {"trainer_state.json": b"{}"}), step, keep=2)
+        upload_checkpoint(
+            store, make_tree(tmp_path / f"c{step}", {"trainer_state.json": b"{}"}), step, keep=2
+        )
     # keep=2: step-5 was pruned once step-15 was complete.
     assert complete_checkpoints(store) == [10, 15]
     # A checkpoint cut off mid-upload (no marker) is ignored.
-    put_dir(store, make_tree(tmp_path / "c20", {"trainer_state.json": b"{}"}), "checkpoints/step-20")
+    put_dir(
+        store, make_tree(tmp_path / "c20", {"trainer_state.json": b"{}"}), "checkpoints/step-20"
+    )
     assert complete_checkpoints(store) == [10, 15]
     got = fetch_latest_checkpoint(store, tmp_path / "work")
     assert got == tmp_path / "work" / "checkpoint-15"
@@ -75,18 +84,27 @@ def test_checkpoints_only_complete_ones_count(store: Store, tmp_path: Path) -> N
 
 
 def test_manifest_upload_last_and_verify(store: Store, tmp_path: Path) -> None:
-    root = make_tree(tmp_path / "stage", {"adapter/adapter_model.safetensors": b"x" * 100,
-                                          "eval/report.json": b"{}"})
+    root = make_tree(
+        tmp_path / "stage",
+        {"adapter/adapter_model.safetensors": b"x" * 100, "eval/report.json": b"{}"},
+    )
     files = artifacts.describe_files(root)
     manifest = artifacts.build_manifest(
-        files=files, identity={"name": "ft", "run": 1}, base_model={"name": "m"},
-        dataset={"sha256": "d"}, hyperparameters={"r": 8}, metrics={"evalLossAdapter": 1.0},
+        files=files,
+        identity={"name": "ft", "run": 1},
+        base_model={"name": "m"},
+        dataset={"sha256": "d"},
+        hyperparameters={"r": 8},
+        metrics={"evalLossAdapter": 1.0},
     )
     assert manifest["files"][0] == {
-        "path": "adapter/adapter_model.safetensors", "size": 100,
-        "sha256": "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881",
+        "path": "adapter/adapter_model.safetensors",
+        "size": 100,
+        "sha256": "09ecb6ebc8bcefc733f6f2ec44f791abeed6a99edf0cc31519637898aebd52d8",
     }
-    assert artifacts.verify_manifest(store) == [f"{store.uri('manifest.json')} is missing (upload incomplete)"]
+    assert artifacts.verify_manifest(store) == [
+        f"{store.uri('manifest.json')} is missing (upload incomplete)"
+    ]
     artifacts.upload_run(store, root, manifest)
     assert artifacts.verify_manifest(store) == []
     assert json.loads(store.get_bytes("manifest.json") or b"")["kind"] == "LoRAFineTuneManifest"
@@ -100,7 +118,9 @@ def test_manifest_upload_last_and_verify(store: Store, tmp_path: Path) -> None:
 
 def test_download_prefix_skips_complete_files(moto_store: Any, tmp_path: Path) -> None:
     s3 = moto_store
-    put_dir(s3, make_tree(tmp_path / "m", {"config.json": b"{}", "w.safetensors": b"w" * 10}), "model")
+    put_dir(
+        s3, make_tree(tmp_path / "m", {"config.json": b"{}", "w.safetensors": b"w" * 10}), "model"
+    )
     src = s3.root.join("model")
     assert download_prefix(s3.client, src, tmp_path / "dl") == 2
     assert download_prefix(s3.client, src, tmp_path / "dl") == 0
