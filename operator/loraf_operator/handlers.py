@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 from typing import Any
 
 import kopf
@@ -81,7 +82,9 @@ def register(cfg: Settings, registry: kopf.OperatorRegistry) -> None:
         )
         settings.persistence.finalizer = "loraf.dev/kopf-finalizer"  # unused: no delete handlers
         settings.posting.reporting_component = "loraf-operator"
-        settings.posting.level = 20  # INFO: handler failures become Events too
+        # kopf's own log-derived Events only from WARNING up ("Handler ... failed"), not one
+        # per successful handler; loraf's transition Events are posted explicitly.
+        settings.posting.level = logging.WARNING
         settings.peering.mandatory = bool(cfg.peering)
         # Re-list (and so re-sync every run) at this interval; see the module docstring.
         settings.watching.server_timeout = int(cfg.status_interval_seconds)

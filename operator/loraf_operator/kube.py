@@ -75,7 +75,9 @@ class Kube:
         if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
             kconfig.load_incluster_config(client_configuration=cfg)
         else:
-            await kconfig.load_kube_config(client_configuration=cfg)
+            # Read KUBECONFIG now (the client library reads it once, at import time).
+            path = os.environ.get("KUBECONFIG", "~/.kube/config").split(os.pathsep)[0]
+            await kconfig.load_kube_config(os.path.expanduser(path), client_configuration=cfg)
         cfg.connection_pool_maxsize = 32
         return cls(ApiClient(cfg))
 

@@ -179,22 +179,33 @@ class Reconciler:
         job = _first(jobs, (ft.namespace, child_name(ft.name, run)))
         if job is not None and _owned_by(job, uid):
             return  # the Job is created last: everything before it exists
-        for obj in build_run(ft, run, self.settings.build_defaults):
-            try:
-                await self.kube.create(obj)
-                if obj["kind"] == "Job":
-                    metrics.RUNS_STARTED.inc()
-            except ApiError as e:
-                if e.status != 409:
-                    raise
-                existing = await self.kube.get(obj["kind"], ft.namespace, obj["metadata"]["name"])
-                if existing is not None and not _owned_by(existing, uid):
-                    # E.g. left over from a deleted LoRAFineTune of the same name, pending GC.
-                    raise kopf.TemporaryError(
-                        f"{obj['kind']} {obj['metadata']['name']} exists but is not owned by "
-                        "this LoRAFineTune; waiting for it to go",
-                        delay=3,
-                    ) from e
+        sa, role, binding, cm, job_obj = build_run(ft, run, self.settings.build_defaults)
+        # In parallel where allowed: the RoleBinding needs its Role (the apiserver checks we
+        # hold what it grants by reading the Role), and the Job goes last: it marks the
+        # run's children complete.
+        await asyncio.gather(*(self._create_owned(obj, uid) for obj in (sa, role, cm)))
+        await self._create_owned(binding, uid)
+        if await self._create_owned(job_obj, uid):
+            metrics.RUNS_STARTED.inc()
+
+    async def _create_owned(self, obj: Obj, uid: str) -> bool:
+        """Create `obj`; True if created, False if ours already existed."""
+        try:
+            await self.kube.create(obj)
+            return True
+        except ApiError as e:
+            if e.status != 409:
+                raise
+            meta = obj["metadata"]
+            existing = await self.kube.get(obj["kind"], meta["namespace"], meta["name"])
+            if existing is not None and not _owned_by(existing, uid):
+                # E.g. left over from a deleted LoRAFineTune of the same name, pending GC.
+                raise kopf.TemporaryError(
+                    f"{obj['kind']} {meta['name']} exists but is not owned by this "
+                    "LoRAFineTune; waiting for it to go",
+                    delay=3,
+                ) from e
+            return False
 
     async def _stop_run(self, ft: LoRAFineTune, run: int) -> Obj | None:
         """Delete run `run`'s children (its pods go with the Job). Returns the Job seen."""
@@ -220,9 +231,8 @@ class Reconciler:
             )
             if used:
                 patch["gpuHours"] = round(float(status.get("gpuHours") or 0) + used, 4)
-            kopf.info(
-                _ref(body), reason="RunStopped", message=f"spec changed: stopped run {p.stop}"
-            )
+            msg = f"spec changed: stopped run {p.stop}"
+            kopf.event(_ref(body), type="Normal", reason="RunStopped", message=msg)
         await self._ensure_children(ft, p.run, jobs)
         gen = int(ft.metadata.get("generation") or 0)
         old_conds = [c for c in status.get("conditions") or [] if c.get("type") != COND_SCHEDULED]
@@ -243,8 +253,9 @@ class Reconciler:
             },
         )
         await self._patch_status(body, patch)
-        kopf.info(
+        kopf.event(
             _ref(body),
+            type="Normal",
             reason="RunStarted",
             message=f"started run {p.run}: Job {child_name(ft.name, p.run)}",
         )

@@ -17,6 +17,7 @@ from .api.exitcodes import ExitCode, reason_for
 from .api.models import COND_FAILED, COND_RUNNING, COND_SUCCEEDED, COND_SUSPENDED
 from .status import (
     COND_SCHEDULED,
+    QUEUED_MESSAGE,
     REASON_QUEUED,
     REASON_SUSPENDED,
     Cond,
@@ -292,7 +293,7 @@ def observe(job: Obj | None, pods: Sequence[Obj], prev: Sequence[Condition]) -> 
         msg = (
             "the run is suspended; it resumes from its last checkpoint when unsuspended"
             if started
-            else "the Job is suspended (spec.suspend or a queue such as Kueue holds it)"
+            else QUEUED_MESSAGE
         )
         return [
             Cond(COND_SUSPENDED, "True", why, msg),

@@ -22,7 +22,16 @@ from .api.models import (
     EvalSummary,
     RunResult,
 )
-from .status import COND_SCHEDULED, REASON_QUEUED, Cond, Condition, derive_phase, get, is_true
+from .status import (
+    COND_SCHEDULED,
+    QUEUED_MESSAGE,
+    REASON_QUEUED,
+    Cond,
+    Condition,
+    derive_phase,
+    get,
+    is_true,
+)
 
 Obj = dict[str, Any]
 HISTORY_CAP = 20
@@ -81,12 +90,13 @@ def start_conditions(suspend: bool) -> list[Cond]:
         Cond(COND_VALIDATED, "True", "SpecValid", "the spec is valid"),
         Cond(COND_SUCCEEDED, "False", "RunStarted", ""),
         Cond(COND_FAILED, "False", "RunStarted", ""),
-        Cond(COND_RUNNING, "False", "NotStarted", "the run's pod does not exist yet"),
     ]
     if suspend:
-        msg = "the Job is suspended (spec.suspend or a queue such as Kueue holds it)"
-        conds.append(Cond(COND_SUSPENDED, "True", REASON_QUEUED, msg))
+        # Exactly what run_tracking.observe says of a suspended Job: no second patch.
+        conds.append(Cond(COND_SUSPENDED, "True", REASON_QUEUED, QUEUED_MESSAGE))
+        conds.append(Cond(COND_RUNNING, "False", REASON_QUEUED, QUEUED_MESSAGE))
     else:
+        conds.append(Cond(COND_RUNNING, "False", "NotStarted", "the run's pod does not exist yet"))
         conds.append(Cond(COND_SUSPENDED, "False", "NotSuspended", ""))
         conds.append(Cond(COND_SCHEDULED, "Unknown", "Pending", "waiting for the Job controller"))
     return conds

@@ -33,6 +33,7 @@ Condition = dict[str, Any]
 # suspended) the phase is Queued; after, Suspended.
 REASON_QUEUED = "Queued"
 REASON_SUSPENDED = "Suspended"
+QUEUED_MESSAGE = "the Job is suspended (spec.suspend or a queue such as Kueue holds it)"
 
 # Reasons worth a Warning event (and that people must act on).
 WARNING_REASONS = frozenset(

@@ -96,3 +96,24 @@ def test_gpu_hours() -> None:
         == 1.0
     )
     assert gpu_hours(None, 1, "x") == 0.0 and gpu_hours(job, 0, "x") == 0.0
+
+
+def test_a_suspended_start_needs_no_second_status_patch() -> None:
+    from loraf_operator.run_tracking import observe
+
+    started = apply([], start_conditions(True), 1, "T")
+    job = {
+        "spec": {"suspend": True},
+        "status": {
+            "conditions": [{"type": "Suspended", "status": "True", "reason": "JobSuspended"}]
+        },
+    }
+    assert apply(started, observe(job, [], started), 1, "T2") == started
+
+
+def test_job_deleted_fails_the_run() -> None:
+    from loraf_operator.run_tracking import job_deleted
+
+    c = apply([], job_deleted("demo-r1"), 1, "T")
+    assert derive_phase(c) == "Failed"
+    assert "demo-r1" in next(x for x in c if x["type"] == "Failed")["message"]
