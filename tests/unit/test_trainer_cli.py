@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from loraf_operator.api.exitcodes import ExitCode
 from loraf_operator.api.trainer_config import TrainerConfig
 from loraf_trainer import cli

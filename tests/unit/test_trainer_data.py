@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from loraf_trainer import data
 from loraf_trainer.errors import DatasetInvalid
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from loraf_trainer import artifacts
 from loraf_trainer.checkpoints import (
     MARKER,

@@ -39,7 +39,9 @@ def generate(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int) -> st
             do_sample=False,
             pad_token_id=tokenizer.pad_token_id,
         )
-    return str(tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)).strip()
+    return str(
+        tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    ).strip()
 
 
 def generations(
@@ -58,8 +60,13 @@ def generations(
             with model.disable_adapter():
                 base = generate(model, tokenizer, prompt, max_new_tokens)
             rows.append(
-                {"row": ex.row, "prompt": prompt, "reference": ex.target or ex.text,
-                 "base": base, "adapter": adapted}
+                {
+                    "row": ex.row,
+                    "prompt": prompt,
+                    "reference": ex.target or ex.text,
+                    "base": base,
+                    "adapter": adapted,
+                }
             )
     finally:
         model.config.use_cache = use_cache
@@ -67,7 +74,9 @@ def generations(
     return rows
 
 
-def build_report(losses: Mapping[str, float | None], gens: list[dict[str, Any]], eval_rows: int) -> dict[str, Any]:
+def build_report(
+    losses: Mapping[str, float | None], gens: list[dict[str, Any]], eval_rows: int
+) -> dict[str, Any]:
     base, adapter = losses.get("evalLossBase"), losses.get("evalLossAdapter")
     return {
         "evalRows": eval_rows,
@@ -100,8 +109,12 @@ def report_markdown(report: Mapping[str, Any], title: str) -> str:
         "",
     ]
     if report["generations"]:
-        lines += ["## Generations (greedy)", "", "| row | prompt | reference | base | adapter |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "## Generations (greedy)",
+            "",
+            "| row | prompt | reference | base | adapter |",
+            "|---|---|---|---|---|",
+        ]
         for g in report["generations"]:
             lines.append(
                 f"| {g['row']} | {_cell(g['prompt'])} | {_cell(g['reference'])} | "

@@ -29,9 +29,7 @@ def _read_files(files: list[Path], file_format: str) -> list[Any]:
 
 
 def _data_files(directory: Path) -> list[Path]:
-    return sorted(
-        p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in _SUFFIXES
-    )
+    return sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in _SUFFIXES)
 
 
 def load_rows(source: Any, file_format: str, work_dir: Path, s3_client: Any = None) -> list[Any]:

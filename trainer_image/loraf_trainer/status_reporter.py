@@ -183,7 +183,9 @@ class StatusPublisher:
             except Exception as e:  # never let reporting crash training
                 self.failures += 1
                 permanent = _is_permanent(e)
-                log.warning("status patch failed (%s): %s", "giving up" if permanent else "retrying", e)
+                log.warning(
+                    "status patch failed (%s): %s", "giving up" if permanent else "retrying", e
+                )
                 if permanent or (stopping and self.failures > 5):
                     continue
                 with self._cv:

@@ -59,8 +59,8 @@ def s3_client(endpoint: str | None = None, region: str | None = None) -> Any:
     import boto3
     from botocore.config import Config
 
-    endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get(
-        "AWS_ENDPOINT_URL"
+    endpoint = (
+        endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     )
     region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     # Path-style addressing for custom endpoints: S3-compatible servers (MinIO, Ceph,
@@ -164,9 +164,7 @@ class S3Store:
 
         items = list(files)
         with create_transfer_manager(self.client, self._transfer_config()) as tm:
-            futures = [
-                tm.upload(str(src), self.root.bucket, self._key(rel)) for src, rel in items
-            ]
+            futures = [tm.upload(str(src), self.root.bucket, self._key(rel)) for src, rel in items]
             for fut in futures:
                 fut.result()
         for src, rel in items:

@@ -1,0 +1,176 @@
+"""TrainerCallbacks: progress into status, checkpoints to the store, preemption.
+
+Kept apart from the pure status/checkpoint logic so those stay importable without
+transformers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from .checkpoints import Preemption, upload_checkpoint
+from .status_reporter import StatusPublisher, eta_seconds, format_eta
+from .storage import Store
+
+log = logging.getLogger(__name__)
+
+
+def _peak_gpu_gib() -> float | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return round(torch.cuda.max_memory_reserved() / 2**30, 2)
+
+
+def _finite(x: Any) -> float | None:
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+class ProgressCallback(TrainerCallback):
+    """Feeds the StatusPublisher (rate-limited there) and logs a line per logging step."""
+
+    def __init__(self, publisher: StatusPublisher, log_lines: bool = True) -> None:
+        self.publisher = publisher
+        self.log_lines = log_lines
+        self._t0 = time.monotonic()
+        self._step0 = 0
+        self._tok_mark: tuple[float, float] | None = None  # (time, tokens) at last log
+        self.tokens_per_second: float | None = None
+
+    def _snapshot(self, state: TrainerState) -> dict[str, Any]:
+        total = state.max_steps or 0
+        step = state.global_step
+        eta = eta_seconds(time.monotonic() - self._t0, step - self._step0, total - step)
+        return {
+            "stage": "Training",
+            "step": step,
+            "totalSteps": total,
+            "epoch": round(state.epoch or 0.0, 4),
+            "percent": round(100.0 * step / total, 2) if total else None,
+            "etaSeconds": round(eta, 1) if eta is not None else None,
+            "eta": format_eta(eta),
+            "tokensPerSecond": self.tokens_per_second,
+            "peakGpuMemoryGiB": _peak_gpu_gib(),
+        }
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        self._t0 = time.monotonic()
+        self._step0 = state.global_step  # > 0 after a resume
+        self.publisher.update(self._snapshot(state), force=True)
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, Any] | None = None,
+        **kw: Any,
+    ) -> None:
+        logs = logs or {}
+        fields: dict[str, Any] = {}
+        if (loss := _finite(logs.get("loss"))) is not None:
+            fields["loss"] = round(loss, 4)
+        if (eval_loss := _finite(logs.get("eval_loss"))) is not None:
+            fields["evalLoss"] = round(eval_loss, 4)
+        if (lr := _finite(logs.get("learning_rate"))) is not None:
+            fields["learningRate"] = lr
+        tokens = _finite(logs.get("num_tokens")) or _finite(state.num_input_tokens_seen or None)
+        if tokens is not None:
+            now = time.monotonic()
+            if (
+                self._tok_mark is not None
+                and now > self._tok_mark[0]
+                and tokens > self._tok_mark[1]
+            ):
+                self.tokens_per_second = round(
+                    (tokens - self._tok_mark[1]) / (now - self._tok_mark[0]), 1
+                )
+            self._tok_mark = (now, tokens)
+        self.publisher.update({**self._snapshot(state), **fields})
+        if self.log_lines and fields:
+            log.info(
+                "step %d/%d %s",
+                state.global_step,
+                state.max_steps,
+                " ".join(f"{k}={v}" for k, v in fields.items()),
+            )
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        self.publisher.update(self._snapshot(state))
+
+    def on_epoch_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        self.publisher.update(self._snapshot(state), force=True)
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        self.publisher.update(self._snapshot(state), force=True)
+
+
+class CheckpointCallback(TrainerCallback):
+    """Saves on a time budget and on SIGTERM; ships each saved checkpoint to the store.
+
+    The Trainer writes checkpoint-<k>/ (adapter, optimizer, scheduler, RNG states and
+    trainer_state.json, which records the data position); on_save copies it to
+    checkpoints/step-<k>/ and writes the completion marker last."""
+
+    def __init__(
+        self,
+        store: Store,
+        preemption: Preemption,
+        checkpoint_minutes: float | None,
+        keep: int = 2,
+    ) -> None:
+        self.store = store
+        self.preemption = preemption
+        self.interval_s = checkpoint_minutes * 60 if checkpoint_minutes else None
+        self.keep = keep
+        self._last_save = time.monotonic()
+        self.saved_steps: list[int] = []
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        self._last_save = time.monotonic()
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        if self.preemption.requested:
+            log.warning("SIGTERM: saving a checkpoint at step %d and stopping", state.global_step)
+            control.should_save = True
+            control.should_training_stop = True
+        elif self.interval_s and time.monotonic() - self._last_save >= self.interval_s:
+            control.should_save = True
+
+    def on_save(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        step = state.global_step
+        local = Path(args.output_dir or ".") / f"checkpoint-{step}"
+        if not local.is_dir():
+            log.warning("checkpoint folder %s missing after save", local)
+            return
+        upload_checkpoint(self.store, local, step, keep=self.keep)
+        self.saved_steps.append(step)
+        self._last_save = time.monotonic()
+        log.info(
+            "checkpoint step-%d stored at %s", step, self.store.uri(f"checkpoints/step-{step}")
+        )

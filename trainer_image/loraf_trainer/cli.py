@@ -1,0 +1,227 @@
+"""`loraf` command line.
+
+  loraf train --config /etc/loraf/config.yaml   # what the operator's Job runs
+  loraf run finetune.yaml [--output DIR|s3://…] # the same manifest, on this machine
+  loraf verify DIR|s3://…/run-<n>               # check an upload against its manifest
+
+Exit codes follow loraf_operator.api.exitcodes; before a non-zero exit a one-line
+message goes to the termination log ($LORAF_TERMINATION_LOG, default
+/dev/termination-log), which the operator copies into the Failed condition.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from loraf_operator.api.exitcodes import ExitCode
+
+from .errors import ConfigInvalid, TrainerError
+
+log = logging.getLogger("loraf")
+
+TERMINATION_LOG = "/dev/termination-log"
+
+
+def write_termination_message(message: str) -> None:
+    path = os.environ.get("LORAF_TERMINATION_LOG", TERMINATION_LOG)
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(message.strip().splitlines()[0][:4000] if message.strip() else "failed")
+    except OSError:
+        pass  # not in a pod (or not writable): the log line below is all there is
+
+
+def _work_dir(arg: str | None) -> Path:
+    path = Path(arg or os.environ.get("LORAF_WORK_DIR") or tempfile.mkdtemp(prefix="loraf-"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _execute(build: Any) -> int:
+    """Run `build()` → RunContext, then the training; map failures to exit codes."""
+    from .checkpoints import Preemption
+
+    preemption = Preemption()
+    preemption.install()
+    ctx = None
+    try:
+        ctx = build(preemption)
+        from .train import run
+
+        result = run(ctx)
+        print(json.dumps({"result": result}, indent=2))
+        return int(ExitCode.OK)
+    except TrainerError as e:
+        log.error("%s", e.message)
+        write_termination_message(e.message)
+        return int(e.exit_code)
+    except Exception as e:  # unexpected: counted against the Job's backoffLimit
+        traceback.print_exc()
+        write_termination_message(f"unexpected error: {type(e).__name__}: {e}")
+        return 1
+    finally:
+        if ctx is not None:
+            ctx.publisher.close()
+        preemption.uninstall()
+
+
+def _load_config(path: str) -> Any:
+    from pydantic import ValidationError
+
+    from loraf_operator.api.trainer_config import TrainerConfig
+
+    try:
+        return TrainerConfig.load(path)
+    except OSError as e:
+        raise ConfigInvalid(f"cannot read config {path}: {e.strerror}") from e
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise ConfigInvalid(f"config invalid at {loc}: {first['msg']}") from e
+    except Exception as e:  # YAML syntax
+        raise ConfigInvalid(f"config {path} is not valid YAML: {e}") from e
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    def build(preemption: Any) -> Any:
+        from .status_reporter import KubeSink, StatusPublisher
+        from .storage import open_store
+        from .train import RunContext
+
+        cfg = _load_config(args.config)
+        out = cfg.spec.output
+        sink = None
+        if not os.environ.get("LORAF_NO_STATUS"):
+            try:
+                sink = KubeSink(cfg.namespace, cfg.name, cfg.uid or None)
+            except Exception as e:  # never fail a run because status cannot be written
+                log.warning("status reporting disabled: %s", e)
+        return RunContext(
+            cfg=cfg,
+            store=open_store(cfg.run_prefix(), out.endpoint, out.region),
+            work_dir=_work_dir(args.work_dir),
+            publisher=StatusPublisher(sink, cfg.spec.training.status_interval_seconds),
+            preemption=preemption,
+        )
+
+    return _execute(build)
+
+
+def _read_manifest(path: str) -> dict[str, Any]:
+    import yaml
+
+    try:
+        docs = [d for d in yaml.safe_load_all(Path(path).read_text()) if d]
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigInvalid(f"cannot read {path}: {e}") from e
+    for d in docs:
+        if isinstance(d, dict) and d.get("kind") == "LoRAFineTune":
+            return d
+    raise ConfigInvalid(f"{path} holds no LoRAFineTune")
+
+
+def next_run_number(store_for: Any) -> int:
+    """The first run-<n> without a manifest: completed runs are never overwritten, an
+    interrupted one is resumed."""
+    n = 1
+    while store_for(n).get_bytes("manifest.json") is not None:
+        n += 1
+    return n
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if args.pvc_root:
+        os.environ["LORAF_PVC_ROOT"] = args.pvc_root
+
+    def build(preemption: Any) -> Any:
+        from pydantic import ValidationError
+
+        from loraf_operator.api.trainer_config import TrainerConfig
+
+        from .status_reporter import StatusPublisher
+        from .storage import open_store
+        from .train import RunContext
+
+        obj = _read_manifest(args.manifest)
+        obj.setdefault("metadata", {}).setdefault("namespace", "default")
+        obj["metadata"].setdefault("name", Path(args.manifest).stem)
+        obj["metadata"].setdefault("uid", "local")
+        try:
+            probe = TrainerConfig.for_resource(obj, run=1)
+        except ValidationError as e:
+            first = e.errors()[0]
+            loc = ".".join(str(p) for p in first["loc"])
+            raise ConfigInvalid(f"{args.manifest}: invalid at {loc}: {first['msg']}") from e
+        out = probe.spec.output
+        root = (args.output or out.s3).rstrip("/")
+
+        def store_for(n: int) -> Any:
+            return open_store(f"{root}/run-{n}", out.endpoint, out.region)
+
+        run_no = args.run or next_run_number(store_for)
+        cfg = TrainerConfig.for_resource(obj, run=run_no)
+        log.info("run %d → %s", run_no, store_for(run_no).uri())
+        return RunContext(
+            cfg=cfg,
+            store=store_for(run_no),
+            work_dir=_work_dir(args.work_dir),
+            publisher=StatusPublisher(None),
+            preemption=preemption,
+            interactive=True,
+        )
+
+    return _execute(build)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .artifacts import verify_manifest
+    from .storage import open_store
+
+    problems = verify_manifest(open_store(args.location.rstrip("/")))
+    for p in problems:
+        print(p)
+    if not problems:
+        print("ok: every file matches the manifest")
+    return 0 if not problems else 1
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="loraf", description="LoRA/QLoRA fine-tuning trainer")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="run the trainer config mounted by the operator")
+    t.add_argument("--config", default="/etc/loraf/config.yaml")
+    t.add_argument("--work-dir", help="scratch folder (default $LORAF_WORK_DIR or a temp dir)")
+    t.set_defaults(func=cmd_train)
+    r = sub.add_parser("run", help="train a LoRAFineTune manifest on this machine")
+    r.add_argument("manifest")
+    r.add_argument("--output", help="folder or s3:// prefix (default spec.output.s3)")
+    r.add_argument("--run", type=int, help="run number (default: the first without a manifest)")
+    r.add_argument("--pvc-root", help="folder holding one sub-folder per PVC claim name")
+    r.add_argument("--work-dir", help="scratch folder (default a temp dir)")
+    r.set_defaults(func=cmd_run)
+    v = sub.add_parser("verify", help="check a run's files against its manifest.json")
+    v.add_argument("location", help="run folder or s3://…/run-<n>")
+    v.set_defaults(func=cmd_verify)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(
+        level=os.environ.get("LORAF_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    args = parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

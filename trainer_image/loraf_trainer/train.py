@@ -1,0 +1,315 @@
+"""One training run, end to end: `run(ctx)` is the trainer's thin main.
+
+validate config → load + validate the dataset (before any model or GPU work) → resolve
+and load the base → attach LoRA → resume from the newest checkpoint → train with TRL's
+SFTTrainer → evaluate base vs adapter → save, merge, manifest → upload (manifest last).
+Progress goes to the StatusPublisher throughout; the result is returned and published.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loraf_operator.api.trainer_config import TrainerConfig
+
+from . import adapters, artifacts, data, evaluate, model_loading
+from .checkpoints import Preemption, fetch_latest_checkpoint
+from .errors import ConfigInvalid, Preempted
+from .sources import load_rows
+from .status_reporter import StatusPublisher
+from .storage import Store, s3_client
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunContext:
+    cfg: TrainerConfig
+    store: Store  # the run root: .../run-<n>/
+    work_dir: Path
+    publisher: StatusPublisher
+    preemption: Preemption
+    interactive: bool = False  # progress bar (loraf run) instead of log lines (pod)
+    max_new_tokens: int = 48
+    _s3: Any = field(default=None, repr=False)
+
+    def s3(self) -> Any:
+        """S3 client for inputs (model, dataset), with spec.output's endpoint/region."""
+        if self._s3 is None:
+            out = self.cfg.spec.output
+            self._s3 = s3_client(out.endpoint, out.region)
+        return self._s3
+
+
+def check_config(cfg: TrainerConfig) -> None:
+    """What the trainer refuses although the schema allows it."""
+    spec = cfg.spec
+    if spec.resources.gpus > 1:
+        raise ConfigInvalid(
+            f"multi-GPU training is not supported yet: resources.gpus is {spec.resources.gpus}; "
+            "set it to 1"
+        )
+
+
+def load_dataset(ctx: RunContext) -> data.Prepared:
+    ds = ctx.cfg.spec.dataset
+    seed = ctx.cfg.spec.training.seed
+    columns = ds.columns.model_dump(exclude_none=True) if ds.columns else {}
+    s3 = ctx.s3() if ds.s3 or (ds.eval and ds.eval.s3) else None
+    rows = load_rows(ds, ds.file_format, ctx.work_dir, s3)
+    eval_rows = load_rows(ds.eval, ds.file_format, ctx.work_dir / "eval", s3) if ds.eval else None
+    prepared = data.prepare(
+        rows, ds.format, columns, ds.eval_fraction, eval_rows, seed=seed, max_rows=ds.max_rows
+    )
+    log.info(
+        "dataset: %d rows valid, %d train / %d eval, sha256 %s",
+        prepared.rows,
+        len(prepared.train),
+        len(prepared.eval),
+        prepared.sha256[:12],
+    )
+    return prepared
+
+
+def sft_config_kwargs(
+    cfg: TrainerConfig,
+    output_dir: Path,
+    device_dtype: str,
+    on_gpu: bool,
+    has_eval: bool,
+    interactive: bool,
+) -> dict[str, Any]:
+    """TRL SFTConfig arguments from the spec (pure; unit-tested)."""
+    t = cfg.spec.training
+    kw: dict[str, Any] = {
+        "output_dir": str(output_dir),
+        "learning_rate": t.learning_rate,
+        "lr_scheduler_type": t.scheduler,
+        # transformers 5 dropped warmup_ratio: a float < 1 in warmup_steps is the ratio.
+        "warmup_steps": t.warmup_ratio,
+        "per_device_train_batch_size": t.per_device_batch_size,
+        "per_device_eval_batch_size": t.per_device_batch_size,
+        "gradient_accumulation_steps": t.gradient_accumulation_steps,
+        "max_length": t.max_seq_length,
+        "packing": t.packing,
+        # Enabled on the model before peft wraps it (adapters.prepare_base_for_training).
+        "gradient_checkpointing": False,
+        "optim": cfg.spec.effective_optimizer,
+        "seed": t.seed,
+        "data_seed": t.seed,
+        "logging_steps": t.logging_steps,
+        "eval_strategy": "steps" if (t.eval_steps and has_eval) else "no",
+        "eval_steps": t.eval_steps if has_eval else None,
+        # Checkpoints every N steps; time-based and SIGTERM saves come from the callback.
+        "save_strategy": "steps" if t.checkpoint_steps else "no",
+        "save_steps": t.checkpoint_steps or 500,
+        "save_total_limit": 2,
+        "save_only_model": False,
+        "report_to": "none",
+        "bf16": on_gpu and device_dtype == "bfloat16",
+        "fp16": on_gpu and device_dtype == "float16",
+        "use_cpu": not on_gpu,
+        "disable_tqdm": not interactive,
+        "completion_only_loss": t.completion_only_loss,
+        "dataset_text_field": "text",
+        "dataloader_num_workers": 0,
+    }
+    if t.max_steps is not None:
+        kw["max_steps"] = t.max_steps
+    else:
+        kw["num_train_epochs"] = t.epochs
+    return kw
+
+
+def hyperparameters(cfg: TrainerConfig) -> dict[str, Any]:
+    spec = cfg.spec
+    q = spec.effective_quantization
+    return {
+        "method": spec.method,
+        "lora": spec.lora.to_dict() | {"alpha": spec.lora.effective_alpha},
+        "quantization": q.to_dict() if q else None,
+        "training": spec.training.to_dict() | {"optimizer": spec.effective_optimizer},
+    }
+
+
+def run(ctx: RunContext) -> dict[str, Any]:
+    cfg, pub = ctx.cfg, ctx.publisher
+    spec = cfg.spec
+    pub.update({"runNumber": cfg.run, "stage": "Validating"}, force=True)
+    check_config(cfg)
+    prepared = load_dataset(ctx)
+
+    # -- model
+    pub.update({"stage": "Loading"}, force=True)
+    device = model_loading.pick_device()
+    if spec.resources.gpus >= 1 and not device.on_gpu:
+        log.warning(
+            "resources.gpus is %d but no CUDA device is visible: training on CPU",
+            spec.resources.gpus,
+        )
+    bm = spec.base_model
+    resolved = model_loading.resolve_source(bm, ctx.s3() if bm.s3 else None)
+    base_path = model_loading.materialize(resolved, bm.trust_remote_code)
+    tokenizer = model_loading.load_tokenizer(base_path, bm.trust_remote_code)
+    model = model_loading.load_model(
+        base_path,
+        device,
+        quantization=spec.effective_quantization,
+        trust_remote_code=bm.trust_remote_code,
+    )
+    from peft import get_peft_model
+
+    adapters.prepare_base_for_training(model, spec.training.gradient_checkpointing)
+    model = get_peft_model(model, adapters.build_lora_config(spec.lora))
+    trainable, total = adapters.count_parameters(model)
+    pct = 100.0 * trainable / total if total else 0.0
+    log.info("trainable params: %d of %d (%.3f%%)", trainable, total, pct)
+    pub.update(
+        {"trainableParams": trainable, "totalParams": total, "trainablePercent": round(pct, 4)},
+        force=True,
+    )
+
+    # -- data for TRL
+    from datasets import Dataset
+
+    chat = bool(getattr(tokenizer, "chat_template", None))
+    co = spec.training.completion_only_loss
+    train_ds = Dataset.from_list([data.to_record(e, chat, co) for e in prepared.train])
+    eval_ds = (
+        Dataset.from_list([data.to_record(e, chat, co) for e in prepared.eval])
+        if prepared.eval
+        else None
+    )
+
+    # -- trainer
+    from trl import SFTConfig, SFTTrainer
+
+    from .callbacks import CheckpointCallback, ProgressCallback
+
+    trainer_dir = ctx.work_dir / "trainer"
+    trainer_dir.mkdir(parents=True, exist_ok=True)
+    resume = fetch_latest_checkpoint(ctx.store, trainer_dir)
+    args = SFTConfig(
+        **sft_config_kwargs(
+            cfg, trainer_dir, device.dtype_name, device.on_gpu, eval_ds is not None, ctx.interactive
+        )
+    )
+    ckpt_cb = CheckpointCallback(ctx.store, ctx.preemption, spec.training.checkpoint_minutes)
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        callbacks=[ProgressCallback(pub, log_lines=not ctx.interactive), ckpt_cb],
+    )
+    ctx.preemption.deferred = True
+    if ctx.preemption.requested:
+        raise Preempted("SIGTERM received before training started; nothing to checkpoint")
+    out = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    state = trainer.state
+    if ctx.preemption.requested and state.global_step < state.max_steps:
+        saved = ckpt_cb.saved_steps[-1] if ckpt_cb.saved_steps else None
+        raise Preempted(
+            f"SIGTERM at step {state.global_step}/{state.max_steps}; checkpoint step-{saved} saved"
+        )
+
+    # -- evaluation
+    pub.update({"stage": "Evaluating"}, force=True)
+    losses = evaluate.eval_losses(trainer, eval_ds is not None)
+    gens = evaluate.generations(
+        trainer.model, tokenizer, prepared.eval, spec.training.eval_prompts, ctx.max_new_tokens
+    )
+    report = evaluate.build_report(losses, gens, len(prepared.eval))
+    log.info("eval loss base %s → adapter %s", losses["evalLossBase"], losses["evalLossAdapter"])
+
+    # -- artifacts
+    pub.update({"stage": "Uploading", "evalLoss": losses["evalLossAdapter"]}, force=True)
+    stage_dir = ctx.work_dir / "upload"
+    shutil.rmtree(stage_dir, ignore_errors=True)
+    adapter_dir = artifacts.save_adapter(
+        trainer.model, tokenizer, stage_dir / "adapter", spec.output.adapter_dtype
+    )
+    del trainer, model
+    if spec.output.merged_weights:
+        artifacts.merge_export(
+            base_path,
+            adapter_dir,
+            stage_dir / "merged",
+            spec.output.adapter_dtype,
+            bm.trust_remote_code,
+        )
+    (stage_dir / "eval").mkdir(parents=True, exist_ok=True)
+    (stage_dir / "eval" / "report.json").write_text(json.dumps(report, indent=2))
+    (stage_dir / "eval" / "report.md").write_text(
+        evaluate.report_markdown(report, f"{cfg.namespace}/{cfg.name} run {cfg.run}")
+    )
+    files = artifacts.describe_files(stage_dir)
+    metrics = {
+        "trainLoss": out.training_loss,
+        "steps": state.global_step,
+        "epochs": state.epoch,
+        "trainRuntimeSeconds": out.metrics.get("train_runtime"),
+        **{
+            k: report[k]
+            for k in ("evalLossBase", "evalLossAdapter", "perplexityBase", "perplexityAdapter")
+        },
+        "trainableParams": trainable,
+        "totalParams": total,
+    }
+    manifest = artifacts.build_manifest(
+        files=files,
+        identity={
+            "namespace": cfg.namespace,
+            "name": cfg.name,
+            "uid": cfg.uid,
+            "generation": cfg.generation,
+            "run": cfg.run,
+        },
+        base_model={
+            "name": resolved.name,
+            "revision": resolved.revision,
+            "ggufFile": resolved.gguf_file,
+        },
+        dataset={
+            "source": _dataset_source(cfg),
+            "format": spec.dataset.format,
+            "sha256": prepared.sha256,
+            "rows": prepared.rows,
+            "trainRows": len(prepared.train),
+            "evalRows": len(prepared.eval),
+        },
+        hyperparameters=hyperparameters(cfg),
+        metrics=metrics,
+    )
+    artifacts.upload_run(ctx.store, stage_dir, manifest)
+    weights = next(f for f in files if f.path == f"adapter/{artifacts.ADAPTER_WEIGHTS}")
+    result = {
+        "adapterUri": ctx.store.uri("adapter") + "/",
+        "mergedUri": ctx.store.uri("merged") + "/" if spec.output.merged_weights else None,
+        "manifestUri": ctx.store.uri(artifacts.MANIFEST),
+        "evalReportUri": ctx.store.uri("eval/report.json"),
+        "sizeBytes": sum(f.size for f in files if f.path.startswith("adapter/")),
+        "sha256": weights.sha256,
+        "evalLossBase": report["evalLossBase"],
+        "evalLossAdapter": report["evalLossAdapter"],
+        "perplexityBase": report["perplexityBase"],
+        "perplexityAdapter": report["perplexityAdapter"],
+    }
+    result = {k: v for k, v in result.items() if v is not None}
+    pub.update({"stage": "Done", "result": result}, force=True)
+    return result
+
+
+def _dataset_source(cfg: TrainerConfig) -> str:
+    ds = cfg.spec.dataset
+    if ds.s3:
+        return ds.s3
+    if ds.pvc:
+        return f"pvc://{ds.pvc.claim_name}/{ds.pvc.path.lstrip('/')}"
+    return f"hf://{ds.hugging_face}:{ds.split}"
