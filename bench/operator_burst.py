@@ -165,7 +165,7 @@ def peak_rss_mib(pid: int) -> float:
 
 def pct(values: list[float], q: float) -> float:
     values = sorted(values)
-    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
+    return values[min(len(values) - 1, round(q / 100 * (len(values) - 1)))]
 
 
 async def main() -> None:
@@ -182,7 +182,12 @@ async def main() -> None:
     for ns in (ns_plain, ns_op):
         kubectl(st, "create", "namespace", ns)
     n = args.n
-    result: dict[str, Any] = {"n": n, "client_concurrency": CONCURRENCY, "suspended": True}
+    result: dict[str, Any] = {
+        "n": n,
+        "client_concurrency": CONCURRENCY,
+        "suspended": True,
+        "loadavg_before": os.getloadavg(),
+    }
     op = None
     try:
         # 1. Plain client: N Jobs.
@@ -190,7 +195,8 @@ async def main() -> None:
         await asyncio.sleep(1)
         before = request_counts(st)
         t0 = time.monotonic()
-        await create_all(kube, [plain_job(ns_plain, f"ft-{i:04d}") for i in range(n)])
+        made = await create_all(kube, [plain_job(ns_plain, f"ft-{i:04d}") for i in range(n)])
+        result["client_seconds_to_create_all_jobs"] = round(max(made.values()) - t0, 2)
         t_all = await watch.wait_for(n, args.timeout)
         plain_requests = request_counts(st) - before
         watch.stop()
@@ -204,18 +210,21 @@ async def main() -> None:
             "LORAF_METRICS_PORT": "0",
             "LORAF_HEALTH_PORT": "0",
         }
-        op = subprocess.Popen(
-            [sys.executable, "-m", "loraf_operator.main"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        log = Path(f"/tmp/operator-burst-{tag}.log")
+        with log.open("wb") as out:
+            op = subprocess.Popen(
+                [sys.executable, "-m", "loraf_operator.main"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         await asyncio.sleep(4)
         watch = JobWatch(st, ns_op)
         await asyncio.sleep(1)
         before = request_counts(st)
         t0 = time.monotonic()
         created = await create_all(kube, [finetune(ns_op, f"ft-{i:04d}") for i in range(n)])
+        result["client_seconds_to_create_all_finetunes"] = round(max(created.values()) - t0, 2)
         t_all = await watch.wait_for(n, args.timeout)
         # Let the run settle (status written, no more events) before counting requests.
         await asyncio.sleep(5)
@@ -236,6 +245,8 @@ async def main() -> None:
             apply_to_job_max_seconds=round(max(lat), 3),
             operator_peak_rss_mib=round(peak_rss_mib(op.pid), 1),
             phases_after=dict(phases),
+            operator_handler_retries=log.read_text(errors="replace").count("will try again"),
+            operator_log=str(log),
         )
         diff = {
             k: op_requests[k] - plain_requests.get(k, 0)
@@ -270,6 +281,7 @@ async def main() -> None:
         for ns in (ns_plain, ns_op):
             kubectl(st, "delete", "namespace", ns, "--wait=false")
         await kube.close()
+    result["loadavg_after"] = os.getloadavg()
     result["machine"] = {
         "cpus": os.cpu_count(),
         "python": platform.python_version(),

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import yaml
+
 from loraf_operator import rbac_rules
 from loraf_operator.api.models import LoRAFineTune
 from loraf_operator.api.trainer_config import TrainerConfig
@@ -103,3 +104,9 @@ def test_operator_rules_never_touch_secrets_or_spec_writes() -> None:
         if "lorafinetunes" in rule.resources:
             assert not {"update", "create", "delete"} & set(rule.verbs)
         assert rule.why
+
+
+def test_config_map_yaml_equals_trainer_config_to_yaml() -> None:
+    cfg = TrainerConfig.for_resource(ft(), 4)
+    data = build_config_map(ft(), 4)["data"]["config.yaml"]
+    assert TrainerConfig.from_yaml(data) == TrainerConfig.from_yaml(cfg.to_yaml()) == cfg
