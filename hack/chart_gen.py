@@ -42,8 +42,10 @@ PEERING_SRC = ROOT / "config" / "kopf-peering.yaml"
 # Cluster-scoped resources in the rule set: a Role cannot grant them.
 CLUSTER_SCOPED = {"customresourcedefinitions", "namespaces", "clusterkopfpeerings"}
 # Not needed at all in namespaced mode, and why (kept out of its ClusterRole).
+# (`namespaces` list/watch stays: kopf lists namespaces whenever it is not cluster-wide,
+# even for exact names, and without the permission it retries the 403 for about a minute
+# at every start before falling back to the names it was given.)
 UNNEEDED_NAMESPACED = {
-    "namespaces": "namespaced mode watches exact namespace names, never patterns",
     "clusterkopfpeerings": "namespaced operators use a KopfPeering in each watched namespace",
 }
 

@@ -187,7 +187,8 @@ def test_namespaced_mode_roles_per_namespace() -> None:
             "apiGroups": ["apiextensions.k8s.io"],
             "resources": ["customresourcedefinitions"],
             "verbs": ["list", "watch"],
-        }
+        },
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
     ]
     env = env_of(one(objs, "Deployment"))
     assert env["LORAF_NAMESPACES"] == "team-a,team-b"
