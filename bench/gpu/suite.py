@@ -1,0 +1,191 @@
+"""Run a named suite of configurations, one subprocess each, into one JSON file.
+
+    python -m bench.gpu.suite smoke  --models /dev/shm/models --out $OUT
+    python -m bench.gpu.suite qlora  ...   (goals 1, 2 + loss parity)
+    python -m bench.gpu.suite lora   ...   (goal 3, planner budgets, ablation)
+
+Ratios are to the TRL+Liger run (`baseline: true`) of the same group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from bench.gpu.shapes import SHAPES
+
+Q = {"method": "qlora"}
+L = {"method": "lora"}
+FAST = {"alloc_conf": "expandable_segments:True", "liger": True}
+
+
+def trl(liger: bool, **kw: Any) -> dict[str, Any]:
+    return {"runner": "trl", "liger": liger, "baseline": liger} | kw
+
+
+def project(**kw: Any) -> dict[str, Any]:
+    return {"runner": "project"} | kw
+
+
+def planned(budget_gib: float, **kw: Any) -> dict[str, Any]:
+    return project(**FAST, budget_gib=budget_gib, **kw)
+
+
+def suites(steps: int) -> dict[str, list[dict[str, Any]]]:
+    s = steps
+    g1 = {"group": "qlora-1024x4", "seq": 1024, "micro": 4, "ga": 1, **Q}
+    g2 = {"group": "qlora-2048x2", "seq": 2048, "micro": 2, "ga": 1, **Q}
+    g3 = {"group": "lora-4096x2", "seq": 4096, "micro": 2, "ga": 1, **L}
+    return {
+        "smoke": [
+            {"id": "b", **trl(True), **g1, "steps": 4},
+            {"id": "c", **trl(False), **g1, "steps": 4},
+            {"id": "a-default", **project(), **g1, "steps": 4},
+            {"id": "a-plan24", **planned(24), **g1, "steps": 4},
+            {"id": "a-mem", **project(**FAST, cpu_embed=True, offload=True), **g2, "steps": 4},
+            {"id": "a-plan80", **planned(80), **g3, "steps": 3},
+        ],
+        "qlora": [
+            {"id": "b", **trl(True), **g1, "steps": s},
+            {"id": "c", **trl(False), **g1, "steps": s // 2},
+            {"id": "a-default", **project(), **g1, "steps": s // 2},
+            {"id": "a-plan24", **planned(24), **g1, "steps": s, "save_adapter": "{models}/adapter"},
+            {"id": "b", **trl(True), **g2, "steps": s // 3},
+            {"id": "c", **trl(False), **g2, "steps": s // 3},
+            {"id": "a-mem", **project(**FAST, cpu_embed=True, offload=True), **g2, "steps": s // 3},
+            {"id": "a-mem-noofl", **project(**FAST, cpu_embed=True), **g2, "steps": s // 3},
+        ],
+        "lora": [
+            {"id": "b", **trl(True), **g3, "steps": s},
+            {"id": "c", **trl(False), **g3, "steps": s},
+            {"id": "a-default", **project(), **g3, "steps": s},
+            {"id": "a-plan80", **planned(80), **g3, "steps": s},
+        ],
+    }
+
+
+def plan_for(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Ask the trainer's memory planner for micro-batch / accumulation / checkpointing."""
+    from loraf_trainer import memory_planner as mp
+
+    shape = mp.ModelShape.from_config(SimpleNamespace(**SHAPES[cfg["shape"]]))
+    qlora = cfg["method"] == "qlora"
+    w = mp.Workload(
+        shape=shape,
+        quantized=qlora,
+        seq_len=cfg["seq"],
+        rows_per_step=cfg["micro"] * cfg["ga"],
+        lora_dropout=cfg.get("lora_dropout", 0.05) > 0,
+        fused_kernels=bool(cfg.get("liger")),
+        optimizer="paged_adamw_8bit" if qlora else "adamw_torch",
+        adapter_bytes=2 if qlora else 4,
+        cpu_embeddings=bool(cfg.get("cpu_embed")),
+    )
+    p = mp.plan(w, cfg["budget_gib"])
+    k = p.checkpointed_layers
+    gc = "none" if k == 0 else ("full" if k == shape.layers else f"partial:{k}")
+    return {"micro": p.micro_batch, "ga": p.grad_accum, "gc": gc, "plan": p.to_dict()}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("suite")
+    ap.add_argument("--models", default="/dev/shm/models")
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--shape", default="llama3-8b")
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--only", default="", help="comma-separated group:id filters")
+    ap.add_argument("--timeout", type=int, default=300)
+    a = ap.parse_args()
+
+    from bench.gpu import shapes
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model_dir = Path(a.models) / a.shape
+    t0 = time.perf_counter()
+    shapes.make_checkpoint(a.shape, model_dir)
+    made_s = round(time.perf_counter() - t0, 1)
+    print(f"checkpoint {model_dir} ready in {made_s}s", flush=True)
+
+    only = {x for x in a.only.split(",") if x}
+    results: list[dict[str, Any]] = []
+    for i, cfg in enumerate(suites(a.steps)[a.suite]):
+        if only and f"{cfg['group']}:{cfg['id']}" not in only:
+            continue
+        cfg = cfg | {"shape": a.shape, "model_dir": str(model_dir)}
+        if "save_adapter" in cfg:
+            cfg["save_adapter"] = cfg["save_adapter"].format(models=a.models)
+        if "budget_gib" in cfg:
+            cfg |= plan_for(cfg)
+        env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
+        env.pop("PYTORCH_CUDA_ALLOC_CONF", None)
+        if cfg.get("alloc_conf"):
+            env["PYTORCH_CUDA_ALLOC_CONF"] = cfg["alloc_conf"]
+        res_file = out / f"run-{a.suite}-{i}.json"
+        print(f"== {cfg['group']} {cfg['id']}: {json.dumps(cfg)}", flush=True)
+        t = time.perf_counter()
+        try:
+            subprocess.run(
+                [sys.executable, "-m", "bench.gpu.run_one", json.dumps(cfg), str(res_file)],
+                env=env,
+                timeout=a.timeout,
+                check=False,
+            )
+            res = json.loads(res_file.read_text())
+            res_file.unlink()
+        except (subprocess.TimeoutExpired, FileNotFoundError, json.JSONDecodeError) as e:
+            res = {"config": cfg, "ok": False, "error": f"{type(e).__name__}: {e}"}
+        res["wall_s"] = round(time.perf_counter() - t, 1)
+        results.append(res)
+        _write(out / f"gpu_{a.suite}_{a.shape}.json", a, made_s, results)
+    return 0
+
+
+def _write(path: Path, a: Any, made_s: float, results: list[dict[str, Any]]) -> None:
+    base = {
+        r["config"]["group"]: r
+        for r in results
+        if r.get("ok") and r["config"].get("baseline")
+    }
+    for r in results:
+        b = base.get(r["config"]["group"])
+        if r.get("ok") and b:
+            r["speedup_vs_trl_liger"] = round(r["tokens_per_s"] / b["tokens_per_s"], 3)
+            n = min(len(r["losses"]), len(b["losses"]))
+            if n and r is not b:
+                rel = [abs(x - y) / abs(y) for x, y in zip(r["losses"][:n], b["losses"][:n], strict=True)]
+                r["loss_parity"] = {"steps": n, "max_rel_diff": round(max(rel), 5),
+                                    "mean_rel_diff": round(sum(rel) / n, 5)}
+    doc = {
+        "suite": a.suite,
+        "shape": a.shape,
+        "checkpoint_create_s": made_s,
+        "command": " ".join(sys.argv),
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "results": results,
+    }
+    path.write_text(json.dumps(doc, indent=1))
+    for r in results:
+        c = r["config"]
+        if r.get("ok"):
+            print(
+                f"{c['group']:14s} {c['id']:12s} {r['tokens_per_s']:9.1f} tok/s "
+                f"x{r.get('speedup_vs_trl_liger', float('nan')):.3f} "
+                f"alloc {r.get('peak_allocated_gib')} res {r.get('peak_reserved_gib')} GiB "
+                f"mfu {r['lora_mfu_vs_989']:.3f} loss {r['losses'][:1]}..{r['losses'][-1:]}",
+                flush=True,
+            )
+        else:
+            print(f"{c['group']:14s} {c['id']:12s} FAILED {r.get('error')}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

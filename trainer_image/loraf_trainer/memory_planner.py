@@ -1,0 +1,236 @@
+"""Memory planner: micro-batch, gradient accumulation and how many decoder layers to
+checkpoint, so a requested effective batch runs as fast as possible inside a GPU budget.
+
+Pure arithmetic (no torch): a model's shape, the workload and a budget in, a `Plan` out.
+The estimates count what autograd keeps alive per token and per decoder layer for a
+LoRA/QLoRA step (bf16 activations; bench/README.md derives and checks them against
+measured peaks); the cost model is relative (token-forward equivalents), enough to rank
+plans, not to predict seconds.
+
+Trade-off it ranks: checkpointing a layer saves its activations but re-runs its forward
+(and, for QLoRA, its 4-bit dequantization); a smaller micro-batch needs less memory but
+pays the per-pass fixed costs (dequantization, kernel launches) more often.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+GIB = 1024**3
+
+# nf4 with double quantization: 4 bits + one 8-bit absmax per 64 weights + one fp32
+# second-level constant per 256 blocks.
+Q4_BYTES_PER_PARAM = 0.5 + 1 / 64 + 4 / (64 * 256)
+OPTIMIZER_STATE_BYTES = {  # per trainable parameter
+    "paged_adamw_8bit": 2,
+    "adamw_8bit": 2,
+    "adamw_torch": 8,
+    "adamw_torch_fused": 8,
+    "sgd": 0,
+}
+# Relative cost model, in token-forward equivalents (calibrated on an H100, 8B QLoRA).
+BACKWARD_RATIO = 1.1  # LoRA backward: input grads of frozen weights + small LoRA grads
+DEQUANT_TOKENS = 450  # one pass of 4-bit dequantization of every weight
+PASS_OVERHEAD_TOKENS = 250  # kernel launches and small ops per forward/backward pass
+CPU_EMBED_COST = 0.01  # relative slowdown of a host-side embedding lookup
+# Not in the per-layer count: allocator slack, cuBLAS workspaces, loss tiles.
+FIXED_OVERHEAD_BYTES = int(0.6 * GIB)
+RESERVED_OVER_ALLOCATED = 1.08
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    tied: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> ModelShape:
+        """From a transformers config (or any object with the same attribute names)."""
+        hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        return cls(
+            hidden=cfg.hidden_size,
+            intermediate=cfg.intermediate_size,
+            layers=cfg.num_hidden_layers,
+            heads=cfg.num_attention_heads,
+            kv_heads=getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads,
+            head_dim=hd,
+            vocab=cfg.vocab_size,
+            tied=bool(getattr(cfg, "tie_word_embeddings", False)),
+        )
+
+    @property
+    def q_dim(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.kv_heads * self.head_dim
+
+    def layer_linear_params(self) -> int:
+        h, q, kv, i = self.hidden, self.q_dim, self.kv_dim, self.intermediate
+        return h * q + 2 * h * kv + q * h + 3 * h * i
+
+    def embedding_params(self) -> int:
+        return self.vocab * self.hidden
+
+    def lora_params(self, r: int) -> int:
+        """all-linear: r·(in + out) for every linear of every decoder layer."""
+        h, q, kv, i = self.hidden, self.q_dim, self.kv_dim, self.intermediate
+        return self.layers * r * ((h + q) + 2 * (h + kv) + (q + h) + 2 * (h + i) + (i + h))
+
+
+@dataclass(frozen=True)
+class Workload:
+    shape: ModelShape
+    quantized: bool  # 4-bit base (QLoRA)
+    seq_len: int
+    rows_per_step: int  # effective batch: micro_batch × grad_accum
+    lora_r: int = 16
+    lora_dropout: bool = True  # dropout > 0 keeps a dropped copy of every adapter input
+    fused_kernels: bool = False  # Liger RMSNorm/SwiGLU: fewer saved tensors
+    optimizer: str = "paged_adamw_8bit"
+    adapter_bytes: int = 2  # adapter params/grads: bf16 (TRL casts QLoRA's), 4 for fp32
+    cpu_embeddings: bool = False  # input embedding table kept in host memory
+
+    def activation_bytes_per_token_layer(self) -> int:
+        """Saved tensors of one non-checkpointed decoder layer, per token (bf16)."""
+        s = self.shape
+        h, q, kv, i = s.hidden, s.q_dim, s.kv_dim, s.intermediate
+        # norms' inputs (Liger: bf16; eager: the fp32 upcast), norm outputs, q/k/v after
+        # RoPE, attention output and its contiguous copy, MLP gate/up/act(/silu) outputs.
+        norms = 2 * 2 * h if self.fused_kernels else 2 * 4 * h
+        mlp = (3 if self.fused_kernels else 4) * 2 * i
+        b = norms + 2 * 2 * h + 2 * q + 2 * 2 * kv + 2 * 2 * q + mlp
+        if self.lora_dropout:
+            # a bf16 dropped copy + a bool mask of each adapter's input: q, k, v (3×h),
+            # o (q), gate/up (2×h), down (i)
+            b += 3 * (5 * h + q + i)
+        return b
+
+    def weight_bytes(self) -> int:
+        s = self.shape
+        linear = s.layers * s.layer_linear_params()
+        emb = s.embedding_params()
+        head = 0 if s.tied else emb
+        w = int(linear * (Q4_BYTES_PER_PARAM if self.quantized else 2)) + 2 * head
+        return w + (0 if self.cpu_embeddings else 2 * emb)
+
+    def adapter_state_bytes(self) -> int:
+        n = self.shape.lora_params(self.lora_r)
+        return n * (2 * self.adapter_bytes + OPTIMIZER_STATE_BYTES.get(self.optimizer, 8))
+
+
+@dataclass(frozen=True)
+class Plan:
+    micro_batch: int
+    grad_accum: int
+    checkpointed_layers: int  # the first k decoder layers are checkpointed
+    layers: int
+    est_peak_allocated_gib: float
+    est_peak_reserved_gib: float
+    est_cost: float  # relative step cost (token-forward equivalents); lower is faster
+    budget_gib: float
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        return self.checkpointed_layers > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "microBatch": self.micro_batch,
+            "gradAccum": self.grad_accum,
+            "checkpointedLayers": self.checkpointed_layers,
+            "layers": self.layers,
+            "estPeakAllocatedGiB": self.est_peak_allocated_gib,
+            "estPeakReservedGiB": self.est_peak_reserved_gib,
+            "estCost": self.est_cost,
+            "budgetGiB": self.budget_gib,
+        }
+
+
+class NoFit(ValueError):
+    """Even micro-batch 1 with every layer checkpointed exceeds the budget."""
+
+
+def peak_allocated_bytes(w: Workload, micro: int, checkpointed: int) -> int:
+    s = w.shape
+    tokens = micro * w.seq_len
+    act = w.activation_bytes_per_token_layer()
+    saved = tokens * ((s.layers - checkpointed) * act + checkpointed * 2 * s.hidden)
+    # backward transient: one layer's activations (recomputed or not yet freed), its
+    # gradients, the fp32 grad of the final hidden state in the fused loss
+    transient = tokens * (act + 8 * s.hidden + 4 * s.hidden)
+    return w.weight_bytes() + w.adapter_state_bytes() + saved + transient + FIXED_OVERHEAD_BYTES
+
+
+def peak_reserved_bytes(w: Workload, micro: int, checkpointed: int) -> int:
+    return int(peak_allocated_bytes(w, micro, checkpointed) * RESERVED_OVER_ALLOCATED)
+
+
+def step_cost(w: Workload, micro: int, checkpointed: int) -> float:
+    """Relative cost of one optimizer step (rows_per_step rows)."""
+    ga = w.rows_per_step // micro
+    tokens = micro * w.seq_len
+    per_pass = PASS_OVERHEAD_TOKENS + (DEQUANT_TOKENS if w.quantized else 0)
+    fwd = tokens + per_pass
+    bwd = BACKWARD_RATIO * tokens + per_pass
+    recompute = fwd * checkpointed / w.shape.layers
+    cost = ga * (fwd + recompute + bwd)
+    return cost * (1 + CPU_EMBED_COST if w.cpu_embeddings else 1.0)
+
+
+def _divisors_desc(n: int) -> list[int]:
+    return [d for d in range(n, 0, -1) if n % d == 0]
+
+
+def plan(w: Workload, budget_gib: float, headroom: float = 0.03) -> Plan:
+    """The cheapest (micro_batch, grad_accum, checkpointed layers) whose estimated peak
+    reserved memory stays under budget·(1 - headroom). For each micro-batch (a divisor
+    of the effective batch) the fewest checkpointed layers that fit; then the lowest
+    cost, ties going to the larger micro-batch."""
+    limit = budget_gib * (1 - headroom) * GIB
+    best: Plan | None = None
+    for micro in _divisors_desc(w.rows_per_step):
+        for k in range(w.shape.layers + 1):
+            reserved = peak_reserved_bytes(w, micro, k)
+            if reserved <= limit:
+                cand = Plan(
+                    micro_batch=micro,
+                    grad_accum=w.rows_per_step // micro,
+                    checkpointed_layers=k,
+                    layers=w.shape.layers,
+                    est_peak_allocated_gib=round(peak_allocated_bytes(w, micro, k) / GIB, 2),
+                    est_peak_reserved_gib=round(reserved / GIB, 2),
+                    est_cost=round(step_cost(w, micro, k), 1),
+                    budget_gib=budget_gib,
+                )
+                if best is None or cand.est_cost < best.est_cost:
+                    best = cand
+                break
+    if best is None:
+        need = peak_reserved_bytes(w, 1, w.shape.layers) / GIB
+        raise NoFit(
+            f"needs ~{need:.1f} GiB at micro-batch 1 with every layer checkpointed; "
+            f"budget is {budget_gib:g} GiB"
+        )
+    return best
+
+
+def after_oom(p: Plan) -> Plan:
+    """What to retry with after a CUDA out-of-memory error: halve the micro-batch and
+    double accumulation (same effective batch); at micro-batch 1, checkpoint every layer.
+    Raises NoFit when there is nothing left to give up."""
+    if p.micro_batch > 1 and p.micro_batch % 2 == 0:
+        return replace(p, micro_batch=p.micro_batch // 2, grad_accum=p.grad_accum * 2)
+    if p.micro_batch > 1:  # odd: fall back to 1
+        return replace(p, micro_batch=1, grad_accum=p.grad_accum * p.micro_batch)
+    if p.checkpointed_layers < p.layers:
+        return replace(p, checkpointed_layers=p.layers)
+    raise NoFit("out of memory at micro-batch 1 with every layer checkpointed")
