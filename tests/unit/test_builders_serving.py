@@ -1,0 +1,219 @@
+"""LoRAServing builders: vLLM and transformers Deployments, Service, ConfigMap."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import yaml
+
+from loraf_operator.api.models import LoRAServing
+from loraf_operator.builders import serving as b
+from loraf_operator.builders.common import BuildDefaults
+
+DEFAULTS = BuildDefaults(trainer_image="trainer:1", s3_endpoint="http://s3:9000")
+
+
+def sv(**spec: Any) -> LoRAServing:
+    base: dict[str, Any] = {"baseModel": {"huggingFace": "org/base"}}
+    return LoRAServing.model_validate(
+        {
+            "metadata": {"name": "chat", "namespace": "ns", "uid": "u-1"},
+            "spec": {**base, **spec},
+        }
+    )
+
+
+def adapter(name: str, rank: int | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": name, "uri": f"s3://bkt/{name}/run-1/"}
+    if rank is not None:
+        out["rank"] = rank
+    return out
+
+
+@pytest.mark.parametrize(
+    ("ranks", "want"),
+    [
+        ([], 16),
+        ([None], 16),
+        ([4], 8),
+        ([8], 8),
+        ([9, 4], 16),
+        ([64, 128], 128),
+        ([300], 320),
+        ([321], 512),
+        ([512], 512),
+    ],
+)
+def test_max_lora_rank_rounds_up_to_vllm_values(ranks: list[int | None], want: int) -> None:
+    assert b.max_lora_rank(ranks) == want
+
+
+def test_max_lora_rank_rejects_too_large() -> None:
+    with pytest.raises(ValueError, match="512"):
+        b.max_lora_rank([1024])
+
+
+def _container(dep: dict[str, Any], name: str = "server") -> dict[str, Any]:
+    return next(c for c in dep["spec"]["template"]["spec"]["containers"] if c["name"] == name)
+
+
+def _arg(args: list[str], flag: str) -> str:
+    return args[args.index(flag) + 1]
+
+
+@pytest.mark.parametrize(
+    ("adapters", "max_loras", "max_rank", "modules"),
+    [
+        ([], "1", "16", None),
+        ([adapter("a", 8)], "1", "8", ["a=/adapters/a"]),
+        (
+            [adapter("a", 8), adapter("b", 32), adapter("c")],
+            "3",
+            "32",
+            ["a=/adapters/a", "b=/adapters/b", "c=/adapters/c"],
+        ),
+    ],
+)
+def test_vllm_args(
+    adapters: list[dict[str, Any]], max_loras: str, max_rank: str, modules: list[str] | None
+) -> None:
+    dep = b.build_deployment(
+        sv(adapters=adapters, engineArgs=["--max-model-len", "4096"]), DEFAULTS
+    )
+    args = _container(dep)["args"]
+    assert "--enable-lora" in args
+    assert _arg(args, "--model") == "org/base"
+    assert _arg(args, "--served-model-name") == "org/base"
+    assert _arg(args, "--max-loras") == max_loras
+    assert _arg(args, "--max-lora-rank") == max_rank
+    assert _arg(args, "--port") == "8000"
+    assert args[-2:] == ["--max-model-len", "4096"]  # user args last: they win
+    if modules is None:
+        assert "--lora-modules" not in args
+    else:
+        i = args.index("--lora-modules")
+        assert args[i + 1 : i + 1 + len(modules)] == modules
+
+
+@pytest.mark.parametrize(
+    ("base_model", "model_arg", "base_to"),
+    [
+        ({"huggingFace": "org/m", "ggufFile": "m.Q4.gguf"}, "org/m/m.Q4.gguf", False),
+        ({"pvc": {"claimName": "models", "path": "/llama"}}, "/mnt/pvc/models/llama", False),
+        ({"s3": "s3://bkt/models/x/"}, "/models/base", True),
+    ],
+)
+def test_vllm_model_sources(base_model: dict[str, Any], model_arg: str, base_to: bool) -> None:
+    dep = b.build_deployment(sv(baseModel=base_model), DEFAULTS)
+    assert _arg(_container(dep)["args"], "--model") == model_arg
+    init = dep["spec"]["template"]["spec"]["initContainers"][0]
+    assert ("--base-to" in init["command"]) is base_to
+    claims = [
+        v["persistentVolumeClaim"]["claimName"]
+        for v in dep["spec"]["template"]["spec"]["volumes"]
+        if "persistentVolumeClaim" in v
+    ]
+    assert claims == (["models"] if "pvc" in base_model else [])
+
+
+def test_vllm_pod_fetches_verified_adapters_and_enables_runtime_loading() -> None:
+    s = sv(
+        adapters=[adapter("a", 8)],
+        credentialsSecretRef={"name": "s3-creds"},
+        resources={"gpus": 2, "memory": "40Gi"},
+    )
+    pod = b.build_deployment(s, DEFAULTS)["spec"]["template"]["spec"]
+    init = pod["initContainers"][0]
+    assert init["image"] == "trainer:1"
+    assert init["command"][-2:] == ["--fetch-to", "/adapters"]
+    sidecar = next(c for c in pod["containers"] if c["name"] == "sync-adapters")
+    assert sidecar["command"][-1] == "--watch"
+    server = next(c for c in pod["containers"] if c["name"] == "server")
+    assert server["image"] == b.DEFAULT_VLLM_IMAGE
+    env = {e["name"]: e for e in server["env"]}
+    assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"]["value"] == "True"
+    assert env["VLLM_LORA_RESOLVER_CACHE_DIR"]["value"] == "/adapters"
+    assert env["AWS_ENDPOINT_URL"]["value"] == "http://s3:9000"
+    # Secrets only by reference.
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "s3-creds"
+    assert "value" not in env["AWS_SECRET_ACCESS_KEY"]
+    assert server["resources"] == {
+        "requests": {"nvidia.com/gpu": "2", "memory": "40Gi"},
+        "limits": {"nvidia.com/gpu": "2", "memory": "40Gi"},
+    }
+    assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+    mounts = {m["name"]: m["mountPath"] for m in server["volumeMounts"]}
+    assert mounts["adapters"] == "/adapters" and mounts["config"] == "/etc/loraf-serving"
+    # Shared emptyDir, config mounted as a directory (no subPath: it must update in place).
+    vols = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in vols["adapters"]
+    assert all("subPath" not in m for m in server["volumeMounts"])
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert server[probe]["httpGet"] == {"path": "/health", "port": 8000}
+    assert server["securityContext"]["runAsNonRoot"] is True
+
+
+@pytest.mark.parametrize("port", [8000, 9001])
+def test_transformers_engine(port: int) -> None:
+    s = sv(engine="transformers", port=port, adapters=[adapter("a")], resources={"gpus": 0})
+    dep = b.build_deployment(s, DEFAULTS)
+    pod = dep["spec"]["template"]["spec"]
+    assert "initContainers" not in pod and len(pod["containers"]) == 1
+    server = pod["containers"][0]
+    assert server["image"] == "trainer:1"
+    assert server["command"] == [
+        "python",
+        "-m",
+        "loraf_trainer.serve_cli",
+        "--config",
+        "/etc/loraf-serving/serve.yaml",
+    ]
+    assert "resources" not in server and "tolerations" not in pod
+    assert server["readinessProbe"]["httpGet"]["port"] == port
+    cm = b.build_config_map(s, DEFAULTS)
+    cfg = yaml.safe_load(cm["data"]["serve.yaml"])
+    assert cfg["port"] == port and cfg["baseName"] == "org/base"
+    assert cfg["adaptersFile"] == "/etc/loraf-serving/adapters.json"
+    assert cfg["endpoint"] == "http://s3:9000"
+    assert json.loads(cm["data"]["adapters.json"]) == {
+        "adapters": [{"name": "a", "uri": "s3://bkt/a/run-1/"}]
+    }
+
+
+def test_adding_an_adapter_does_not_restart_transformers_pods() -> None:
+    one = b.build_deployment(sv(engine="transformers", adapters=[adapter("a")]), DEFAULTS)
+    two = b.build_deployment(
+        sv(engine="transformers", adapters=[adapter("a"), adapter("b")]), DEFAULTS
+    )
+    assert one["spec"]["template"] == two["spec"]["template"]
+
+
+def test_service_metadata_and_url() -> None:
+    s = sv(replicas=3)
+    svc = b.build_service(s)
+    dep = b.build_deployment(s, DEFAULTS)
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    assert set(svc["spec"]["selector"].items()) <= set(
+        dep["spec"]["template"]["metadata"]["labels"].items()
+    )
+    assert svc["spec"]["ports"] == [{"name": "http", "port": 8000, "targetPort": "http"}]
+    assert dep["spec"]["replicas"] == 3
+    for obj in (svc, dep, b.build_config_map(s, DEFAULTS)):
+        ref = obj["metadata"]["ownerReferences"][0]
+        assert (ref["kind"], ref["name"], ref["uid"], ref["controller"]) == (
+            "LoRAServing",
+            "chat",
+            "u-1",
+            True,
+        )
+        assert obj["metadata"]["namespace"] == "ns"
+    assert b.service_url(s) == "http://chat.ns.svc:8000/v1"
+
+
+def test_long_names_fit_63_chars() -> None:
+    name = "x" * 200
+    assert len(b.deployment_name(name)) <= 63
+    assert len(b.config_map_name(name)) <= 63
+    assert b.config_map_name(name).endswith("-adapters")
