@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from loraf_dev import cluster as cp
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,7 +88,7 @@ def cluster() -> Iterator[Cluster]:
         return
     os.environ["LORAF_CLUSTER_DIR"] = str(ROOT / ".cache" / "test-cluster")
     try:
-        st = cp.up(None)
+        st = cp.up()
         yield Cluster(st)
     finally:
         sd = cp.state_dir()
