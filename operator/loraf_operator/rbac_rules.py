@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from .api.models import FINETUNE_PLURAL, GROUP
+from .api.models import FINETUNE_PLURAL, GROUP, SERVING_PLURAL
 
 CLUSTER_ROLE = "loraf-operator"
 OUTPUT = Path(__file__).resolve().parents[2] / "config" / "rbac" / "operator.yaml"
@@ -97,6 +97,37 @@ RULES: tuple[Rule, ...] = (
         ("roles", "rolebindings"),
         ("get", "create", "delete"),
         "each run's Role/RoleBinding granting get/patch on its own LoRAFineTune's status only",
+    ),
+    Rule(
+        (GROUP,),
+        (SERVING_PLURAL,),
+        ("get", "list", "watch", "create", "patch"),
+        "reconcile LoRAServings; create a fine-tune's dedicated one (server-side apply) and "
+        "add adapters to a shared one",
+    ),
+    Rule(
+        (GROUP,),
+        (f"{SERVING_PLURAL}/status",),
+        ("get", "patch"),
+        "write a LoRAServing's Ready condition, url, readyReplicas and adapter states",
+    ),
+    Rule(
+        (GROUP,),
+        (f"{SERVING_PLURAL}/finalizers",),
+        ("update",),
+        "blockOwnerDeletion on the serving Deployment/Service/ConfigMap owner references",
+    ),
+    Rule(
+        ("apps",),
+        ("deployments",),
+        ("get", "list", "watch", "create", "patch"),
+        "the serving Deployment (server-side apply) and its readiness for the status",
+    ),
+    Rule(
+        ("",),
+        ("services", "configmaps"),
+        ("get", "create", "patch"),
+        "the serving Service and adapter-list ConfigMap (server-side apply)",
     ),
     Rule(
         ("", "events.k8s.io"),

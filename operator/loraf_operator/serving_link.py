@@ -1,0 +1,122 @@
+"""LoRAFineTune → LoRAServing: after a run succeeds, serve its adapter.
+
+Pure planning (`plan_link`) plus a thin async apply (`on_finetune_event`). Triggered only
+by a fine-tune whose `Succeeded` condition is True and whose `status.artifacts.adapterUri`
+is set, so a failed run never touches serving, and a new run's adapter replaces the old
+one under the same name only once that run succeeded.
+
+- no `servingRef`: a dedicated LoRAServing named like the fine-tune, owned by it
+  (deleting the fine-tune garbage-collects it and its Deployment/Service);
+- `servingRef`: the adapter is added to that (shared) LoRAServing, if its base model is
+  the fine-tune's; otherwise the fine-tune gets `Serving=False, reason=BaseModelMismatch`.
+
+The outcome is the fine-tune's `Serving` condition.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .api.models import (
+    API_VERSION,
+    COND_SUCCEEDED,
+    SERVING_KIND,
+    LoRAFineTune,
+    LoRAServing,
+)
+from .builders.common import owner_reference
+
+COND_SERVING = "Serving"
+Obj = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Adapter:
+    name: str
+    uri: str
+    rank: int
+
+    def to_dict(self) -> Obj:
+        return {"name": self.name, "uri": self.uri, "rank": self.rank}
+
+
+def adapter_of(ft: LoRAFineTune) -> Adapter | None:
+    """The adapter a succeeded run with serving enabled should serve, else None."""
+    serving = ft.spec.serving
+    if serving is None or not serving.enabled:
+        return None
+    if not any(c.type == COND_SUCCEEDED and c.status == "True" for c in ft.status.conditions):
+        return None
+    uri = ft.status.artifacts.adapter_uri if ft.status.artifacts else None
+    if not uri:
+        return None
+    return Adapter(serving.adapter_name or ft.name, uri, ft.spec.lora.r)
+
+
+def upsert(adapters: list[Obj], a: Adapter) -> list[Obj]:
+    """`adapters` with `a` added or replacing the entry of the same name (order kept)."""
+    out = [dict(x) for x in adapters]
+    for i, x in enumerate(out):
+        if x.get("name") == a.name:
+            out[i] = a.to_dict()
+            return out
+    return [*out, a.to_dict()]
+
+
+def dedicated_serving(ft: LoRAFineTune, a: Adapter) -> Obj:
+    """The LoRAServing a fine-tune owns when it names no shared one."""
+    assert ft.spec.serving is not None
+    out = ft.spec.output
+    spec: Obj = {
+        "baseModel": ft.spec.base_model.to_dict(),
+        "engine": ft.spec.serving.engine,
+        "replicas": ft.spec.serving.replicas,
+        "adapters": [a.to_dict()],
+    }
+    if out.endpoint:
+        spec["endpoint"] = out.endpoint
+    if out.region:
+        spec["region"] = out.region
+    if out.credentials_secret_ref is not None:
+        spec["credentialsSecretRef"] = out.credentials_secret_ref.to_dict()
+    return {
+        "apiVersion": API_VERSION,
+        "kind": SERVING_KIND,
+        "metadata": {
+            "name": ft.name,
+            "namespace": ft.namespace,
+            "labels": {"app.kubernetes.io/managed-by": "loraf", "loraf.dev/finetune": ft.name},
+            "ownerReferences": [owner_reference(ft)],
+        },
+        "spec": spec,
+    }
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # condition status
+    reason: str
+    message: str
+    adapters: list[Obj] | None = None  # new spec.adapters for the LoRAServing, if changed
+
+
+def plan_shared(ft: LoRAFineTune, serving: LoRAServing, a: Adapter) -> Outcome:
+    """What adding `a` to a shared LoRAServing means."""
+    mine, theirs = ft.spec.base_model.to_dict(), serving.spec.base_model.to_dict()
+    if mine != theirs:
+        return Outcome(
+            "False",
+            "BaseModelMismatch",
+            f"LoRAServing {serving.name} serves base model "
+            f"{serving.spec.base_model.display_name}, but this adapter was trained on "
+            f"{ft.spec.base_model.display_name}",
+        )
+    current = [x.to_dict() for x in serving.spec.adapters]
+    new = upsert(current, a)
+    return Outcome(
+        "True",
+        "AdapterAdded",
+        f"adapter {a.name} ({a.uri}) is in LoRAServing {serving.name}",
+        None if new == current else new,
+    )
