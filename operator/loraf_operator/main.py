@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import kopf
 
-from . import handlers
+from . import handlers, serving_handlers
 from .settings import Settings, load
 
 
@@ -35,6 +35,7 @@ def _configure_logging(cfg: Settings) -> None:
 def run(cfg: Settings) -> None:
     registry = kopf.OperatorRegistry()
     handlers.register(cfg, registry)
+    serving_handlers.register(cfg, registry)
     kopf.run(
         registry=registry,
         clusterwide=cfg.clusterwide,
