@@ -30,7 +30,7 @@ FAST: dict[str, Any] = {
             "perDeviceBatchSize": 2,
             "maxSeqLength": 96,
             "evalPrompts": 2,
-            "statusIntervalSeconds": 0.5,
+            "statusIntervalSeconds": 1,
             "loggingSteps": 1,
         },
         "dataset": {"evalFraction": 0.05},

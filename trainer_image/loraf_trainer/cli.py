@@ -3,6 +3,7 @@
   loraf train --config /etc/loraf/config.yaml   # what the operator's Job runs
   loraf run finetune.yaml [--output DIR|s3://…] # the same manifest, on this machine
   loraf verify DIR|s3://…/run-<n>               # check an upload against its manifest
+  loraf serve --config serve.yaml               # OpenAI-compatible server (transformers engine)
 
 Exit codes follow loraf_operator.api.exitcodes; before a non-zero exit a one-line
 message goes to the termination log ($LORAF_TERMINATION_LOG, default
@@ -211,6 +212,9 @@ def parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="check a run's files against its manifest.json")
     v.add_argument("location", help="run folder or s3://…/run-<n>")
     v.set_defaults(func=cmd_verify)
+    from .serve_cli import add_serve_parser  # imports nothing heavy until it runs
+
+    add_serve_parser(sub)
     return p
 
 
