@@ -163,6 +163,12 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """user+system CPU time of a process (load-independent, unlike wall time here)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, round(q / 100 * (len(values) - 1)))]
@@ -221,6 +227,7 @@ async def main() -> None:
         await asyncio.sleep(4)
         watch = JobWatch(st, ns_op)
         await asyncio.sleep(1)
+        cpu0 = cpu_seconds(op.pid)
         before = request_counts(st)
         t0 = time.monotonic()
         created = await create_all(kube, [finetune(ns_op, f"ft-{i:04d}") for i in range(n)])
@@ -244,6 +251,7 @@ async def main() -> None:
             apply_to_job_p99_seconds=round(pct(lat, 99), 3),
             apply_to_job_max_seconds=round(max(lat), 3),
             operator_peak_rss_mib=round(peak_rss_mib(op.pid), 1),
+            operator_cpu_seconds_per_run=round((cpu_seconds(op.pid) - cpu0) / n, 4),
             phases_after=dict(phases),
             operator_handler_retries=log.read_text(errors="replace").count("will try again"),
             operator_log=str(log),
