@@ -67,6 +67,10 @@ def suites(steps: int) -> dict[str, list[dict[str, Any]]]:
             {"id": "c", **trl(False), **g3, "steps": s},
             {"id": "a-default", **project(), **g3, "steps": s},
             {"id": "a-plan80", **planned(80), **g3, "steps": s},
+            {"id": "a-m2-ckpt8", **project(**FAST, gc="partial:8"), **g3, "steps": s},
+            {"id": "b", **trl(True), **g1, "steps": 20},
+            {"id": "a-plan80", **planned(80), **g1, "steps": 20},
+            {"id": "a-plan16", **planned(16), **g1, "steps": 20},
         ],
     }
 
@@ -160,7 +164,7 @@ def _write(path: Path, a: Any, made_s: float, results: list[dict[str, Any]]) -> 
         if r.get("ok") and b:
             r["speedup_vs_trl_liger"] = round(r["tokens_per_s"] / b["tokens_per_s"], 3)
             n = min(len(r["losses"]), len(b["losses"]))
-            if n and r is not b:
+            if n and r is not b and r["config"]["steps"] == b["config"]["steps"]:
                 rel = [abs(x - y) / abs(y) for x, y in zip(r["losses"][:n], b["losses"][:n], strict=True)]
                 r["loss_parity"] = {"steps": n, "max_rel_diff": round(max(rel), 5),
                                     "mean_rel_diff": round(sum(rel) / n, 5)}
