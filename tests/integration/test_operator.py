@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import pytest
+
 from loraf_operator.api.trainer_config import TrainerConfig
 
 from .operator_fixtures import OperatorHandle, operator, start_operator, wait_until

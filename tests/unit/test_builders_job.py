@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from loraf_operator.api.models import LoRAFineTune
 from loraf_operator.builders import BuildDefaults, build_job, build_run, run_spec_hash
 from loraf_operator.builders.job import GPU_TOLERATION

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+
 from loraf_operator.builders.naming import child_name, config_map_name, label_value
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from loraf_operator.run_tracking import observe, pod_failure, retry_note
 from loraf_operator.status import Cond, apply
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import cast
 
 import pytest
+
 from loraf_operator.status import (
     Cond,
     Status,
