@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from loraf_operator.api.models import LoRAFineTune, LoRAServing
 
 pytestmark = pytest.mark.cluster

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from loraf_operator.api import crdgen
 
 ROOT = Path(__file__).resolve().parents[2]

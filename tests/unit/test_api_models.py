@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
+
 from loraf_operator.api.exitcodes import FAIL_FAST_CODES, ExitCode, reason_for
 from loraf_operator.api.models import (
     LoRAFineTune,
@@ -18,7 +20,6 @@ from loraf_operator.api.models import (
     QuantizationSpec,
 )
 from loraf_operator.api.trainer_config import TrainerConfig
-from pydantic import ValidationError
 
 ROOT = Path(__file__).resolve().parents[2]
 
