@@ -8,7 +8,6 @@ waits until it is watching. Import the fixtures you need into a test module.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -22,30 +21,14 @@ from typing import Any
 
 import pytest
 
+from loraf_dev import operator_proc
+
 ROOT = Path(__file__).resolve().parents[2]
-RBAC_FILE = ROOT / "config" / "rbac" / "operator.yaml"
-OPERATOR_USER = "loraf-operator"
 
 
 def grant_operator_rbac(cluster: Any) -> None:
     """Apply the operator's ClusterRole and bind it to the operator's identity (admin)."""
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(RBAC_FILE))
-    binding = {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "ClusterRoleBinding",
-        "metadata": {"name": "loraf-operator"},
-        "roleRef": {
-            "apiGroup": "rbac.authorization.k8s.io",
-            "kind": "ClusterRole",
-            "name": "loraf-operator",
-        },
-        "subjects": [
-            {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": OPERATOR_USER}
-        ],
-    }
-    cluster.kubectl(
-        "apply", "--server-side", "--force-conflicts", "-f", "-", input=json.dumps(binding)
-    )
+    operator_proc.grant_operator_rbac(cluster.kubectl)
 
 
 @dataclass
@@ -94,15 +77,9 @@ def start_operator(
     grant_operator_rbac(cluster)
     log = Path(tempfile.mkstemp(prefix="loraf-operator-", suffix=".log")[1])
     full_env = {
-        **cluster.env,
-        "KUBECONFIG": cluster.operator_kubeconfig,
+        **operator_proc.operator_env(cluster.state, cluster.env),
         "LORAF_NAMESPACES": ",".join(namespaces),
-        "LORAF_S3_ENDPOINT": cluster.s3_endpoint,
-        "LORAF_S3_REGION": "us-east-1",
-        "LORAF_METRICS_PORT": "0",
-        "LORAF_HEALTH_PORT": "0",
         "LORAF_STATUS_INTERVAL_SECONDS": "60",
-        "PYTHONUNBUFFERED": "1",
         **(env or {}),
     }
     with log.open("wb") as out:

@@ -44,7 +44,7 @@ def _make_run(root: Path, model: Any, tok: Any, seed: int, r: int) -> Path:
     )
     peft_model = get_peft_model(model, cfg)
     staging = root.with_name(root.name + "-staging")
-    peft_model.save_pretrained(staging / "adapter")
+    peft_model.save_pretrained(str(staging / "adapter"))
     tok.save_pretrained(staging / "adapter")
     peft_model.unload()  # give the base back untouched for the next adapter/engine
     manifest = build_manifest(
