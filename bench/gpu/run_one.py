@@ -27,9 +27,17 @@ def main() -> int:
     except Exception as e:  # recorded, not raised: one failing config must not stop a suite
         traceback.print_exc()
         oom = "out of memory" in str(e).lower()
-        res = {"config": cfg, "ok": False, "error": f"{type(e).__name__}: {str(e)[:500]}", "oom": oom}
+        res = {
+            "config": cfg,
+            "ok": False,
+            "error": f"{type(e).__name__}: {str(e)[:500]}",
+            "oom": oom,
+        }
     out.write_text(json.dumps(res, indent=1))
-    print("RESULT", json.dumps({k: v for k, v in res.items() if k not in ("step_times_s", "losses", "config")}))
+    print(
+        "RESULT",
+        json.dumps({k: v for k, v in res.items() if k not in ("step_times_s", "losses", "config")}),
+    )
     return 0 if res["ok"] else 1
 
 

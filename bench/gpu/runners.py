@@ -50,7 +50,11 @@ def device_info() -> dict[str, Any]:
     if not torch.cuda.is_available():
         return {"name": "cpu"}
     p = torch.cuda.get_device_properties(0)
-    return {"name": p.name, "total_gib": round(p.total_memory / GIB, 2), "sms": p.multi_processor_count}
+    return {
+        "name": p.name,
+        "total_gib": round(p.total_memory / GIB, 2),
+        "sms": p.multi_processor_count,
+    }
 
 
 def make_spec(cfg: dict[str, Any]) -> Any:
@@ -92,7 +96,7 @@ class Meter:
         import torch
         from transformers import TrainerCallback
 
-        class _Meter(TrainerCallback):  # type: ignore[misc]
+        class _Meter(TrainerCallback):
             def __init__(self) -> None:
                 self.step_ends: list[float] = []
                 self.losses: list[float] = []
@@ -113,7 +117,9 @@ class Meter:
                     self.first_step_since_start = now - t_process
                 self.step_ends.append(now)
 
-            def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
+            def on_log(
+                self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any
+            ) -> None:
                 if logs and "loss" in logs:
                     self.losses.append(float(logs["loss"]))
 
@@ -133,11 +139,11 @@ def build_project(cfg: dict[str, Any], out_dir: Path, meter: Any) -> tuple[Any, 
     from trl import SFTConfig, SFTTrainer
 
     from bench.gpu import techniques
+    from loraf_operator.api.trainer_config import TrainerConfig
     from loraf_trainer import adapters, model_loading
     from loraf_trainer import train as ltrain
     from loraf_trainer.callbacks import ProgressCallback
     from loraf_trainer.status_reporter import StatusPublisher
-    from loraf_operator.api.trainer_config import TrainerConfig
 
     spec = make_spec(cfg)
     tcfg = TrainerConfig(namespace="bench", name="bench", uid="0", generation=1, run=1, spec=spec)
@@ -261,9 +267,13 @@ def run(cfg: dict[str, Any], t_process: float, out_dir: Path) -> dict[str, Any]:
         from loraf_trainer import artifacts
 
         t0 = time.perf_counter()
-        artifacts.save_adapter(trainer.model, trainer.processing_class, Path(cfg["save_adapter"]), "bfloat16")
+        artifacts.save_adapter(
+            trainer.model, trainer.processing_class, Path(cfg["save_adapter"]), "bfloat16"
+        )
         extra["adapter_save_s"] = round(time.perf_counter() - t0, 2)
-        extra["adapter_bytes"] = (Path(cfg["save_adapter"]) / artifacts.ADAPTER_WEIGHTS).stat().st_size
+        extra["adapter_bytes"] = (
+            (Path(cfg["save_adapter"]) / artifacts.ADAPTER_WEIGHTS).stat().st_size
+        )
     ends = meter.step_ends
     times = [b - a for a, b in zip([meter.t_begin, *ends[:-1]], ends, strict=True)]
     warm = min(cfg.get("warmup", 3), max(0, len(times) - 2))

@@ -154,20 +154,22 @@ def main() -> int:
 
 
 def _write(path: Path, a: Any, made_s: float, results: list[dict[str, Any]]) -> None:
-    base = {
-        r["config"]["group"]: r
-        for r in results
-        if r.get("ok") and r["config"].get("baseline")
-    }
+    base = {r["config"]["group"]: r for r in results if r.get("ok") and r["config"].get("baseline")}
     for r in results:
         b = base.get(r["config"]["group"])
         if r.get("ok") and b:
             r["speedup_vs_trl_liger"] = round(r["tokens_per_s"] / b["tokens_per_s"], 3)
             n = min(len(r["losses"]), len(b["losses"]))
             if n and r is not b and r["config"]["steps"] == b["config"]["steps"]:
-                rel = [abs(x - y) / abs(y) for x, y in zip(r["losses"][:n], b["losses"][:n], strict=True)]
-                r["loss_parity"] = {"steps": n, "max_rel_diff": round(max(rel), 5),
-                                    "mean_rel_diff": round(sum(rel) / n, 5)}
+                rel = [
+                    abs(x - y) / abs(y)
+                    for x, y in zip(r["losses"][:n], b["losses"][:n], strict=True)
+                ]
+                r["loss_parity"] = {
+                    "steps": n,
+                    "max_rel_diff": round(max(rel), 5),
+                    "mean_rel_diff": round(sum(rel) / n, 5),
+                }
     doc = {
         "suite": a.suite,
         "shape": a.shape,

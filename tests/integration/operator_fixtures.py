@@ -21,14 +21,15 @@ from typing import Any
 
 import pytest
 
-from loraf_dev import operator_proc
+from loraf_dev.operator_proc import grant_operator_rbac as grant_rbac_with
+from loraf_dev.operator_proc import operator_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def grant_operator_rbac(cluster: Any) -> None:
     """Apply the operator's ClusterRole and bind it to the operator's identity (admin)."""
-    operator_proc.grant_operator_rbac(cluster.kubectl)
+    grant_rbac_with(cluster.kubectl)
 
 
 @dataclass
@@ -77,7 +78,7 @@ def start_operator(
     grant_operator_rbac(cluster)
     log = Path(tempfile.mkstemp(prefix="loraf-operator-", suffix=".log")[1])
     full_env = {
-        **operator_proc.operator_env(cluster.state, cluster.env),
+        **operator_env(cluster.state, cluster.env),
         "LORAF_NAMESPACES": ",".join(namespaces),
         "LORAF_STATUS_INTERVAL_SECONDS": "60",
         **(env or {}),
