@@ -72,6 +72,12 @@ def suites(steps: int) -> dict[str, list[dict[str, Any]]]:
             {"id": "a-plan80", **planned(80), **g1, "steps": 20},
             {"id": "a-plan16", **planned(16), **g1, "steps": 20},
         ],
+        # after calibrating the planner on the runs above
+        "final": [
+            {"id": "b", **trl(True), **g1, "steps": 20},
+            {"id": "a-plan24", **planned(24), **g1, "steps": 20},
+            {"id": "a-plan80", **planned(80), **g3, "steps": s},
+        ],
     }
 
 
