@@ -80,6 +80,7 @@ def dedicated_serving(ft: LoRAFineTune, a: Adapter) -> Obj:
         spec["region"] = out.region
     if out.credentials_secret_ref is not None:
         spec["credentialsSecretRef"] = out.credentials_secret_ref.to_dict()
+    spec["resources"] = inherited_placement(ft)
     return {
         "apiVersion": API_VERSION,
         "kind": SERVING_KIND,
@@ -91,6 +92,25 @@ def dedicated_serving(ft: LoRAFineTune, a: Adapter) -> Obj:
         },
         "spec": spec,
     }
+
+
+def inherited_placement(ft: LoRAFineTune) -> Obj:
+    """A dedicated serving runs where its fine-tune trained: same GPU pool and node rules.
+
+    The image is inherited only by the transformers engine, which ships in the trainer image.
+    """
+    assert ft.spec.serving is not None
+    r = ft.spec.resources
+    out: Obj = {"gpus": r.gpus}
+    if r.gpu_type:
+        out["gpuType"] = r.gpu_type
+    if r.node_selector:
+        out["nodeSelector"] = dict(r.node_selector)
+    if r.tolerations:
+        out["tolerations"] = list(r.tolerations)
+    if r.image and ft.spec.serving.engine == "transformers":
+        out["image"] = r.image
+    return out
 
 
 @dataclass(frozen=True)
