@@ -154,9 +154,22 @@ def process_kubelet(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) 
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
     log = open(workdir / "kubelet.log", "ab")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        [sys.executable, "-m", "loraf_dev.kubelet", "--kubeconfig", cluster.kubeconfig,
-         "--node", cp.LOCAL_NODE, "--workdir", str(workdir)],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "loraf_dev.kubelet",
+            "--kubeconfig",
+            cluster.kubeconfig,
+            "--node",
+            cp.LOCAL_NODE,
+            "--workdir",
+            str(workdir),
+            "--shared-cache",
+            str(cp.cache_root() / "pods"),
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         yield workdir

@@ -83,6 +83,11 @@ def log(msg: str) -> None:
     print(f"[cluster] {msg}", file=sys.stderr, flush=True)
 
 
+def cache_root() -> Path:
+    """The machine-wide cache (binaries, Python env, models); see hack/fetch-bins.sh."""
+    return Path(os.environ.get("LORAF_CACHE") or Path.home() / ".cache" / "loraf")
+
+
 def state_dir() -> Path:
     return Path(os.environ.get("LORAF_CLUSTER_DIR", ROOT / ".cache" / "cluster"))
 

@@ -83,6 +83,8 @@ def main() -> int:
             cp.LOCAL_NODE,
             "--workdir",
             str(st.path("kubelet")),
+            "--shared-cache",
+            str(cp.cache_root() / "pods"),
         ],
         {**env, "PATH": path},
     )

@@ -423,7 +423,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kubeconfig", required=True)
     p.add_argument("--node", default="loraf-local")
     p.add_argument("--workdir", required=True, type=Path)
+    p.add_argument(
+        "--shared-cache",
+        type=Path,
+        help="LORAF_CACHE for every pod (like a node-local model cache shared by pods)",
+    )
     args = p.parse_args(argv)
+    if args.shared_cache:
+        os.environ["LORAF_CACHE"] = str(args.shared_cache)  # passed through to pods
     logging.basicConfig(level=logging.INFO, format="%(asctime)s process-kubelet %(message)s")
     config.load_kube_config(args.kubeconfig)
     port = int(client.Configuration.get_default_copy().host.rsplit(":", 1)[1])
