@@ -164,6 +164,8 @@ class ProcessKubelet:
             PYTHONUNBUFFERED="1",
             KUBERNETES_SERVICE_HOST="127.0.0.1",
             KUBERNETES_SERVICE_PORT=str(self.apiserver_port),
+            # Pods share the host's network here: servers must stay on loopback.
+            LORAF_BIND_HOST="127.0.0.1",
         )
         for ef in c.env_from or []:
             data = (

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -449,6 +450,8 @@ def serve(cfg: ServeConfig) -> None:
     poller.poll_once()  # static registration: every listed adapter before /health is up
     poller.start()
     try:
-        uvicorn.run(create_app(engine), host=cfg.host, port=cfg.port, log_level="info")
+        # LORAF_BIND_HOST: where the pod network is the host's (the dev process kubelet).
+        host = os.environ.get("LORAF_BIND_HOST", cfg.host)
+        uvicorn.run(create_app(engine), host=host, port=cfg.port, log_level="info")
     finally:
         poller.stop()
