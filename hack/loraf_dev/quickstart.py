@@ -79,10 +79,10 @@ def s3_secret(access_key: str, secret_key: str) -> dict[str, Any]:
     }
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -91,8 +91,8 @@ def local_manifest(
 ) -> dict[str, Any]:
     """examples/quickstart.yaml placed on the process-kubelet node, with optional changes."""
     doc = yaml.safe_load(QUICKSTART.read_text())
-    doc = _merge(doc, {"spec": {"resources": LOCAL_PLACEMENT}})
+    doc = merge(doc, {"spec": {"resources": LOCAL_PLACEMENT}})
     if name:
         doc["metadata"]["name"] = name
         doc["spec"]["output"]["s3"] = f"s3://{ARTIFACT_BUCKET}/{name}"
-    return _merge(doc, overrides or {})
+    return merge(doc, overrides or {})

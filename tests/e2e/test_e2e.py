@@ -10,7 +10,7 @@ import hashlib
 import json
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,85 +18,9 @@ import pytest
 
 from loraf_dev import quickstart as qs
 from tests.conftest import Cluster
-from tests.integration.operator_fixtures import start_operator
+from tests.e2e.helpers import apply, cond, get, s3_objects, wait_for
 
 pytestmark = pytest.mark.e2e
-
-# Small enough for a 2-core CPU, big enough to show loss moving and several progress updates.
-FAST: dict[str, Any] = {
-    "spec": {
-        "training": {
-            "maxSteps": 8,
-            "perDeviceBatchSize": 2,
-            "maxSeqLength": 96,
-            "evalPrompts": 2,
-            "statusIntervalSeconds": 1,
-            "loggingSteps": 1,
-        },
-        "dataset": {"evalFraction": 0.05},
-    }
-}
-
-
-@pytest.fixture(scope="module")
-def operator(cluster: Cluster, crds: list[str], process_kubelet: Path) -> Iterator[Any]:
-    handle = start_operator(cluster, namespaces=["t-*"])
-    yield handle
-    handle.stop()
-
-
-@pytest.fixture
-def stage(cluster: Cluster, namespace: str, s3: Any) -> Callable[..., dict[str, Any]]:
-    """Upload inputs, create the S3 secret; return a function making this test's manifest."""
-    qs.stage_inputs(s3)
-    cluster.kubectl(
-        "apply",
-        "-n",
-        namespace,
-        "-f",
-        "-",
-        input=json.dumps(qs.s3_secret(cluster.s3_access_key, cluster.s3_secret_key)),
-    )
-
-    def manifest(name: str, *overrides: dict[str, Any]) -> dict[str, Any]:
-        doc = qs.local_manifest(f"{namespace}-{name}"[:60], FAST)
-        doc["metadata"]["name"] = name
-        for o in overrides:
-            doc = qs._merge(doc, o)
-        return doc
-
-    return manifest
-
-
-def get(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:
-    return cluster.get_json("loraf", name, "-n", ns)
-
-
-def cond(obj: dict[str, Any], ctype: str) -> dict[str, Any]:
-    return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == ctype), {})
-
-
-def wait_for(what: str, fn: Callable[[], Any], timeout: float = 300, every: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}; last={last!r}")
-
-
-def apply(cluster: Cluster, ns: str, doc: dict[str, Any]) -> None:
-    cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(doc))
-
-
-def s3_objects(s3: Any, uri: str) -> dict[str, int]:
-    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
-    out: dict[str, int] = {}
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        out.update({o["Key"]: o["Size"] for o in page.get("Contents", [])})
-    return out
 
 
 def test_happy_path_trains_reports_progress_and_uploads_verified_artifacts(

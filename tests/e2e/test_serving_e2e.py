@@ -1,0 +1,194 @@
+"""Serving end to end: a fine-tune with `serving` succeeds → the operator creates its
+LoRAServing → the process kubelet runs the transformers engine → the adapter answers on
+an OpenAI-compatible endpoint, survives a pod restart, and a second adapter added at
+runtime becomes servable without restarting the pod."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+from tests.conftest import Cluster
+from tests.e2e.helpers import apply, cond, get, wait_for
+
+DOMAIN_MARKERS = ("kettlebot", "zephyr", "brewed with care")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http(port: int, path: str, body: dict[str, Any] | None = None, timeout: float = 120) -> Any:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read() or b"null")
+
+
+def healthy(port: int) -> bool:
+    try:
+        http(port, "/health", timeout=2)
+        return True
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def model_ids(port: int) -> set[str]:
+    return {m["id"] for m in http(port, "/v1/models")["data"]}
+
+
+def domain_score(text: str) -> int:
+    low = text.lower()
+    return sum(m in low for m in DOMAIN_MARKERS)
+
+
+def serving_pods(cluster: Cluster, ns: str, name: str) -> list[dict[str, Any]]:
+    pods = cluster.get_json("pods", "-n", ns, "-l", "app.kubernetes.io/component=server")["items"]
+    return [
+        p
+        for p in pods
+        if p["metadata"].get("deletionTimestamp") is None and name in p["metadata"]["name"]
+    ]
+
+
+def test_finetune_is_served_survives_restart_and_loads_adapters_at_runtime(
+    cluster: Cluster, namespace: str, operator: Any, stage: Callable[..., dict[str, Any]]
+) -> None:
+    doc = stage(
+        "served",
+        {
+            "spec": {
+                "training": {"maxSteps": 16},
+                "serving": {"enabled": True, "engine": "transformers"},
+            }
+        },
+    )
+    apply(cluster, namespace, doc)
+    wait_for(
+        "fine-tune Succeeded",
+        lambda: cond(get(cluster, namespace, "served"), "Succeeded").get("status") == "True",
+        timeout=600,
+    )
+    sv = wait_for(
+        "LoRAServing",
+        lambda: (
+            cluster.kubectl(
+                "get", "loraserving", "served", "-n", namespace, "-o", "json", check=False
+            ).stdout
+        ),
+    )
+    serving = json.loads(sv)
+    owner = serving["metadata"]["ownerReferences"][0]
+    assert owner["kind"] == "LoRAFineTune" and owner["name"] == "served"
+    # A free loopback port for this test's server (the pod network is the host's here).
+    port = free_port()
+    cluster.kubectl(
+        "patch",
+        "loraserving",
+        "served",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"port": port}}),
+    )
+    pod = wait_for(
+        "serving pod Running",
+        lambda: next(
+            (
+                p
+                for p in serving_pods(cluster, namespace, "served")
+                if p["status"].get("phase") == "Running" and _port_of(p) == port
+            ),
+            None,
+        ),
+        timeout=120,
+    )
+    wait_for("server healthy", lambda: healthy(port), timeout=300, every=1)
+    ids = wait_for(
+        "adapter listed",
+        lambda: (i := model_ids(port)) and "served" in i and i,
+        timeout=120,
+        every=1,
+    )
+    assert len(ids) >= 2  # the base model and the adapter
+
+    # The adapter answers held-out questions closer to the domain than the base model.
+    prompts = ["How long is the warranty?", "Why is the light blinking?", "Can I boil milk?"]
+    score = {"served": 0, "base": 0}
+    base_id = next(i for i in ids if i != "served")
+    for p in prompts:
+        for model in ("served", base_id):
+            out = http(
+                port,
+                "/v1/chat/completions",
+                {
+                    "model": model,
+                    "max_tokens": 24,
+                    "temperature": 0,
+                    "messages": [{"role": "user", "content": p}],
+                },
+            )
+            score["served" if model == "served" else "base"] += domain_score(
+                out["choices"][0]["message"]["content"]
+            )
+    assert score["served"] > score["base"], score
+
+    # Restarting the serving pod keeps the adapter.
+    cluster.kubectl("delete", "pod", pod["metadata"]["name"], "-n", namespace, "--wait=false")
+    new = wait_for(
+        "replacement pod Running",
+        lambda: next(
+            (
+                p
+                for p in serving_pods(cluster, namespace, "served")
+                if p["metadata"]["uid"] != pod["metadata"]["uid"]
+                and p["status"].get("phase") == "Running"
+            ),
+            None,
+        ),
+        timeout=180,
+    )
+    wait_for(
+        "replacement healthy with the adapter",
+        lambda: healthy(port) and "served" in model_ids(port),
+        timeout=300,
+        every=1,
+    )
+
+    # A second adapter added at runtime is served by the same pod, with no restart.
+    adapters = json.loads(
+        cluster.kubectl("get", "loraserving", "served", "-n", namespace, "-o", "json").stdout
+    )["spec"]["adapters"]
+    extra = {**adapters[0], "name": "served-copy"}
+    cluster.kubectl(
+        "patch",
+        "loraserving",
+        "served",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"adapters": [*adapters, extra]}}),
+    )
+    wait_for(
+        "second adapter servable", lambda: "served-copy" in model_ids(port), timeout=180, every=1
+    )
+    out = http(port, "/v1/completions", {"model": "served-copy", "prompt": "Hi", "max_tokens": 4})
+    assert out["choices"][0]["text"] is not None
+    still = [p["metadata"]["uid"] for p in serving_pods(cluster, namespace, "served")]
+    assert still == [new["metadata"]["uid"]]
+
+
+def _port_of(pod: dict[str, Any]) -> int | None:
+    ports = pod["spec"]["containers"][0].get("ports") or []
+    return ports[0]["containerPort"] if ports else None
