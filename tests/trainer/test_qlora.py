@@ -22,7 +22,7 @@ def test_qlora_4bit_cpu_trains_and_merges_in_bf16(tmp_path: Path, pvc_root: Path
             "maxSteps": 4,
             "perDeviceBatchSize": 2,
             "maxSeqLength": 128,
-            "evalPrompts": 1,
+            "evalPrompts": 0,  # 4-bit generation on a CPU is slow; eval loss still runs
             "optimizer": "adamw_torch",
         },
         dataset={"maxRows": 40},
