@@ -56,6 +56,7 @@ class Running:
     started_at: str
     container: str
     image: str
+    spec: Any = None  # the pod as started, for volume re-syncs
     stopping: threading.Event = field(default_factory=threading.Event)
 
 
@@ -78,7 +79,22 @@ class ProcessKubelet:
             if key in data:
                 p = target / rel
                 p.parent.mkdir(parents=True, exist_ok=True)
-                p.write_bytes(data[key])
+                if p.exists() and p.read_bytes() == data[key]:
+                    continue
+                # Atomic swap, so a process polling the file never reads half of it.
+                tmp = p.with_name(f".{p.name}.tmp")
+                tmp.write_bytes(data[key])
+                tmp.replace(p)
+
+    def refresh_volumes(self, pod: Any, root: Path) -> None:
+        """Re-sync ConfigMap and Secret volumes of a running pod, as kubelet does."""
+        ns = pod.metadata.namespace
+        for v in pod.spec.volumes or []:
+            d = root / "volumes" / v.name
+            if v.config_map:
+                self._write_items(d, self._configmap(ns, v.config_map.name), v.config_map.items)
+            elif v.secret:
+                self._write_items(d, self._secret(ns, v.secret.secret_name), v.secret.items)
 
     def _configmap(self, ns: str, name: str) -> dict[str, bytes]:
         cm = self.core.read_namespaced_config_map(name, ns)
@@ -257,7 +273,15 @@ class ProcessKubelet:
             start_new_session=True,
         )
         r = Running(
-            pod.metadata.name, pod.metadata.namespace, proc, root, tlog, now(), c.name, c.image
+            pod.metadata.name,
+            pod.metadata.namespace,
+            proc,
+            root,
+            tlog,
+            now(),
+            c.name,
+            c.image,
+            spec=pod,
         )
         with self.lock:
             self.running[uid] = r
@@ -406,6 +430,17 @@ class ProcessKubelet:
                 log.warning("watch error: %s; retrying", exc)
                 time.sleep(1)
 
+    def resync(self, every: float = 2.0) -> None:
+        """Keep ConfigMap/Secret volumes of running pods current (kubelet does ~1/min)."""
+        while not self.stop.wait(every):
+            with self.lock:
+                running = list(self.running.values())
+            for r in running:
+                try:
+                    self.refresh_volumes(r.spec, r.workdir)
+                except ApiException as exc:
+                    log.debug("volume resync of %s: %s", r.pod, exc.reason)
+
     def shutdown(self) -> None:
         self.stop.set()
         with self.lock:
@@ -438,8 +473,8 @@ def main(argv: list[str] | None = None) -> int:
     port = int(client.Configuration.get_default_copy().host.rsplit(":", 1)[1])
     kl = ProcessKubelet(args.node, args.workdir, port)
     signal.signal(signal.SIGTERM, lambda *_: kl.stop.set())
-    t = threading.Thread(target=kl.run, daemon=True)
-    t.start()
+    threading.Thread(target=kl.run, daemon=True).start()
+    threading.Thread(target=kl.resync, daemon=True).start()
     while not kl.stop.is_set():
         time.sleep(0.5)
     kl.shutdown()

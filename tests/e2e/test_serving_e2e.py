@@ -1,7 +1,7 @@
-"""Serving end to end: a fine-tune with `serving` succeeds → the operator creates its
-LoRAServing → the process kubelet runs the transformers engine → the adapter answers on
-an OpenAI-compatible endpoint, survives a pod restart, and a second adapter added at
-runtime becomes servable without restarting the pod."""
+"""Serving end to end: a shared LoRAServing runs the transformers engine as a real process;
+a fine-tune naming it succeeds → its adapter is loaded at runtime without a restart,
+answers closer to the domain than the base model on an OpenAI-compatible endpoint,
+survives a pod restart, and another adapter added at runtime becomes servable too."""
 
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+from loraf_dev import quickstart as qs
 from tests.conftest import Cluster
 from tests.e2e.helpers import apply, cond, get, wait_for
 
-DOMAIN_MARKERS = ("kettlebot", "zephyr", "brewed with care")
+# Words the quickstart's support answers use and a general assistant does not.
+DOMAIN_MARKERS = ("kettlebot", "zephyr", "brewed", "steam halo", "brew dial", "z-app", "k7")
 
 
 def free_port() -> int:
@@ -63,64 +65,69 @@ def serving_pods(cluster: Cluster, ns: str, name: str) -> list[dict[str, Any]]:
 def test_finetune_is_served_survives_restart_and_loads_adapters_at_runtime(
     cluster: Cluster, namespace: str, operator: Any, stage: Callable[..., dict[str, Any]]
 ) -> None:
+    # A shared LoRAServing on the process-kubelet node, on the CPU (the trainer keeps the
+    # node's one GPU), on a free loopback port: it starts serving the base model at once.
+    port = free_port()
     doc = stage(
         "served",
         {
             "spec": {
-                "training": {"maxSteps": 16},
-                "serving": {"enabled": True, "engine": "transformers"},
+                # A little more training than the other e2e runs, so answers visibly move.
+                "training": {"maxSteps": 20, "learningRate": 0.003},
+                "lora": {"targetModules": ["all-linear"]},
+                "serving": {"enabled": True, "engine": "transformers", "servingRef": "shared"},
             }
         },
     )
+    serving = {
+        "apiVersion": "loraf.dev/v1alpha1",
+        "kind": "LoRAServing",
+        "metadata": {"name": "shared"},
+        "spec": {
+            "baseModel": doc["spec"]["baseModel"],
+            "engine": "transformers",
+            "port": port,
+            "credentialsSecretRef": doc["spec"]["output"]["credentialsSecretRef"],
+            # No GPU requested, but the node's GPU taint must still be tolerated.
+            "resources": {
+                "gpus": 0,
+                "nodeSelector": qs.LOCAL_PLACEMENT["nodeSelector"],
+                "tolerations": [{"operator": "Exists", "effect": "NoSchedule"}],
+            },
+        },
+    }
+    apply(cluster, namespace, serving)
     apply(cluster, namespace, doc)
-    wait_for(
-        "fine-tune Succeeded",
-        lambda: cond(get(cluster, namespace, "served"), "Succeeded").get("status") == "True",
-        timeout=600,
-    )
-    sv = wait_for(
-        "LoRAServing",
-        lambda: (
-            cluster.kubectl(
-                "get", "loraserving", "served", "-n", namespace, "-o", "json", check=False
-            ).stdout
-        ),
-    )
-    serving = json.loads(sv)
-    owner = serving["metadata"]["ownerReferences"][0]
-    assert owner["kind"] == "LoRAFineTune" and owner["name"] == "served"
-    # A free loopback port for this test's server (the pod network is the host's here).
-    port = free_port()
-    cluster.kubectl(
-        "patch",
-        "loraserving",
-        "served",
-        "-n",
-        namespace,
-        "--type=merge",
-        "-p",
-        json.dumps({"spec": {"port": port}}),
-    )
     pod = wait_for(
         "serving pod Running",
         lambda: next(
             (
                 p
-                for p in serving_pods(cluster, namespace, "served")
-                if p["status"].get("phase") == "Running" and _port_of(p) == port
+                for p in serving_pods(cluster, namespace, "shared")
+                if p["status"].get("phase") == "Running"
             ),
             None,
         ),
         timeout=120,
     )
     wait_for("server healthy", lambda: healthy(port), timeout=300, every=1)
+
+    # The run succeeds; its adapter joins the running server without a restart.
+    wait_for(
+        "fine-tune Succeeded",
+        lambda: cond(get(cluster, namespace, "served"), "Succeeded").get("status") == "True",
+        timeout=600,
+    )
     ids = wait_for(
         "adapter listed",
         lambda: (i := model_ids(port)) and "served" in i and i,
-        timeout=120,
+        timeout=180,
         every=1,
     )
-    assert len(ids) >= 2  # the base model and the adapter
+    assert [p["metadata"]["uid"] for p in serving_pods(cluster, namespace, "shared")] == [
+        pod["metadata"]["uid"]
+    ]
+    assert cond(get(cluster, namespace, "served"), "Serving").get("status") == "True"
 
     # The adapter answers held-out questions closer to the domain than the base model.
     prompts = ["How long is the warranty?", "Why is the light blinking?", "Can I boil milk?"]
@@ -150,7 +157,7 @@ def test_finetune_is_served_survives_restart_and_loads_adapters_at_runtime(
         lambda: next(
             (
                 p
-                for p in serving_pods(cluster, namespace, "served")
+                for p in serving_pods(cluster, namespace, "shared")
                 if p["metadata"]["uid"] != pod["metadata"]["uid"]
                 and p["status"].get("phase") == "Running"
             ),
@@ -167,13 +174,13 @@ def test_finetune_is_served_survives_restart_and_loads_adapters_at_runtime(
 
     # A second adapter added at runtime is served by the same pod, with no restart.
     adapters = json.loads(
-        cluster.kubectl("get", "loraserving", "served", "-n", namespace, "-o", "json").stdout
+        cluster.kubectl("get", "loraserving", "shared", "-n", namespace, "-o", "json").stdout
     )["spec"]["adapters"]
     extra = {**adapters[0], "name": "served-copy"}
     cluster.kubectl(
         "patch",
         "loraserving",
-        "served",
+        "shared",
         "-n",
         namespace,
         "--type=merge",
@@ -185,10 +192,5 @@ def test_finetune_is_served_survives_restart_and_loads_adapters_at_runtime(
     )
     out = http(port, "/v1/completions", {"model": "served-copy", "prompt": "Hi", "max_tokens": 4})
     assert out["choices"][0]["text"] is not None
-    still = [p["metadata"]["uid"] for p in serving_pods(cluster, namespace, "served")]
+    still = [p["metadata"]["uid"] for p in serving_pods(cluster, namespace, "shared")]
     assert still == [new["metadata"]["uid"]]
-
-
-def _port_of(pod: dict[str, Any]) -> int | None:
-    ports = pod["spec"]["containers"][0].get("ports") or []
-    return ports[0]["containerPort"] if ports else None
