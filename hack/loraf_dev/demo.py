@@ -1,4 +1,4 @@
-"""`make demo`: a real LoRA fine-tune through the whole product on this machine.
+"""`make demo`: a real LoRA fine-tune through the whole product on this machine, then served.
 
 Starts the local control plane and S3 server (hack/cluster.sh), installs the CRDs and the
 operator's RBAC, runs the operator as its non-admin identity and the process kubelet (which
@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from loraf_dev.operator_proc import grant_operator_rbac, operator_env
 
 NAMESPACE = "loraf-demo"
 NAME = "quickstart"
+SERVING = "quickstart-serving"
 TIMEOUT_S = 900
 
 
@@ -112,8 +114,13 @@ def main() -> int:
     # A second demo run starts a fresh fine-tune (caches make it faster).
     kubectl(st, "delete", "loraf", NAME, "-n", NAMESPACE, "--ignore-not-found", "--wait=true")
 
+    say("A LoRAServing (transformers engine, on the CPU) that the fine-tune will join")
+    port = ensure_serving(st)
     say(f"kubectl apply -f examples/quickstart.yaml   (namespace {NAMESPACE}, on the local node)")
-    manifest = qs.local_manifest(NAME)
+    manifest = qs.local_manifest(
+        NAME,
+        {"spec": {"serving": {"enabled": True, "engine": "transformers", "servingRef": SERVING}}},
+    )
     kubectl(st, "apply", "-n", NAMESPACE, "-f", "-", input=json.dumps(manifest))
     say("kubectl get loraf -w")
     watch = subprocess.Popen(
@@ -144,10 +151,86 @@ def main() -> int:
         time.sleep(1)
     finally:
         watch.terminate()
-    return report(st, s3, obj, time.monotonic() - t0)
+    code = report(st, s3, obj)
+    if code == 0:
+        ask_served_adapter(port)
+    say(
+        f"Done in {time.monotonic() - t0:.0f}s. Explore with: source {st.path('env')}; "
+        "kubectl get loraf,lorasvc -A"
+    )
+    print("    Clean up everything this demo started: hack/cluster.sh down")
+    return code
 
 
-def report(st: cp.State, s3: Any, obj: dict[str, Any], took: float) -> int:
+def ensure_serving(st: cp.State) -> int:
+    """Create the shared LoRAServing once; later demo runs keep its port."""
+    found = kubectl(st, "get", "lorasvc", SERVING, "-n", NAMESPACE, "-o", "json", check=False)
+    port = json.loads(found)["spec"]["port"] if found else cp.free_port()
+    base = qs.local_manifest(NAME)["spec"]["baseModel"]
+    serving = {
+        "apiVersion": "loraf.dev/v1alpha1",
+        "kind": "LoRAServing",
+        "metadata": {"name": SERVING},
+        "spec": {
+            "baseModel": base,
+            "engine": "transformers",
+            "port": port,
+            "credentialsSecretRef": {"name": qs.SECRET_NAME},
+            # On the CPU of the process-kubelet node; the trainer keeps its one GPU.
+            "resources": {
+                "gpus": 0,
+                "nodeSelector": qs.LOCAL_PLACEMENT["nodeSelector"],
+                "tolerations": [{"operator": "Exists", "effect": "NoSchedule"}],
+            },
+        },
+    }
+    kubectl(st, "apply", "-n", NAMESPACE, "-f", "-", input=json.dumps(serving))
+    return int(port)
+
+
+def http(port: int, path: str, body: dict[str, Any] | None = None) -> Any:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=120) as r:
+        return json.loads(r.read())
+
+
+def ask_served_adapter(port: int) -> None:
+    say(f"The adapter is served: OpenAI-compatible API on http://127.0.0.1:{port}/v1")
+    deadline = time.monotonic() + 300
+    ids: set[str] = set()
+    while time.monotonic() < deadline:
+        try:
+            ids = {m["id"] for m in http(port, "/v1/models")["data"]}
+        except (OSError, ValueError):
+            ids = set()
+        if NAME in ids:
+            break
+        time.sleep(2)
+    else:
+        print(f"  (adapter {NAME} not loaded yet; models: {sorted(ids)})")
+        return
+    question = "How long is the warranty?"
+    print(f"  GET /v1/models -> {sorted(ids)}")
+    for model in sorted(ids, key=lambda m: m != NAME):
+        out = http(
+            port,
+            "/v1/chat/completions",
+            {
+                "model": model,
+                "max_tokens": 40,
+                "temperature": 0,
+                "messages": [{"role": "user", "content": question}],
+            },
+        )
+        answer = out["choices"][0]["message"]["content"].strip().replace("\n", " ")
+        print(f"  {model}: {question!r} -> {answer!r}")
+
+
+def report(st: cp.State, s3: Any, obj: dict[str, Any]) -> int:
     status = obj.get("status", {})
     say("Conditions")
     for c in status.get("conditions", []):
@@ -177,8 +260,6 @@ def report(st: cp.State, s3: Any, obj: dict[str, Any], took: float) -> int:
             f"The run did not succeed; operator log: {st.path('logs', 'operator.log')}, "
             f"pod logs under {st.path('kubelet', 'pods')}"
         )
-    say(f"Done in {took:.0f}s. Explore with: source {st.path('env')}; kubectl get loraf -A")
-    print("    Clean up everything this demo started: hack/cluster.sh down")
     return 0 if ok else 1
 
 
