@@ -13,12 +13,11 @@ from typing import Any
 from ..api.exitcodes import FAIL_FAST_CODES, ExitCode
 from ..api.models import LoRAFineTune
 from ..api.trainer_config import CONFIG_MOUNT_PATH
-from .common import BuildDefaults, child_metadata, generation
+from .common import GPU_RESOURCE, BuildDefaults, child_metadata, container_resources, generation
 from .labels import QUEUE_NAME, run_annotations, run_labels
 from .naming import child_name, config_map_name
 
 CONTAINER = "trainer"
-GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 CONFIG_DIR = CONFIG_MOUNT_PATH.rsplit("/", 1)[0]  # /etc/loraf
@@ -127,21 +126,7 @@ def build_volumes(ft: LoRAFineTune, run: int) -> tuple[list[dict[str, Any]], lis
 
 
 def build_resources(ft: LoRAFineTune) -> dict[str, Any]:
-    res = ft.spec.resources
-    requests: dict[str, str] = {}
-    limits: dict[str, str] = {}
-    if res.gpus > 0:
-        requests[GPU_RESOURCE] = limits[GPU_RESOURCE] = str(res.gpus)
-    if res.cpu is not None:
-        requests["cpu"] = str(res.cpu)
-    if res.memory is not None:
-        requests["memory"] = limits["memory"] = str(res.memory)
-    out: dict[str, Any] = {}
-    if requests:
-        out["requests"] = requests
-    if limits:
-        out["limits"] = limits
-    return out
+    return container_resources(ft.spec.resources)
 
 
 def build_scheduling(ft: LoRAFineTune) -> dict[str, Any]:

@@ -25,8 +25,8 @@ from typing import Any
 import yaml
 
 from ..api.models import API_VERSION, SERVING_KIND, LoRAServing
-from .common import BuildDefaults
-from .job import GPU_PRODUCT_LABEL, GPU_RESOURCE, GPU_TOLERATION, RUN_AS_USER
+from .common import BuildDefaults, container_resources
+from .job import GPU_PRODUCT_LABEL, GPU_TOLERATION, RUN_AS_USER
 from .naming import label_value
 
 DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"
@@ -202,24 +202,6 @@ def _volumes(sv: LoRAServing) -> tuple[list[dict[str, Any]], list[dict[str, Any]
     return volumes, mounts
 
 
-def _resources(sv: LoRAServing) -> dict[str, Any]:
-    res = sv.spec.resources
-    requests: dict[str, str] = {}
-    limits: dict[str, str] = {}
-    if res.gpus > 0:
-        requests[GPU_RESOURCE] = limits[GPU_RESOURCE] = str(res.gpus)
-    if res.cpu is not None:
-        requests["cpu"] = str(res.cpu)
-    if res.memory is not None:
-        requests["memory"] = limits["memory"] = str(res.memory)
-    out: dict[str, Any] = {}
-    if requests:
-        out["requests"] = requests
-    if limits:
-        out["limits"] = limits
-    return out
-
-
 _SECURITY = {
     "allowPrivilegeEscalation": False,
     "capabilities": {"drop": ["ALL"]},
@@ -330,7 +312,7 @@ def build_pod_spec(sv: LoRAServing, defaults: BuildDefaults) -> dict[str, Any]:
         ]
         server["env"] = env
         pod["containers"] = [server]
-    resources = _resources(sv)
+    resources = container_resources(sv.spec.resources)
     if resources:
         server["resources"] = resources
     if res.gpus > 0:
