@@ -8,6 +8,7 @@ waits until it is watching. Import the fixtures you need into a test module.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -63,6 +64,24 @@ class OperatorHandle:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(5)
+
+
+def report_as_run(cluster: Any, ns: str, name: str, run_sa: str, progress: dict[str, Any]) -> None:
+    """Patch status.progress the way the trainer does: as the run's own ServiceAccount."""
+    token = cluster.kubectl("create", "token", run_sa, "-n", ns).stdout.strip()
+    cluster.kubectl(
+        "patch",
+        "lorafinetune",
+        name,
+        "-n",
+        ns,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": {"progress": progress}}),
+        f"--token={token}",
+        "--kubeconfig=" + cluster.kubeconfig,
+    )
 
 
 def start_operator(

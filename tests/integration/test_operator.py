@@ -17,7 +17,13 @@ import pytest
 
 from loraf_operator.api.trainer_config import TrainerConfig
 
-from .operator_fixtures import OperatorHandle, operator, start_operator, wait_until
+from .operator_fixtures import (
+    OperatorHandle,
+    operator,
+    report_as_run,
+    start_operator,
+    wait_until,
+)
 
 __all__ = ["operator"]  # the fixture, imported for pytest
 
@@ -182,7 +188,6 @@ def test_op_create_run_succeed(cluster: Any, namespace: str, operator: OperatorH
     assert len(live) == 1 and live[0]["spec"]["nodeName"].startswith("gpu-node-")
 
     # The trainer (as the run's own ServiceAccount) reports its result, then exits 0.
-    token = cluster.kubectl("create", "token", "demo-r1", "-n", ns).stdout.strip()
     result = {
         "adapterUri": "s3://out/demo/run-1/adapter/",
         "manifestUri": "s3://out/demo/run-1/manifest.json",
@@ -190,21 +195,12 @@ def test_op_create_run_succeed(cluster: Any, namespace: str, operator: OperatorH
         "evalLossBase": 3.1,
         "evalLossAdapter": 2.2,
     }
-    patch = {
-        "status": {"progress": {"runNumber": 1, "stage": "Done", "step": 10, "result": result}}
-    }
-    cluster.kubectl(
-        "patch",
-        "lorafinetune",
-        name,
-        "-n",
+    report_as_run(
+        cluster,
         ns,
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        json.dumps(patch),
-        f"--token={token}",
-        "--kubeconfig=" + cluster.kubeconfig,
+        name,
+        "demo-r1",
+        {"runNumber": 1, "stage": "Done", "step": 10, "result": result},
     )
     finish_pod(cluster, ns, live[0]["metadata"]["name"], 0)
     cluster.kubectl(

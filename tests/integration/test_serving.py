@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from .operator_fixtures import OperatorHandle, start_operator, wait_until
+from .operator_fixtures import OperatorHandle, report_as_run, start_operator, wait_until
 from .test_operator import apply, cond, finish_pod, get_ft, manifest, running_pod, wait_cond
 
 pytestmark = pytest.mark.timeout(180)
@@ -47,24 +47,12 @@ def get(cluster: Any, kind: str, ns: str, name: str) -> dict[str, Any] | None:
 def succeed(cluster: Any, ns: str, name: str) -> None:
     """Run 1 of `name` reports its adapter and exits 0."""
     pod = running_pod(cluster, ns, f"{name}-r1")
-    token = cluster.kubectl("create", "token", f"{name}-r1", "-n", ns).stdout.strip()
     result = {
         "adapterUri": f"s3://out/{name}/run-1/adapter/",
         "manifestUri": f"s3://out/{name}/run-1/manifest.json",
     }
-    patch = {"status": {"progress": {"runNumber": 1, "stage": "Done", "result": result}}}
-    cluster.kubectl(
-        "patch",
-        "lorafinetune",
-        name,
-        "-n",
-        ns,
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        json.dumps(patch),
-        f"--token={token}",
-        "--kubeconfig=" + cluster.kubeconfig,
+    report_as_run(
+        cluster, ns, name, f"{name}-r1", {"runNumber": 1, "stage": "Done", "result": result}
     )
     finish_pod(cluster, ns, pod, 0)
     wait_cond(cluster, ns, name, "Succeeded")
