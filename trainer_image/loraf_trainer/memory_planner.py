@@ -196,15 +196,18 @@ def _divisors_desc(n: int) -> list[int]:
     return [d for d in range(n, 0, -1) if n % d == 0]
 
 
-def plan(w: Workload, budget_gib: float, headroom: float = 0.03) -> Plan:
+def plan(
+    w: Workload, budget_gib: float, headroom: float = 0.03, allow_checkpointing: bool = True
+) -> Plan:
     """The cheapest (micro_batch, grad_accum, checkpointed layers) whose estimated peak
     reserved memory stays under budget·(1 - headroom). For each micro-batch (a divisor
     of the effective batch) the fewest checkpointed layers that fit; then the lowest
     cost, ties going to the larger micro-batch."""
     limit = budget_gib * (1 - headroom) * GIB
     best: Plan | None = None
+    max_k = w.shape.layers if allow_checkpointing else 0
     for micro in _divisors_desc(w.rows_per_step):
-        for k in range(w.shape.layers + 1):
+        for k in range(max_k + 1):
             reserved = peak_reserved_bytes(w, micro, k)
             if reserved <= limit:
                 cand = Plan(
@@ -221,11 +224,9 @@ def plan(w: Workload, budget_gib: float, headroom: float = 0.03) -> Plan:
                     best = cand
                 break
     if best is None:
-        need = peak_reserved_bytes(w, 1, w.shape.layers) / GIB
-        raise NoFit(
-            f"needs ~{need:.1f} GiB at micro-batch 1 with every layer checkpointed; "
-            f"budget is {budget_gib:g} GiB"
-        )
+        need = peak_reserved_bytes(w, 1, max_k) / GIB
+        how = "with every layer checkpointed" if allow_checkpointing else "without checkpointing"
+        raise NoFit(f"needs ~{need:.1f} GiB at micro-batch 1 {how}; budget is {budget_gib:g} GiB")
     return best
 
 

@@ -235,6 +235,14 @@ def pick_device() -> Device:
     return Device("cpu", "float32")
 
 
+def free_gpu_gib() -> float:
+    """Free memory of the current CUDA device (other processes' use excluded)."""
+    import torch
+
+    free, _total = torch.cuda.mem_get_info()
+    return free / 2**30
+
+
 def load_tokenizer(path: Path, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 

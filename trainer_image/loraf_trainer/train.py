@@ -11,13 +11,23 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from loraf_operator.api.trainer_config import TrainerConfig
 
-from . import adapters, artifacts, data, evaluate, model_loading
+from . import (
+    adapters,
+    artifacts,
+    data,
+    evaluate,
+    memory_planner,
+    model_loading,
+    oom_recovery,
+    optimizations,
+)
 from .checkpoints import Preemption, fetch_latest_checkpoint
 from .errors import ConfigInvalid, Preempted
 from .sources import load_rows
@@ -126,6 +136,84 @@ def sft_config_kwargs(
     return kw
 
 
+def prepare_model(
+    cfg: TrainerConfig, base_path: Path, device: model_loading.Device
+) -> tuple[Any, optimizations.Decision]:
+    """Plan for this GPU, load the base, apply the techniques, attach LoRA.
+
+    The plan needs only the model's config, so a budget the model cannot fit fails
+    before the weights are loaded."""
+    from peft import get_peft_model
+    from transformers import AutoConfig, set_seed
+
+    spec = cfg.spec
+    trust = spec.base_model.trust_remote_code
+    free = model_loading.free_gpu_gib() if device.on_gpu else None
+    config = AutoConfig.from_pretrained(base_path, trust_remote_code=trust)
+    try:
+        decision = optimizations.decide(
+            spec, config, device.on_gpu, free, optimizations.liger_available()
+        )
+    except memory_planner.NoFit as e:
+        raise ConfigInvalid(
+            f"the model does not fit in GPU memory: {e}; use a larger GPU, method qlora, "
+            "a shorter training.maxSeqLength or a larger training.memoryBudgetGiB"
+        ) from e
+    log.info(
+        "plan: micro-batch %d × accumulation %d, %d/%d layers checkpointed; techniques: %s%s",
+        decision.micro_batch,
+        decision.grad_accum,
+        decision.checkpointed_layers,
+        decision.layers,
+        ", ".join(decision.techniques) or "none",
+        "".join(f"; {n}" for n in decision.notes),
+    )
+    model = model_loading.load_model(
+        base_path, device, quantization=spec.effective_quantization, trust_remote_code=trust
+    )
+    optimizations.apply_before_adapters(model, decision)
+    set_seed(spec.training.seed)  # the adapters' initialization
+    model = get_peft_model(model, adapters.build_lora_config(spec.lora))
+    optimizations.apply_after_adapters(model, decision)
+    return model, decision
+
+
+def build_trainer(
+    cfg: TrainerConfig,
+    model: Any,
+    decision: optimizations.Decision,
+    tokenizer: Any,
+    train_ds: Any,
+    eval_ds: Any,
+    output_dir: Path,
+    device: model_loading.Device,
+    callbacks: list[Any],
+    interactive: bool = False,
+    on_oom: Callable[[int, int], None] | None = None,
+) -> Any:
+    """TRL's SFTTrainer with the spec's arguments and the decision's batch and kernels;
+    with out-of-memory recovery when the decision has it."""
+    from trl import SFTConfig, SFTTrainer
+
+    kw = sft_config_kwargs(
+        cfg, output_dir, device.dtype_name, device.on_gpu, eval_ds is not None, interactive
+    ) | optimizations.sft_overrides(decision)
+    cls: type = SFTTrainer
+    if decision.oom_recovery:
+        cls = type("RecoveringSFTTrainer", (oom_recovery.OomRecovery, SFTTrainer), {})
+    trainer = cls(
+        model=model,
+        args=SFTConfig(**kw),
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    if decision.oom_recovery:
+        trainer.on_oom = on_oom
+    return trainer
+
+
 def hyperparameters(cfg: TrainerConfig) -> dict[str, Any]:
     spec = cfg.spec
     q = spec.effective_quantization
@@ -156,16 +244,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     resolved = model_loading.resolve_source(bm, ctx.s3() if bm.s3 else None)
     base_path = model_loading.materialize(resolved, bm.trust_remote_code)
     tokenizer = model_loading.load_tokenizer(base_path, bm.trust_remote_code)
-    model = model_loading.load_model(
-        base_path,
-        device,
-        quantization=spec.effective_quantization,
-        trust_remote_code=bm.trust_remote_code,
-    )
-    from peft import get_peft_model
-
-    adapters.prepare_base_for_training(model, spec.training.gradient_checkpointing)
-    model = get_peft_model(model, adapters.build_lora_config(spec.lora))
+    model, decision = prepare_model(cfg, base_path, device)
     trainable, total = adapters.count_parameters(model)
     pct = 100.0 * trainable / total if total else 0.0
     log.info("trainable params: %d of %d (%.3f%%)", trainable, total, pct)
@@ -187,27 +266,30 @@ def run(ctx: RunContext) -> dict[str, Any]:
     )
 
     # -- trainer
-    from trl import SFTConfig, SFTTrainer
-
     from .callbacks import CheckpointCallback, ProgressCallback
 
     trainer_dir = ctx.work_dir / "trainer"
     trainer_dir.mkdir(parents=True, exist_ok=True)
     resume = fetch_latest_checkpoint(ctx.store, trainer_dir)
-    args = SFTConfig(
-        **sft_config_kwargs(
-            cfg, trainer_dir, device.dtype_name, device.on_gpu, eval_ds is not None, ctx.interactive
-        )
-    )
     ckpt_cb = CheckpointCallback(ctx.store, ctx.preemption, spec.training.checkpoint_minutes)
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        processing_class=tokenizer,
-        callbacks=[ProgressCallback(pub, log_lines=not ctx.interactive), ckpt_cb],
+
+    def on_oom(split: int, retries: int) -> None:
+        pub.update({"oomRetries": retries, "plan": decision.status(split)}, force=True)
+
+    trainer = build_trainer(
+        cfg,
+        model,
+        decision,
+        tokenizer,
+        train_ds,
+        eval_ds,
+        trainer_dir,
+        device,
+        [ProgressCallback(pub, log_lines=not ctx.interactive), ckpt_cb],
+        interactive=ctx.interactive,
+        on_oom=on_oom,
     )
+    pub.update({"plan": decision.status()}, force=True)
     ctx.preemption.deferred = True
     if ctx.preemption.requested:
         raise Preempted("SIGTERM received before training started; nothing to checkpoint")

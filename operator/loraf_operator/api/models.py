@@ -428,6 +428,39 @@ _TRAINING_RULES = _rules(
 )
 
 
+class Optimizations(SpecModel):
+    """Speed and memory techniques of the trainer on a GPU (each switchable; the benchmark
+    in bench/README.md shows what each contributes). Ignored on a CPU."""
+
+    planner: Flag = Field(
+        default=True,
+        description="Pick the micro-batch, gradient accumulation and how many decoder layers "
+        "to checkpoint from the GPU's free memory (or memoryBudgetGiB), keeping "
+        "perDeviceBatchSize × gradientAccumulationSteps rows per optimizer step. Off: those "
+        "fields and gradientCheckpointing are used as given.",
+    )
+    fused_kernels: Flag = Field(
+        default=True,
+        description="Liger kernels: fused RMSNorm, RoPE, SwiGLU and a linear cross-entropy that "
+        "never materializes the logits (Llama, Mistral, Qwen2/3, Gemma, Phi3 families).",
+    )
+    compile: Flag = Field(
+        default=False,
+        description="torch.compile each decoder layer: fuses the adapters' elementwise work; "
+        "costs a compile at start and one per new sequence length.",
+    )
+    cpu_embeddings: Flag = Field(
+        default=False,
+        description="Keep the input embedding table in host memory (memory mode: saves "
+        "vocab × hidden × 2 bytes of GPU memory, ~1 GiB for Llama-3-8B).",
+    )
+    oom_recovery: Flag = Field(
+        default=True,
+        description="On a CUDA out-of-memory error, split each micro-batch in two (doubling "
+        "accumulation, same effective batch) and go on; recorded in status.progress.",
+    )
+
+
 class TrainingSpec(SpecModel):
     """Training loop hyper-parameters (TRL SFTTrainer). Exactly one of epochs or maxSteps."""
 
@@ -465,7 +498,9 @@ class TrainingSpec(SpecModel):
     packing: Flag = Field(default=False, description="Pack several short rows into one sequence.")
     gradient_checkpointing: Flag = Field(
         default=True,
-        description="Recompute activations in the backward pass: less memory, ~20% slower.",
+        description="Recompute activations in the backward pass: less memory, ~20% slower. "
+        "With optimizations.planner on (GPU), true lets the planner checkpoint as few "
+        "layers as the memory needs and false forbids it.",
     )
     optimizer: Optimizer | None = Field(
         default=None,
@@ -503,8 +538,12 @@ class TrainingSpec(SpecModel):
     memory_budget_gi_b: float | None = Field(
         default=None,
         alias="memoryBudgetGiB",
-        description="GPU memory the trainer may plan for (GiB); unset uses the device's total.",
+        description="GPU memory the trainer may plan for (GiB); unset uses the GPU's free "
+        "memory when the trainer starts.",
         gt=0,
+    )
+    optimizations: Optimizations = Field(
+        default_factory=Optimizations, description="Speed and memory techniques (GPU only)."
     )
 
     @model_validator(mode="after")
@@ -815,6 +854,29 @@ class RunResult(Artifacts, EvalSummary):
     """The trainer's report of what it uploaded and how the adapter evaluated."""
 
 
+class TrainingPlan(StatusModel):
+    """The trainer's memory plan (spec.training.optimizations), updated after an
+    out-of-memory recovery."""
+
+    micro_batch_size: int | None = Field(default=None, description="Rows per forward pass.")
+    gradient_accumulation_steps: int | None = Field(
+        default=None, description="Forward passes per optimizer step."
+    )
+    checkpointed_layers: int | None = Field(
+        default=None, description="Decoder layers whose activations are recomputed."
+    )
+    layers: int | None = Field(default=None, description="Decoder layers of the model.")
+    budget_gi_b: float | None = Field(
+        default=None, alias="budgetGiB", description="GPU memory planned for (GiB)."
+    )
+    estimated_peak_gi_b: float | None = Field(
+        default=None, alias="estimatedPeakGiB", description="Planned peak reserved memory (GiB)."
+    )
+    techniques: list[str] | None = Field(
+        default=None, description="Techniques in use, e.g. fused-kernels, compile."
+    )
+
+
 Stage = Literal["Loading", "Validating", "Training", "Evaluating", "Uploading", "Done"]
 
 
@@ -849,9 +911,11 @@ class Progress(StatusModel):
         default=None, description="When the trainer last wrote progress."
     )
     oom_retries: int | None = Field(
-        default=None, description="Out-of-memory retries with a smaller micro-batch."
+        default=None, description="Out-of-memory errors recovered by splitting micro-batches."
     )
-    micro_batch_size: int | None = Field(default=None, description="Per-device batch size in use.")
+    plan: TrainingPlan | None = Field(
+        default=None, description="How the trainer runs the requested batch on this GPU."
+    )
     result: RunResult | None = Field(
         default=None, description="What the run uploaded (set at the end)."
     )

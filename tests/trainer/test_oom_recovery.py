@@ -1,0 +1,146 @@
+"""Out-of-memory recovery through the trainer's own build path (train.prepare_model +
+train.build_trainer), on a tiny random Llama built here.
+
+The CUDA error is injected (this machine has no GPU): a hook on the first decoder layer
+raises torch.OutOfMemoryError in the backward pass of a 4-row micro-batch, after the
+step's first micro-batch has already accumulated gradients. Recovery must put those
+gradients back, split the micro-batch and go on, ending with the same adapter weights
+as a run that used 2-row micro-batches from the start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="the trainer test needs torch (the trainer extra)")
+
+from loraf_operator.api.models import LoRAFineTuneSpec  # noqa: E402
+from loraf_operator.api.trainer_config import TrainerConfig  # noqa: E402
+
+SEQ, ROWS, VOCAB = 32, 24, 256
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tokenizers import Tokenizer, models
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2} | {f"w{i}": i for i in range(3, VOCAB)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
+    ).save_pretrained(path)
+    return path
+
+
+def config(model_dir: Path, micro: int, accum: int) -> TrainerConfig:
+    spec = LoRAFineTuneSpec.model_validate(
+        {
+            "baseModel": {"pvc": {"claimName": "m", "path": str(model_dir)}},
+            "dataset": {"s3": "s3://data/rows.jsonl", "format": "text"},
+            "method": "lora",
+            # no dropout: the split run and the reference must draw the same numbers
+            "lora": {"r": 4, "dropout": 0.0, "targetModules": ["all-linear"]},
+            "training": {
+                "maxSteps": 3,
+                "learningRate": 0.01,
+                "perDeviceBatchSize": micro,
+                "gradientAccumulationSteps": accum,
+                "maxSeqLength": SEQ,
+                "gradientCheckpointing": False,
+                "warmupRatio": 0.0,
+                "checkpointMinutes": None,
+            },
+            "output": {"s3": "s3://out/run"},
+        }
+    )
+    return TrainerConfig(namespace="t", name="oom", uid="0", generation=1, run=1, spec=spec)
+
+
+def train(model_dir: Path, tmp: Path, micro: int, accum: int, fault: Any = None) -> Any:
+    from datasets import Dataset
+
+    from loraf_trainer import model_loading
+    from loraf_trainer import train as ltrain
+
+    cfg = config(model_dir, micro, accum)
+    device = model_loading.pick_device()
+    model, decision = ltrain.prepare_model(cfg, model_dir, device)
+    decision.oom_recovery = True  # on by default on a GPU; this machine has none
+    gen = torch.Generator().manual_seed(7)
+    rows = torch.randint(3, VOCAB, (ROWS, SEQ), generator=gen).tolist()
+    calls: list[tuple[int, int]] = []
+    trainer = ltrain.build_trainer(
+        cfg,
+        model,
+        decision,
+        model_loading.load_tokenizer(model_dir),
+        Dataset.from_dict({"input_ids": rows}),
+        None,
+        tmp,
+        device,
+        [],
+        on_oom=lambda split, retries: calls.append((split, retries)),
+    )
+    if fault is not None:
+        layer0 = model.get_base_model().model.layers[0]
+        layer0.register_full_backward_hook(fault)
+    trainer.train()
+    trainer.oom_calls = calls
+    return trainer
+
+
+def lora_weights(trainer: Any) -> dict[str, Any]:
+    return {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" in n}
+
+
+def test_oom_mid_accumulation_splits_and_matches_small_micro_batches(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    seen = {"big_backwards": 0}
+
+    def fault(module: Any, grad_in: Any, grad_out: Any) -> None:
+        if grad_out[0].shape[0] > 2:
+            seen["big_backwards"] += 1
+            if seen["big_backwards"] == 2:  # the step's 2nd micro-batch, mid-backward
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    recovered = train(tiny_llama, tmp_path / "a", micro=4, accum=2, fault=fault)
+    reference = train(tiny_llama, tmp_path / "b", micro=2, accum=4)
+
+    assert recovered.oom_calls == [(2, 1)]
+    assert recovered.oom_retries == 1 and recovered.oom_split == 2
+    assert seen["big_backwards"] == 2  # no 4-row pass ran after the split
+    assert recovered.state.global_step == reference.state.global_step == 3
+    a, b = lora_weights(recovered), lora_weights(reference)
+    assert a.keys() == b.keys() and len(a) == 2 * 7 * 2  # A and B of 7 linears × 2 layers
+    moved = 0
+    for name, wa in a.items():
+        torch.testing.assert_close(wa, b[name], rtol=1e-4, atol=1e-6, msg=name)
+        moved += int("lora_B" in name and wa.abs().max().item() > 0)
+    assert moved == 14  # training changed every B (they start at zero)
+    la = [h["loss"] for h in recovered.state.log_history if "loss" in h]
+    lb = [h["loss"] for h in reference.state.log_history if "loss" in h]
+    assert la == pytest.approx(lb, rel=1e-4)
+
+
+def test_oom_at_one_row_per_pass_is_raised(tiny_llama: Path, tmp_path: Path) -> None:
+    def fault(module: Any, grad_in: Any, grad_out: Any) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    with pytest.raises(torch.OutOfMemoryError):
+        train(tiny_llama, tmp_path / "c", micro=2, accum=1, fault=fault)

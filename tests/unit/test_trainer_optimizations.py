@@ -1,0 +1,113 @@
+"""spec.training.optimizations → the trainer's decision (pure; no GPU needed)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from loraf_operator.api.models import LoRAFineTuneSpec
+from loraf_trainer import memory_planner as mp
+from loraf_trainer import optimizations as opt
+
+LLAMA3_8B = SimpleNamespace(
+    model_type="llama",
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    vocab_size=128256,
+    tie_word_embeddings=False,
+)
+
+
+def spec(method: str = "qlora", **training: Any) -> LoRAFineTuneSpec:
+    return LoRAFineTuneSpec.model_validate(
+        {
+            "baseModel": {"huggingFace": "meta-llama/Meta-Llama-3-8B"},
+            "dataset": {"s3": "s3://data/train.jsonl", "format": "alpaca"},
+            "method": method,
+            "training": {
+                "maxSteps": 10,
+                "perDeviceBatchSize": 4,
+                "maxSeqLength": 1024,
+                **training,
+            },
+            "output": {"s3": "s3://out/run"},
+        }
+    )
+
+
+def test_cpu_uses_the_spec_as_given() -> None:
+    d = opt.decide(spec(), LLAMA3_8B, on_gpu=False, free_gib=None, liger=True)
+    assert (d.micro_batch, d.grad_accum, d.checkpointed_layers) == (4, 1, 32)
+    assert d.plan is None and d.techniques == []
+
+
+def test_gpu_plans_inside_the_spec_budget() -> None:
+    d = opt.decide(spec(memoryBudgetGiB=24), LLAMA3_8B, on_gpu=True, free_gib=79.0, liger=True)
+    assert d.plan is not None and d.plan.budget_gib == 24
+    assert d.micro_batch * d.grad_accum == 4
+    assert 0 < d.checkpointed_layers < 32  # less recompute than "all", but not none at 24 GiB
+    assert d.plan.est_peak_reserved_gib <= 24
+    assert d.techniques == ["memory-planner", "fused-kernels", "oom-recovery"]
+    st = d.status()
+    assert st["budgetGiB"] == 24 and st["microBatchSize"] == d.micro_batch
+    # after two splits: a quarter of the rows per pass, four times the passes
+    halved = d.status(split=2)
+    assert halved["microBatchSize"] * halved["gradientAccumulationSteps"] == 4
+
+
+def test_free_memory_is_the_budget_when_the_spec_has_none() -> None:
+    d = opt.decide(spec(), LLAMA3_8B, on_gpu=True, free_gib=79.0, liger=True)
+    assert d.plan is not None and d.plan.budget_gib == 79.0
+    assert d.checkpointed_layers == 0  # 8B QLoRA at 4×1024 fits without recompute
+
+
+def test_planner_off_keeps_the_spec_and_checkpointing_flag() -> None:
+    s = spec(optimizations={"planner": False}, gradientCheckpointing=False)
+    d = opt.decide(s, LLAMA3_8B, on_gpu=True, free_gib=79.0, liger=True)
+    assert d.plan is None and (d.micro_batch, d.checkpointed_layers) == (4, 0)
+
+
+def test_no_checkpointing_allowed_can_leave_no_fit() -> None:
+    s = spec(memoryBudgetGiB=12, gradientCheckpointing=False)
+    with pytest.raises(mp.NoFit, match="without checkpointing"):
+        opt.decide(s, LLAMA3_8B, on_gpu=True, free_gib=None, liger=True)
+
+
+def test_fused_kernels_need_liger_and_a_supported_architecture() -> None:
+    d = opt.decide(spec(), LLAMA3_8B, on_gpu=True, free_gib=79.0, liger=False)
+    assert not d.fused_kernels and "liger-kernel is not installed" in d.notes[0]
+    other = SimpleNamespace(**(vars(LLAMA3_8B) | {"model_type": "gpt_neox"}))
+    d = opt.decide(spec(), other, on_gpu=True, free_gib=79.0, liger=True)
+    assert not d.fused_kernels and "gpt_neox" in d.notes[0]
+
+
+def test_memory_mode_switches_reach_the_decision() -> None:
+    s = spec(optimizations={"cpuEmbeddings": True, "compile": True, "oomRecovery": False})
+    d = opt.decide(s, LLAMA3_8B, on_gpu=True, free_gib=79.0, liger=True)
+    assert d.cpu_embeddings and d.compile and not d.oom_recovery
+    assert d.techniques == ["memory-planner", "fused-kernels", "compile", "cpu-embeddings"]
+    overrides = opt.sft_overrides(d)
+    assert overrides["use_liger_kernel"] is True
+    assert overrides["per_device_train_batch_size"] == d.micro_batch
+
+
+def test_split_inputs_slices_rows_and_shares_the_rest() -> None:
+    torch = pytest.importorskip("torch", reason="splitting works on torch tensors")
+    from loraf_trainer.oom_recovery import split_inputs
+
+    batch = {
+        "input_ids": torch.arange(12).reshape(4, 3),
+        "labels": torch.arange(12).reshape(4, 3),
+        "scale": torch.tensor(2.0),
+        "note": "kept",
+    }
+    parts = split_inputs(batch, 2)
+    assert [p["input_ids"].shape[0] for p in parts] == [2, 2]
+    assert torch.equal(torch.cat([p["labels"] for p in parts]), batch["labels"])
+    assert all(p["scale"] is batch["scale"] and p["note"] == "kept" for p in parts)
+    assert len(split_inputs(batch, 8)) == 4  # never more parts than rows

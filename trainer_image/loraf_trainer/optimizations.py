@@ -1,0 +1,206 @@
+"""spec.training.optimizations: decide what to use on this GPU, then apply it to the model.
+
+`decide` is pure (spec, model config, device facts in → `Decision` out) and unit-tested
+on a CPU; the `apply_*` functions change the model in place:
+- memory plan (memory_planner): micro-batch, accumulation, and checkpointing only the
+  first k decoder layers, so the requested effective batch runs as fast as the budget allows;
+- fused kernels: Liger through transformers' own `use_liger_kernel` switch;
+- compile: torch.compile of each decoder layer (one graph, reused by every layer);
+- CPU embeddings: the input embedding table stays in host memory (memory mode).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import memory_planner as mp
+
+log = logging.getLogger(__name__)
+
+# Architectures whose layers Liger patches (liger_kernel.transformers.monkey_patch).
+LIGER_MODEL_TYPES = frozenset(
+    {"llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3"}
+)
+
+
+@dataclass
+class Decision:
+    micro_batch: int
+    grad_accum: int
+    checkpointed_layers: int  # the first k decoder layers recompute their activations
+    layers: int
+    fused_kernels: bool = False
+    compile: bool = False
+    cpu_embeddings: bool = False
+    oom_recovery: bool = False
+    plan: mp.Plan | None = None  # None: the spec's values, as given
+    notes: list[str] = field(default_factory=list)  # why a switch is off
+
+    @property
+    def techniques(self) -> list[str]:
+        on = {
+            "memory-planner": self.plan is not None,
+            "fused-kernels": self.fused_kernels,
+            "compile": self.compile,
+            "cpu-embeddings": self.cpu_embeddings,
+            "oom-recovery": self.oom_recovery,
+        }
+        return [name for name, used in on.items() if used]
+
+    def status(self, split: int = 1) -> dict[str, Any]:
+        """status.progress.plan; `split` > 1 after out-of-memory recoveries."""
+        out: dict[str, Any] = {
+            "microBatchSize": max(1, self.micro_batch // split),
+            "gradientAccumulationSteps": self.grad_accum * split,
+            "checkpointedLayers": self.checkpointed_layers,
+            "layers": self.layers,
+            "techniques": self.techniques,
+        }
+        if self.plan is not None:
+            out["budgetGiB"] = round(self.plan.budget_gib, 2)
+            out["estimatedPeakGiB"] = self.plan.est_peak_reserved_gib
+        return out
+
+
+def liger_available() -> bool:
+    return importlib.util.find_spec("liger_kernel") is not None
+
+
+def workload(spec: Any, model_config: Any, fused: bool, cpu_embeddings: bool) -> mp.Workload:
+    t = spec.training
+    q = spec.effective_quantization
+    return mp.Workload(
+        shape=mp.ModelShape.from_config(model_config),
+        quantized=q is not None and q.bits == 4,
+        seq_len=t.max_seq_length,
+        rows_per_step=t.per_device_batch_size * t.gradient_accumulation_steps,
+        lora_r=spec.lora.r,
+        lora_dropout=spec.lora.dropout > 0,
+        fused_kernels=fused,
+        optimizer=spec.effective_optimizer,
+        # TRL keeps QLoRA adapters in bf16; LoRA adapters train in fp32
+        adapter_bytes=2 if q is not None else 4,
+        cpu_embeddings=cpu_embeddings,
+    )
+
+
+def decide(
+    spec: Any,
+    model_config: Any,
+    on_gpu: bool,
+    free_gib: float | None,
+    liger: bool,
+) -> Decision:
+    """What to use for this run. On a CPU: the spec's batch as given, no technique.
+    Raises memory_planner.NoFit when the model cannot fit the budget at all."""
+    t, o = spec.training, spec.training.optimizations
+    layers = int(getattr(model_config, "num_hidden_layers", 0) or 0)
+    d = Decision(
+        micro_batch=t.per_device_batch_size,
+        grad_accum=t.gradient_accumulation_steps,
+        checkpointed_layers=layers if t.gradient_checkpointing else 0,
+        layers=layers,
+    )
+    if not on_gpu:
+        return d
+    model_type = getattr(model_config, "model_type", "")
+    if o.fused_kernels and not liger:
+        d.notes.append("fused kernels: liger-kernel is not installed")
+    elif o.fused_kernels and model_type not in LIGER_MODEL_TYPES:
+        d.notes.append(f"fused kernels: no Liger kernels for model type {model_type!r}")
+    else:
+        d.fused_kernels = o.fused_kernels
+    d.compile, d.cpu_embeddings, d.oom_recovery = o.compile, o.cpu_embeddings, o.oom_recovery
+    budget = t.memory_budget_gi_b or free_gib
+    if not o.planner or budget is None:
+        return d
+    w = workload(spec, model_config, d.fused_kernels, d.cpu_embeddings)
+    p = mp.plan(w, budget, allow_checkpointing=t.gradient_checkpointing)
+    d.plan, d.micro_batch, d.grad_accum = p, p.micro_batch, p.grad_accum
+    d.checkpointed_layers = p.checkpointed_layers
+    return d
+
+
+# --- applying a decision ---------------------------------------------------------------
+
+
+def decoder_layers(model: Any) -> Any:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.model.layers
+
+
+def limit_checkpointing(model: Any, checkpointed_layers: int) -> int:
+    """Keep gradient checkpointing on the first `checkpointed_layers` decoder layers only
+    (transformers' GradientCheckpointingLayer reads a per-layer flag). Returns how many
+    layers stay checkpointed."""
+    layers = decoder_layers(model)
+    for i, layer in enumerate(layers):
+        if i >= checkpointed_layers:
+            layer.gradient_checkpointing = False
+    return sum(bool(getattr(layer, "gradient_checkpointing", False)) for layer in layers)
+
+
+def embeddings_to_cpu(model: Any) -> int:
+    """Replace the input embedding with a CPU-resident lookup; returns bytes freed on the GPU.
+    The table is frozen (LoRA never trains it), so nothing needs its gradient."""
+    import torch
+    from torch import nn
+
+    emb = model.get_input_embeddings()
+    out_device = emb.weight.device
+    freed = int(emb.weight.numel() * emb.weight.element_size())
+
+    class CpuEmbedding(nn.Module):
+        def __init__(self, weight: torch.Tensor, padding_idx: int | None) -> None:
+            super().__init__()
+            # A plain attribute, not a parameter/buffer: `.to(device)` must not move it back.
+            self.table = weight.detach().to("cpu")
+            self.padding_idx = padding_idx
+            self.embedding_dim = weight.shape[1]
+            self.num_embeddings = weight.shape[0]
+
+        @property
+        def weight(self) -> torch.Tensor:  # read by generation/resize helpers
+            return self.table
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            rows = nn.functional.embedding(ids.to("cpu"), self.table)
+            if out_device.type == "cuda":
+                return rows.pin_memory().to(out_device, non_blocking=True)
+            return rows.to(out_device)
+
+    model.set_input_embeddings(CpuEmbedding(emb.weight, getattr(emb, "padding_idx", None)))
+    del emb
+    if out_device.type == "cuda":
+        torch.cuda.empty_cache()
+    return freed
+
+
+def apply_before_adapters(model: Any, d: Decision) -> None:
+    """Embeddings, freezing and (partial) gradient checkpointing on the base model."""
+    from .adapters import prepare_base_for_training
+
+    if d.cpu_embeddings:
+        gib = embeddings_to_cpu(model) / mp.GIB
+        log.info("input embeddings moved to host memory (%.2f GiB freed on the GPU)", gib)
+    prepare_base_for_training(model, d.checkpointed_layers > 0)
+    if 0 < d.checkpointed_layers < d.layers:
+        limit_checkpointing(model, d.checkpointed_layers)
+
+
+def apply_after_adapters(model: Any, d: Decision) -> None:
+    if d.compile:
+        for layer in decoder_layers(model):
+            layer.compile()
+
+
+def sft_overrides(d: Decision) -> dict[str, Any]:
+    """SFTConfig arguments that the decision replaces."""
+    return {
+        "per_device_train_batch_size": d.micro_batch,
+        "gradient_accumulation_steps": d.grad_accum,
+        "use_liger_kernel": d.fused_kernels,
+    }
