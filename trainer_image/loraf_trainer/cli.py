@@ -26,6 +26,7 @@ from typing import Any
 from loraf_operator.api.exitcodes import ExitCode
 
 from .errors import ConfigInvalid, TrainerError
+from .optimizations import allocator_defaults
 
 log = logging.getLogger("loraf")
 
@@ -224,6 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     args = parser().parse_args(argv)
+    allocator_defaults()
     return int(args.func(args))
 
 

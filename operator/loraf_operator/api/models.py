@@ -484,8 +484,9 @@ class TrainingSpec(SpecModel):
     )
     per_device_batch_size: int = Field(
         default=4,
-        description="Rows per forward pass. The trainer may halve it after an out-of-memory "
-        "error and raise gradientAccumulationSteps to keep the effective batch.",
+        description="Rows per forward pass. With optimizations.planner on (GPU), "
+        "perDeviceBatchSize × gradientAccumulationSteps is the batch per optimizer step and "
+        "the planner chooses how to split it.",
         ge=1,
         le=4096,
     )
