@@ -16,6 +16,10 @@ from pathlib import Path  # noqa: E402
 def main() -> int:
     cfg = json.loads(sys.argv[1])
     out = Path(sys.argv[2])
+    if cfg["runner"] == "project":  # as the trainer's CLI does before torch loads
+        from loraf_trainer.optimizations import allocator_defaults
+
+        allocator_defaults()
     try:
         from bench.gpu import runners
 

@@ -58,9 +58,32 @@ def device_info() -> dict[str, Any]:
 
 
 def make_spec(cfg: dict[str, Any]) -> Any:
-    """A real LoRAFineTuneSpec for the project runner (validated like a user's)."""
+    """A real LoRAFineTuneSpec for the project runner (validated like a user's). Bench
+    switches map onto spec.training.optimizations; `plain` turns every one off (the
+    trainer before issue 9)."""
     from loraf_operator.api.models import LoRAFineTuneSpec
 
+    plain = bool(cfg.get("plain"))
+    optimizations = {
+        "planner": not plain and cfg.get("planner", True),
+        "fusedKernels": not plain and cfg.get("liger", True),
+        "compile": not plain and cfg.get("compile", True),
+        "cpuEmbeddings": bool(cfg.get("cpu_embed")),
+        "oomRecovery": not plain,
+    }
+    training: dict[str, Any] = {
+        "maxSteps": cfg["steps"],
+        "learningRate": cfg.get("lr", 2e-4),
+        "perDeviceBatchSize": cfg["micro"],
+        "gradientAccumulationSteps": cfg["ga"],
+        "maxSeqLength": cfg["seq"],
+        "gradientCheckpointing": cfg.get("gc", "full") != "none",
+        "seed": cfg.get("seed", 42),
+        "checkpointMinutes": None,
+        "optimizations": optimizations,
+    }
+    if cfg.get("budget_gib"):
+        training["memoryBudgetGiB"] = cfg["budget_gib"]
     return LoRAFineTuneSpec.model_validate(
         {
             "baseModel": {"pvc": {"claimName": "bench", "path": cfg["model_dir"]}},
@@ -72,16 +95,7 @@ def make_spec(cfg: dict[str, Any]) -> Any:
                 "dropout": cfg.get("lora_dropout", 0.05),
                 "targetModules": ["all-linear"],
             },
-            "training": {
-                "maxSteps": cfg["steps"],
-                "learningRate": cfg.get("lr", 2e-4),
-                "perDeviceBatchSize": cfg["micro"],
-                "gradientAccumulationSteps": cfg["ga"],
-                "maxSeqLength": cfg["seq"],
-                "gradientCheckpointing": cfg.get("gc", "full") != "none",
-                "seed": cfg.get("seed", 42),
-                "checkpointMinutes": None,
-            },
+            "training": training,
             "resources": {"gpus": 1},
             "output": {"s3": "s3://bench/out"},
         }
@@ -126,6 +140,53 @@ class Meter:
         return _Meter()
 
 
+class Profiler:
+    """TrainerCallback: torch.profiler over two optimizer steps; writes the top kernels
+    and the GPU-busy fraction (kernel time / wall time) to a text file."""
+
+    def __new__(cls, path: str, at: int) -> Any:
+        import torch
+        from transformers import TrainerCallback
+
+        class _Profiler(TrainerCallback):
+            def __init__(self) -> None:
+                self.prof: Any = None
+                self.t0 = 0.0
+
+            def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+                if state.global_step == at:
+                    torch.cuda.synchronize()
+                    acts = [
+                        torch.profiler.ProfilerActivity.CPU,
+                        torch.profiler.ProfilerActivity.CUDA,
+                    ]
+                    self.prof = torch.profiler.profile(activities=acts)
+                    self.prof.__enter__()
+                    self.t0 = time.perf_counter()
+                elif state.global_step == at + 2 and self.prof is not None:
+                    torch.cuda.synchronize()
+                    wall = time.perf_counter() - self.t0
+                    self.prof.__exit__(None, None, None)
+                    ka = self.prof.key_averages()
+                    gpu_us = sum(e.self_device_time_total for e in ka)
+                    kernels = sum(e.count for e in ka if e.self_device_time_total > 0)
+                    head = (
+                        f"wall {wall:.3f}s for 2 steps; GPU kernel time {gpu_us / 1e6:.3f}s "
+                        f"({100 * gpu_us / 1e6 / wall:.1f}% busy); {kernels} kernel calls\n"
+                    )
+                    t1 = ka.table(
+                        sort_by="self_device_time_total", row_limit=40, max_name_column_width=90
+                    )
+                    t2 = ka.table(
+                        sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=90
+                    )
+                    Path(path).write_text(head + t1 + "\n\n" + t2)
+                    print(head, flush=True)
+                    self.prof = None
+
+        return _Profiler()
+
+
 def _tokenizer_and_rows(cfg: dict[str, Any], model_dir: Path, vocab: int) -> tuple[Any, Any]:
     from bench.gpu import synthetic
 
@@ -134,11 +195,9 @@ def _tokenizer_and_rows(cfg: dict[str, Any], model_dir: Path, vocab: int) -> tup
 
 
 def build_project(cfg: dict[str, Any], out_dir: Path, meter: Any) -> tuple[Any, dict[str, Any]]:
-    from peft import get_peft_model
-    from transformers import set_seed
-    from trl import SFTConfig, SFTTrainer
-
-    from bench.gpu import techniques
+    """The trainer's own path: train.prepare_model (plan, load, techniques, LoRA) and
+    train.build_trainer (TRL SFTTrainer with the plan, OOM recovery), as train.run() calls
+    them; only the rows are synthetic."""
     from loraf_operator.api.trainer_config import TrainerConfig
     from loraf_trainer import adapters, model_loading
     from loraf_trainer import train as ltrain
@@ -147,37 +206,32 @@ def build_project(cfg: dict[str, Any], out_dir: Path, meter: Any) -> tuple[Any, 
 
     spec = make_spec(cfg)
     tcfg = TrainerConfig(namespace="bench", name="bench", uid="0", generation=1, run=1, spec=spec)
-    extra: dict[str, Any] = {}
     path = Path(cfg["model_dir"])
     device = model_loading.pick_device()
     tokenizer = model_loading.load_tokenizer(path)
     t0 = time.perf_counter()
-    model = model_loading.load_model(path, device, quantization=spec.effective_quantization)
-    extra["load_s"] = round(time.perf_counter() - t0, 2)
-    vocab = model.config.vocab_size
-    if cfg.get("cpu_embed"):
-        extra["cpu_embed_freed_gib"] = round(techniques.embeddings_to_cpu(model) / GIB, 3)
-    gc = cfg.get("gc", "full")
-    if gc == "selective":
-        techniques.enable_selective(model)
-    adapters.prepare_base_for_training(model, spec.training.gradient_checkpointing)
-    if gc.startswith("partial:"):
-        extra["checkpointed_layers"] = techniques.limit_checkpointing(model, int(gc.split(":")[1]))
-    set_seed(spec.training.seed)
-    model = get_peft_model(model, adapters.build_lora_config(spec.lora))
+    model, decision = ltrain.prepare_model(tcfg, path, device)
+    if cfg.get("liger_layers") is False:  # experiment: leave norms/RoPE/SwiGLU to compile
+        decision.liger_layers = False
+    extra: dict[str, Any] = {"load_s": round(time.perf_counter() - t0, 2)}
+    extra["plan"] = decision.status() | {"notes": decision.notes}
     trainable, total = adapters.count_parameters(model)
     extra |= {"trainable_params": trainable, "total_params": total}
-    kw = ltrain.sft_config_kwargs(tcfg, out_dir, device.dtype_name, device.on_gpu, False, False)
-    kw["use_liger_kernel"] = bool(cfg.get("liger"))
-    kw["activation_offloading"] = bool(cfg.get("offload"))
-    train_ds, _ = _tokenizer_and_rows(cfg, path, vocab)
-    trainer = SFTTrainer(
-        model=model,
-        args=SFTConfig(**kw),
-        train_dataset=train_ds,
-        processing_class=tokenizer,
-        callbacks=[ProgressCallback(StatusPublisher(None), log_lines=False), meter],
+    train_ds, _ = _tokenizer_and_rows(cfg, path, model.config.vocab_size)
+    oom: list[list[int]] = []
+    trainer = ltrain.build_trainer(
+        tcfg,
+        model,
+        decision,
+        tokenizer,
+        train_ds,
+        None,
+        out_dir,
+        device,
+        [ProgressCallback(StatusPublisher(None), log_lines=False), meter],
+        on_oom=lambda split, retries: oom.append([split, retries]),
     )
+    extra["oom_recoveries"] = oom
     return trainer, extra
 
 
@@ -261,8 +315,21 @@ def run(cfg: dict[str, Any], t_process: float, out_dir: Path) -> dict[str, Any]:
     meter = Meter(t_process)
     build = build_project if cfg["runner"] == "project" else build_trl
     trainer, extra = build(cfg, out_dir, meter)
+    if cfg.get("profile"):
+        trainer.add_callback(Profiler(cfg["profile"], int(cfg.get("profile_at", 6))))
     weights_gib = torch.cuda.memory_allocated() / GIB if torch.cuda.is_available() else 0.0
-    trainer.train()
+    from peft.helpers import disable_input_dtype_casting
+
+    # experiment: LoRA inputs stay bf16 under autocast instead of peft's cast to the
+    # adapters' fp32
+    with disable_input_dtype_casting(trainer.model, active=bool(cfg.get("no_cast"))):
+        trainer.train()
+    if cfg.get("compile"):
+        from torch._dynamo.utils import counters
+
+        breaks = sorted(counters["graph_break"].items(), key=lambda kv: -kv[1])
+        extra["graph_breaks"] = {k[:200]: v for k, v in breaks[:8]}
+        extra["dynamo_stats"] = dict(counters["stats"])
     if cfg.get("save_adapter"):
         from loraf_trainer import artifacts
 

@@ -16,14 +16,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
-
-from bench.gpu.shapes import SHAPES
 
 Q = {"method": "qlora"}
 L = {"method": "lora"}
-FAST = {"alloc_conf": "expandable_segments:True", "liger": True}
 
 
 def trl(liger: bool, **kw: Any) -> dict[str, Any]:
@@ -31,77 +27,67 @@ def trl(liger: bool, **kw: Any) -> dict[str, Any]:
 
 
 def project(**kw: Any) -> dict[str, Any]:
+    """The trainer with the spec's defaults (planner on the GPU's free memory, Liger,
+    compile, OOM recovery) unless a switch says otherwise (runners.make_spec)."""
     return {"runner": "project"} | kw
 
 
-def planned(budget_gib: float, **kw: Any) -> dict[str, Any]:
-    return project(**FAST, budget_gib=budget_gib, **kw)
-
-
 def suites(steps: int) -> dict[str, list[dict[str, Any]]]:
-    s = steps
     g1 = {"group": "qlora-1024x4", "seq": 1024, "micro": 4, "ga": 1, **Q}
     g2 = {"group": "qlora-2048x2", "seq": 2048, "micro": 2, "ga": 1, **Q}
     g3 = {"group": "lora-4096x2", "seq": 4096, "micro": 2, "ga": 1, **L}
+    s = steps
     return {
-        "smoke": [
-            {"id": "b", **trl(True), **g1, "steps": 4},
-            {"id": "c", **trl(False), **g1, "steps": 4},
-            {"id": "a-default", **project(), **g1, "steps": 4},
-            {"id": "a-plan24", **planned(24), **g1, "steps": 4},
-            {"id": "a-mem", **project(**FAST, cpu_embed=True, offload=True), **g2, "steps": 4},
-            {"id": "a-plan80", **planned(80), **g3, "steps": 3},
+        # Where the time goes (profiles) and torch.compile of the decoder layers. Produced
+        # before the trainer had the techniques: `budget_gib` rows then ran the planner in
+        # the suite and the techniques in the runner (bench/README.md).
+        "explore": [
+            {"id": "b", **trl(True), **g1, "steps": 16},
+            {"id": "a-plan24", **project(budget_gib=24, compile=False), **g1, "steps": 16},
+            {"id": "a-plan24-compile", **project(budget_gib=24), **g1, "steps": 16},
+            {"id": "a-plan80", **project(budget_gib=80, compile=False), **g3, "steps": 10},
+            {"id": "a-plan80-compile", **project(budget_gib=80), **g3, "steps": 10},
+            {
+                "id": "a-plan80-nodrop",
+                **project(budget_gib=80, compile=False, lora_dropout=0.0),
+                **g3,
+                "steps": 10,
+            },
+            {
+                "id": "a-plan80-compile-nodrop",
+                **project(budget_gib=80, lora_dropout=0.0),
+                **g3,
+                "steps": 10,
+            },
         ],
+        # Goals 1, 2 and 4 at 16/24 GiB, loss parity over `steps`, ablation.
         "qlora": [
             {"id": "b", **trl(True), **g1, "steps": s},
-            {"id": "c", **trl(False), **g1, "steps": s // 2},
-            {"id": "a-default", **project(), **g1, "steps": s // 2},
-            {"id": "a-plan24", **planned(24), **g1, "steps": s, "save_adapter": "{models}/adapter"},
-            {"id": "b", **trl(True), **g2, "steps": s // 3},
-            {"id": "c", **trl(False), **g2, "steps": s // 3},
-            {"id": "a-mem", **project(**FAST, cpu_embed=True, offload=True), **g2, "steps": s // 3},
-            {"id": "a-mem-noofl", **project(**FAST, cpu_embed=True), **g2, "steps": s // 3},
+            {"id": "a-24", **project(budget_gib=24), **g1, "steps": s},
+            {"id": "b", **trl(True), **g2, "steps": 12},
+            {"id": "a-mem", **project(budget_gib=7, cpu_embed=True), **g2, "steps": 12},
+            {"id": "a-plain", **project(plain=True), **g1, "steps": 12},
+            {"id": "a-16", **project(budget_gib=16), **g1, "steps": 12},
+            {
+                "id": "a-24-nolayers",
+                **project(budget_gib=24, liger_layers=False),
+                **g1,
+                "steps": 12,
+            },
         ],
+        # Goal 3, goal 4 at 80 GiB (the GPU's free memory), ablation, a real CUDA OOM.
         "lora": [
-            {"id": "b", **trl(True), **g3, "steps": s},
-            {"id": "c", **trl(False), **g3, "steps": s},
-            {"id": "a-default", **project(), **g3, "steps": s},
-            {"id": "a-plan80", **planned(80), **g3, "steps": s},
-            {"id": "a-m2-ckpt8", **project(**FAST, gc="partial:8"), **g3, "steps": s},
-            {"id": "b", **trl(True), **g1, "steps": 20},
-            {"id": "a-plan80", **planned(80), **g1, "steps": 20},
-            {"id": "a-plan16", **planned(16), **g1, "steps": 20},
-        ],
-        # after calibrating the planner on the runs above
-        "final": [
-            {"id": "b", **trl(True), **g1, "steps": 20},
-            {"id": "a-plan24", **planned(24), **g1, "steps": 20},
-            {"id": "a-plan80", **planned(80), **g3, "steps": s},
+            {"id": "b", **trl(True), **g3, "steps": 10},
+            {"id": "a-default", **project(), **g3, "steps": 10},
+            {"id": "a-nocast", **project(no_cast=True), **g3, "steps": 10},
+            {"id": "a-nolayers", **project(liger_layers=False), **g3, "steps": 10},
+            {"id": "b", **trl(True), **g1, "steps": 12},
+            {"id": "a-default", **project(), **g1, "steps": 12},
+            # 8 rows of 4096 tokens without checkpointing need ~4× the GPU: recovery
+            # must split twice and go on
+            {"id": "a-oom", **project(planner=False, gc="none"), **g3, "micro": 8, "steps": 3},
         ],
     }
-
-
-def plan_for(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Ask the trainer's memory planner for micro-batch / accumulation / checkpointing."""
-    from loraf_trainer import memory_planner as mp
-
-    shape = mp.ModelShape.from_config(SimpleNamespace(**SHAPES[cfg["shape"]]))
-    qlora = cfg["method"] == "qlora"
-    w = mp.Workload(
-        shape=shape,
-        quantized=qlora,
-        seq_len=cfg["seq"],
-        rows_per_step=cfg["micro"] * cfg["ga"],
-        lora_dropout=cfg.get("lora_dropout", 0.05) > 0,
-        fused_kernels=bool(cfg.get("liger")),
-        optimizer="paged_adamw_8bit" if qlora else "adamw_torch",
-        adapter_bytes=2 if qlora else 4,
-        cpu_embeddings=bool(cfg.get("cpu_embed")),
-    )
-    p = mp.plan(w, cfg["budget_gib"])
-    k = p.checkpointed_layers
-    gc = "none" if k == 0 else ("full" if k == shape.layers else f"partial:{k}")
-    return {"micro": p.micro_batch, "ga": p.grad_accum, "gc": gc, "plan": p.to_dict()}
 
 
 def main() -> int:
@@ -131,14 +117,12 @@ def main() -> int:
         if only and f"{cfg['group']}:{cfg['id']}" not in only:
             continue
         cfg = cfg | {"shape": a.shape, "model_dir": str(model_dir)}
+        if "profile" in cfg:
+            cfg["profile"] = cfg["profile"].format(out=a.out)
         if "save_adapter" in cfg:
             cfg["save_adapter"] = cfg["save_adapter"].format(models=a.models)
-        if "budget_gib" in cfg:
-            cfg |= plan_for(cfg)
         env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
-        env.pop("PYTORCH_CUDA_ALLOC_CONF", None)
-        if cfg.get("alloc_conf"):
-            env["PYTORCH_CUDA_ALLOC_CONF"] = cfg["alloc_conf"]
+        env.pop("PYTORCH_CUDA_ALLOC_CONF", None)  # the project runner sets the trainer's
         res_file = out / f"run-{a.suite}-{i}.json"
         print(f"== {cfg['group']} {cfg['id']}: {json.dumps(cfg)}", flush=True)
         t = time.perf_counter()

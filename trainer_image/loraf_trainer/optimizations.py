@@ -34,6 +34,9 @@ class Decision:
     checkpointed_layers: int  # the first k decoder layers recompute their activations
     layers: int
     fused_kernels: bool = False
+    # Liger's RMSNorm/RoPE/SwiGLU as well as its fused cross-entropy; off leaves those
+    # layers to torch.compile
+    liger_layers: bool = True
     compile: bool = False
     cpu_embeddings: bool = False
     oom_recovery: bool = False
@@ -201,14 +204,21 @@ def apply_before_adapters(model: Any, d: Decision) -> None:
 
 def apply_after_adapters(model: Any, d: Decision) -> None:
     if d.compile:
+        import torch._dynamo
+
+        # a layer dynamo cannot compile runs eagerly (logged) instead of failing the run
+        torch._dynamo.config.suppress_errors = True
         for layer in decoder_layers(model):
             layer.compile()
 
 
 def sft_overrides(d: Decision) -> dict[str, Any]:
     """SFTConfig arguments that the decision replaces."""
-    return {
+    out: dict[str, Any] = {
         "per_device_train_batch_size": d.micro_batch,
         "gradient_accumulation_steps": d.grad_accum,
         "use_liger_kernel": d.fused_kernels,
     }
+    if d.fused_kernels and not d.liger_layers:
+        out["liger_kernel_config"] = {"rope": False, "rms_norm": False, "swiglu": False}
+    return out

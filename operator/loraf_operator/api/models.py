@@ -445,7 +445,7 @@ class Optimizations(SpecModel):
         "never materializes the logits (Llama, Mistral, Qwen2/3, Gemma, Phi3 families).",
     )
     compile: Flag = Field(
-        default=False,
+        default=True,
         description="torch.compile each decoder layer: fuses the adapters' elementwise work; "
         "costs a compile at start and one per new sequence length.",
     )
