@@ -1,5 +1,6 @@
-"""Out-of-memory recovery through the trainer's own build path (train.prepare_model +
-train.build_trainer), on a tiny random Llama built here.
+"""GPU techniques through the trainer's own build path (train.prepare_model +
+train.build_trainer), on a tiny random Llama built here: out-of-memory recovery, and
+compile + partial checkpointing + CPU embeddings giving the same training as eager.
 
 The CUDA error is injected (this machine has no GPU): a hook on the first decoder layer
 raises torch.OutOfMemoryError in the backward pass of a 4-row micro-batch, after the
@@ -47,7 +48,7 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def config(model_dir: Path, micro: int, accum: int) -> TrainerConfig:
+def config(model_dir: Path, micro: int, accum: int, checkpointing: bool) -> TrainerConfig:
     spec = LoRAFineTuneSpec.model_validate(
         {
             "baseModel": {"pvc": {"claimName": "m", "path": str(model_dir)}},
@@ -61,7 +62,7 @@ def config(model_dir: Path, micro: int, accum: int) -> TrainerConfig:
                 "perDeviceBatchSize": micro,
                 "gradientAccumulationSteps": accum,
                 "maxSeqLength": SEQ,
-                "gradientCheckpointing": False,
+                "gradientCheckpointing": checkpointing,
                 "warmupRatio": 0.0,
                 "checkpointMinutes": None,
             },
@@ -71,16 +72,37 @@ def config(model_dir: Path, micro: int, accum: int) -> TrainerConfig:
     return TrainerConfig(namespace="t", name="oom", uid="0", generation=1, run=1, spec=spec)
 
 
-def train(model_dir: Path, tmp: Path, micro: int, accum: int, fault: Any = None) -> Any:
+def train(
+    model_dir: Path,
+    tmp: Path,
+    micro: int,
+    accum: int,
+    fault: Any = None,
+    checkpointing: bool = False,
+    **switches: Any,
+) -> Any:
     from datasets import Dataset
 
-    from loraf_trainer import model_loading
+    from loraf_trainer import model_loading, optimizations
     from loraf_trainer import train as ltrain
 
-    cfg = config(model_dir, micro, accum)
+    cfg = config(model_dir, micro, accum, checkpointing)
     device = model_loading.pick_device()
-    model, decision = ltrain.prepare_model(cfg, model_dir, device)
-    decision.oom_recovery = True  # on by default on a GPU; this machine has none
+    # The decision is made before the weights load; on a GPU it turns these on.
+    real_decide = optimizations.decide
+
+    def decide(*args: Any, **kw: Any) -> optimizations.Decision:
+        d = real_decide(*args, **kw)
+        d.oom_recovery = True
+        for name, value in switches.items():
+            setattr(d, name, value)
+        return d
+
+    optimizations.decide = decide
+    try:
+        model, decision = ltrain.prepare_model(cfg, model_dir, device)
+    finally:
+        optimizations.decide = real_decide
     gen = torch.Generator().manual_seed(7)
     rows = torch.randint(3, VOCAB, (ROWS, SEQ), generator=gen).tolist()
     calls: list[tuple[int, int]] = []
@@ -144,3 +166,32 @@ def test_oom_at_one_row_per_pass_is_raised(tiny_llama: Path, tmp_path: Path) -> 
 
     with pytest.raises(torch.OutOfMemoryError):
         train(tiny_llama, tmp_path / "c", micro=2, accum=1, fault=fault)
+
+
+def test_compile_partial_checkpointing_and_cpu_embeddings_train_like_eager(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    from torch._dynamo.utils import counters
+
+    from loraf_trainer import optimizations
+
+    eager = train(tiny_llama, tmp_path / "e", micro=4, accum=1)
+    fast = train(
+        tiny_llama,
+        tmp_path / "f",
+        micro=4,
+        accum=1,
+        checkpointing=True,
+        checkpointed_layers=1,  # of 2: the planner's partial checkpointing
+        compile=True,
+        cpu_embeddings=True,
+    )
+    layers = optimizations.decoder_layers(fast.model)
+    assert [bool(getattr(x, "gradient_checkpointing", False)) for x in layers] == [True, False]
+    assert all(getattr(x, "_compiled_call_impl", None) is not None for x in layers)
+    assert counters["stats"]["unique_graphs"] >= 1  # dynamo compiled, not an eager fallback
+    emb = fast.model.get_base_model().get_input_embeddings()
+    assert type(emb).__name__ == "CpuEmbedding"
+    a, b = lora_weights(fast), lora_weights(eager)
+    for name, wa in a.items():
+        torch.testing.assert_close(wa, b[name], rtol=1e-3, atol=1e-5, msg=name)
