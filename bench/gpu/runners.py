@@ -211,8 +211,8 @@ def build_project(cfg: dict[str, Any], out_dir: Path, meter: Any) -> tuple[Any, 
     tokenizer = model_loading.load_tokenizer(path)
     t0 = time.perf_counter()
     model, decision = ltrain.prepare_model(tcfg, path, device)
-    if cfg.get("liger_layers") is False:  # experiment: leave norms/RoPE/SwiGLU to compile
-        decision.liger_layers = False
+    if "liger_layers" in cfg:  # ablation: Liger's layer kernels with or without compile
+        decision.liger_layers = bool(cfg["liger_layers"])
     extra: dict[str, Any] = {"load_s": round(time.perf_counter() - t0, 2)}
     extra["plan"] = decision.status() | {"notes": decision.notes}
     trainable, total = adapters.count_parameters(model)
@@ -324,7 +324,7 @@ def run(cfg: dict[str, Any], t_process: float, out_dir: Path) -> dict[str, Any]:
     # adapters' fp32
     with disable_input_dtype_casting(trainer.model, active=bool(cfg.get("no_cast"))):
         trainer.train()
-    if cfg.get("compile"):
+    if "compile" in extra.get("plan", {}).get("techniques", []):
         from torch._dynamo.utils import counters
 
         breaks = sorted(counters["graph_break"].items(), key=lambda kv: -kv[1])

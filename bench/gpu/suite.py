@@ -75,6 +75,20 @@ def suites(steps: int) -> dict[str, list[dict[str, Any]]]:
                 "steps": 12,
             },
         ],
+        # After "qlora": compile without Liger's layer kernels is the default now.
+        "final": [
+            {"id": "b", **trl(True), **g1, "steps": s},
+            {"id": "a-24", **project(budget_gib=24), **g1, "steps": s},
+            {"id": "b", **trl(True), **g2, "steps": 12},
+            # memory mode as a user sets it: planner off, every layer checkpointed
+            {"id": "a-mem", **project(planner=False, cpu_embed=True), **g2, "steps": 12},
+            {"id": "b", **trl(True), **g3, "steps": 10},
+            {"id": "a-default", **project(), **g3, "steps": 10},
+            # 8 rows of 4096 tokens without checkpointing need ~4× the GPU: recovery
+            # must split twice and go on
+            {"id": "a-oom", **project(planner=False, gc="none"), **g3, "micro": 8, "steps": 3},
+            {"id": "a-nocast", **project(no_cast=True), **g3, "steps": 10},
+        ],
         # Goal 3, goal 4 at 80 GiB (the GPU's free memory), ablation, a real CUDA OOM.
         "lora": [
             {"id": "b", **trl(True), **g3, "steps": 10},

@@ -56,6 +56,8 @@ def test_happy_path_trains_reports_progress_and_uploads_verified_artifacts(
     progress = obj["status"]["progress"]
     assert progress["step"] == progress["totalSteps"] == 8
     assert 0 < progress["trainablePercent"] < 5
+    # the trainer's plan survives the status schema; on a CPU the spec's batch is used as given
+    assert progress["plan"]["microBatchSize"] == 2 and progress["plan"]["techniques"] == []
     arts = obj["status"]["artifacts"]
     run_prefix = doc["spec"]["output"]["s3"] + "/run-1"
     assert arts["manifestUri"] == f"{run_prefix}/manifest.json"

@@ -52,7 +52,13 @@ def test_gpu_plans_inside_the_spec_budget() -> None:
     assert d.micro_batch * d.grad_accum == 4
     assert 0 < d.checkpointed_layers < 32  # less recompute than "all", but not none at 24 GiB
     assert d.plan.est_peak_reserved_gib <= 24
-    assert d.techniques == ["memory-planner", "fused-kernels", "oom-recovery"]
+    assert d.techniques == ["memory-planner", "fused-kernels", "compile", "oom-recovery"]
+    # with compile, Liger keeps only the fused cross-entropy; inductor fuses the layers
+    assert opt.sft_overrides(d)["liger_kernel_config"] == {
+        "rope": False,
+        "rms_norm": False,
+        "swiglu": False,
+    }
     st = d.status()
     assert st["budgetGiB"] == 24 and st["microBatchSize"] == d.micro_batch
     # after two splits: a quarter of the rows per pass, four times the passes
@@ -87,12 +93,13 @@ def test_fused_kernels_need_liger_and_a_supported_architecture() -> None:
 
 
 def test_memory_mode_switches_reach_the_decision() -> None:
-    s = spec(optimizations={"cpuEmbeddings": True, "compile": True, "oomRecovery": False})
+    s = spec(optimizations={"cpuEmbeddings": True, "compile": False, "oomRecovery": False})
     d = opt.decide(s, LLAMA3_8B, on_gpu=True, free_gib=79.0, liger=True)
-    assert d.cpu_embeddings and d.compile and not d.oom_recovery
-    assert d.techniques == ["memory-planner", "fused-kernels", "compile", "cpu-embeddings"]
+    assert d.cpu_embeddings and not d.compile and not d.oom_recovery
+    assert d.techniques == ["memory-planner", "fused-kernels", "cpu-embeddings"]
     overrides = opt.sft_overrides(d)
-    assert overrides["use_liger_kernel"] is True
+    # without compile, Liger's layer kernels are the fused layers
+    assert overrides["use_liger_kernel"] is True and "liger_kernel_config" not in overrides
     assert overrides["per_device_train_batch_size"] == d.micro_batch
 
 

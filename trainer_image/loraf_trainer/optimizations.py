@@ -125,6 +125,10 @@ def decide(
     else:
         d.fused_kernels = o.fused_kernels
     d.compile, d.cpu_embeddings, d.oom_recovery = o.compile, o.cpu_embeddings, o.oom_recovery
+    # Dynamo cannot trace Liger's layer kernels (triton CompilationError → graph breaks
+    # around each): with compile, inductor fuses norms/RoPE/SwiGLU itself and Liger keeps
+    # only the fused linear cross-entropy, outside the layers (+22 % measured, bench/README.md).
+    d.liger_layers = not d.compile
     budget = t.memory_budget_gi_b or free_gib
     if not o.planner or budget is None:
         return d
