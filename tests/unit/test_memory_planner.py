@@ -28,6 +28,9 @@ LORA = mp.Workload(
     optimizer="adamw_torch",
     adapter_bytes=4,
 )
+MEMORY_MODE = mp.Workload(
+    SHAPE, quantized=True, seq_len=2048, rows_per_step=2, fused_kernels=True, cpu_embeddings=True
+)
 GIB = mp.GIB
 
 
@@ -46,6 +49,10 @@ def test_shape_counts_match_peft() -> None:
         (LORA, 1, 0, 42.08),
         (LORA, 2, 8, 55.98),
         (LORA, 2, 0, 68.28),
+        # with torch.compile of the layers (gpu_s2qlora_llama3-8b.json)
+        (QLORA, 4, 23, 14.15),
+        (QLORA, 4, 14, 20.92),
+        (MEMORY_MODE, 1, 31, 5.78),
     ],
 )
 def test_estimates_within_10_percent_of_measured(
