@@ -79,6 +79,7 @@ def train(
     accum: int,
     fault: Any = None,
     checkpointing: bool = False,
+    run: bool = True,
     **switches: Any,
 ) -> Any:
     from datasets import Dataset
@@ -121,8 +122,9 @@ def train(
     if fault is not None:
         layer0 = model.get_base_model().model.layers[0]
         layer0.register_full_backward_hook(fault)
-    trainer.train()
     trainer.oom_calls = calls
+    if run:
+        trainer.train()
     return trainer
 
 
@@ -160,12 +162,18 @@ def test_oom_mid_accumulation_splits_and_matches_small_micro_batches(
     assert la == pytest.approx(lb, rel=1e-4)
 
 
-def test_oom_at_one_row_per_pass_is_raised(tiny_llama: Path, tmp_path: Path) -> None:
+def test_oom_at_one_row_per_pass_fails_the_run_for_good(tiny_llama: Path, tmp_path: Path) -> None:
+    from loraf_trainer.errors import ConfigInvalid
+    from loraf_trainer.train import train_or_fail
+
     def fault(module: Any, grad_in: Any, grad_out: Any) -> None:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    with pytest.raises(torch.OutOfMemoryError):
-        train(tiny_llama, tmp_path / "c", micro=2, accum=1, fault=fault)
+    trainer = train(tiny_llama, tmp_path / "c", micro=2, accum=1, fault=fault, run=False)
+    with pytest.raises(ConfigInvalid, match="CUDA out of memory at step 0") as info:
+        train_or_fail(trainer, None)
+    assert info.value.exit_code == 64  # FailJob: no retry of the same spec
+    assert trainer.oom_split == 2  # it tried one split (2 rows → 1 row per pass) first
 
 
 def test_compile_partial_checkpointing_and_cpu_embeddings_train_like_eager(
@@ -190,6 +198,8 @@ def test_compile_partial_checkpointing_and_cpu_embeddings_train_like_eager(
     assert [bool(getattr(x, "gradient_checkpointing", False)) for x in layers] == [True, False]
     assert all(getattr(x, "_compiled_call_impl", None) is not None for x in layers)
     assert counters["stats"]["unique_graphs"] >= 1  # dynamo compiled, not an eager fallback
+    optimizations.release_compiled(fast.model, optimizations.Decision(4, 1, 1, 2, compile=True))
+    assert all(x._compiled_call_impl is None for x in layers)  # eager for eval/generation
     emb = fast.model.get_base_model().get_input_embeddings()
     assert type(emb).__name__ == "CpuEmbedding"
     a, b = lora_weights(fast), lora_weights(eager)

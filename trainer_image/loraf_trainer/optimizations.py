@@ -216,6 +216,14 @@ def apply_after_adapters(model: Any, d: Decision) -> None:
             layer.compile()
 
 
+def release_compiled(model: Any, d: Decision) -> None:
+    """Back to eager layers after training: evaluation and generation (new shapes at every
+    decoding step) would otherwise pay recompilations for no gain."""
+    if d.compile:
+        for layer in decoder_layers(model):
+            layer._compiled_call_impl = None  # what nn.Module.compile() set
+
+
 def sft_overrides(d: Decision) -> dict[str, Any]:
     """SFTConfig arguments that the decision replaces."""
     out: dict[str, Any] = {

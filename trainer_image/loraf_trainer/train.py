@@ -214,6 +214,23 @@ def build_trainer(
     return trainer
 
 
+def train_or_fail(trainer: Any, resume: Path | None) -> Any:
+    """trainer.train(); a CUDA out-of-memory error that recovery could not absorb (one
+    row per pass, or recovery off) fails the run for good: retrying the same spec on the
+    same GPU would only fail again."""
+    import torch
+
+    try:
+        return trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    except torch.OutOfMemoryError as e:
+        first = str(e).splitlines()[0][:300]
+        raise ConfigInvalid(
+            f"CUDA out of memory at step {trainer.state.global_step} ({first}); use a shorter "
+            "training.maxSeqLength, method qlora, gradientCheckpointing, a smaller "
+            "memoryBudgetGiB or a larger GPU"
+        ) from e
+
+
 def hyperparameters(cfg: TrainerConfig) -> dict[str, Any]:
     spec = cfg.spec
     q = spec.effective_quantization
@@ -293,7 +310,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
     ctx.preemption.deferred = True
     if ctx.preemption.requested:
         raise Preempted("SIGTERM received before training started; nothing to checkpoint")
-    out = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    out = train_or_fail(trainer, resume)
+    optimizations.release_compiled(trainer.model, decision)
     state = trainer.state
     if ctx.preemption.requested and state.global_step < state.max_steps:
         saved = ckpt_cb.saved_steps[-1] if ckpt_cb.saved_steps else None
