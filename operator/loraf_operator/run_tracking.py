@@ -267,7 +267,14 @@ def observe(job: Obj | None, pods: Sequence[Obj], prev: Sequence[Condition]) -> 
     if job is None:
         return []
     if _true(job, "Complete") or _true(job, "SuccessCriteriaMet"):
+        # A run can finish between two looks at its pod: the pod surely was scheduled.
+        scheduled = (
+            []
+            if is_true(prev, COND_SCHEDULED)
+            else [Cond(COND_SCHEDULED, "True", "Completed", "the run's pod ran to completion")]
+        )
         return [
+            *scheduled,
             Cond(COND_SUSPENDED, "False", "Completed", ""),
             Cond(COND_RUNNING, "False", "Completed", "the run finished"),
             Cond(

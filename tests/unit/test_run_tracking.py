@@ -133,6 +133,14 @@ def test_complete() -> None:
     u = by_type(observe(job(("Complete", "", "")), [], []))
     assert u["Succeeded"].status == "True" and u["Failed"].status == "False"
     assert u["Running"].status == "False"
+    # never seen scheduled (it finished between two looks): Scheduled no longer stays Unknown
+    assert (u["Scheduled"].status, u["Scheduled"].reason) == ("True", "Completed")
+
+
+def test_complete_keeps_the_scheduled_condition_it_had() -> None:
+    prev = [{"type": "Scheduled", "status": "True", "reason": "PodScheduled", "message": "on x"}]
+    u = by_type(observe(job(("Complete", "", "")), [], prev))
+    assert "Scheduled" not in u  # message and transition time stay
 
 
 @pytest.mark.parametrize(
