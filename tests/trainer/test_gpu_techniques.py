@@ -195,6 +195,7 @@ def test_compile_partial_checkpointing_and_cpu_embeddings_train_like_eager(
         cpu_embeddings=True,
     )
     layers = optimizations.decoder_layers(fast.model)
+    assert layers is not None
     assert [bool(getattr(x, "gradient_checkpointing", False)) for x in layers] == [True, False]
     assert all(getattr(x, "_compiled_call_impl", None) is not None for x in layers)
     assert counters["stats"]["unique_graphs"] >= 1  # dynamo compiled, not an eager fallback

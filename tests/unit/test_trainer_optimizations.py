@@ -118,3 +118,17 @@ def test_split_inputs_slices_rows_and_shares_the_rest() -> None:
     assert torch.equal(torch.cat([p["labels"] for p in parts]), batch["labels"])
     assert all(p["scale"] is batch["scale"] and p["note"] == "kept" for p in parts)
     assert len(split_inputs(batch, 8)) == 4  # never more parts than rows
+
+
+def test_architectures_without_known_layers_train_eagerly_and_fully_checkpointed() -> None:
+    class Odd:  # a causal LM whose blocks live somewhere else
+        def __init__(self) -> None:
+            self.blocks = [object()]
+
+    assert opt.decoder_layers(Odd()) is None
+    assert opt.decoder_layers(SimpleNamespace(model=SimpleNamespace(layers=[1, 2]))) == [1, 2]
+    d = opt.Decision(micro_batch=4, grad_accum=1, checkpointed_layers=3, layers=8, compile=True)
+    d.liger_layers = False
+    opt.apply_after_adapters(Odd(), d)
+    assert not d.compile and d.liger_layers and "compile" in d.notes[0]
+    assert opt.limit_checkpointing(Odd(), 3) == -1

@@ -142,16 +142,29 @@ def decide(
 # --- applying a decision ---------------------------------------------------------------
 
 
-def decoder_layers(model: Any) -> Any:
+# Where transformers' causal LMs keep their decoder layers.
+_LAYER_PATHS = ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers")
+
+
+def decoder_layers(model: Any) -> Any | None:
+    """The model's list of decoder layers, or None for an architecture laid out otherwise."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.model.layers
+    for path in _LAYER_PATHS:
+        obj = base
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+        if obj is not None and hasattr(obj, "__len__"):
+            return obj
+    return None
 
 
 def limit_checkpointing(model: Any, checkpointed_layers: int) -> int:
     """Keep gradient checkpointing on the first `checkpointed_layers` decoder layers only
     (transformers' GradientCheckpointingLayer reads a per-layer flag). Returns how many
-    layers stay checkpointed."""
+    layers stay checkpointed; all of them when the layers cannot be found."""
     layers = decoder_layers(model)
+    if layers is None:
+        return -1
     for i, layer in enumerate(layers):
         if i >= checkpointed_layers:
             layer.gradient_checkpointing = False
@@ -202,17 +215,25 @@ def apply_before_adapters(model: Any, d: Decision) -> None:
         gib = embeddings_to_cpu(model) / mp.GIB
         log.info("input embeddings moved to host memory (%.2f GiB freed on the GPU)", gib)
     prepare_base_for_training(model, d.checkpointed_layers > 0)
-    if 0 < d.checkpointed_layers < d.layers:
-        limit_checkpointing(model, d.checkpointed_layers)
+    if (
+        0 < d.checkpointed_layers < d.layers
+        and limit_checkpointing(model, d.checkpointed_layers) < 0
+    ):
+        d.checkpointed_layers = d.layers  # safe side: more recompute, less memory
+        d.notes.append("partial checkpointing: decoder layers not found, all checkpointed")
 
 
 def apply_after_adapters(model: Any, d: Decision) -> None:
-    if d.compile:
+    layers = decoder_layers(model) if d.compile else None
+    if d.compile and layers is None:
+        d.compile, d.liger_layers = False, True
+        d.notes.append("compile: decoder layers not found, training runs eagerly")
+    if layers is not None:
         import torch._dynamo
 
         # a layer dynamo cannot compile runs eagerly (logged) instead of failing the run
         torch._dynamo.config.suppress_errors = True
-        for layer in decoder_layers(model):
+        for layer in layers:
             layer.compile()
 
 
@@ -220,7 +241,7 @@ def release_compiled(model: Any, d: Decision) -> None:
     """Back to eager layers after training: evaluation and generation (new shapes at every
     decoding step) would otherwise pay recompilations for no gain."""
     if d.compile:
-        for layer in decoder_layers(model):
+        for layer in decoder_layers(model) or []:
             layer._compiled_call_impl = None  # what nn.Module.compile() set
 
 
