@@ -162,6 +162,31 @@ def test_oom_mid_accumulation_splits_and_matches_small_micro_batches(
     assert la == pytest.approx(lb, rel=1e-4)
 
 
+def test_oom_at_one_row_per_pass_checkpoints_every_layer_and_goes_on(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    from loraf_trainer import optimizations
+
+    def fault(module: Any, args: Any) -> None:
+        layers = optimizations.decoder_layers(recovered_model[0])
+        if not all(getattr(x, "gradient_checkpointing", False) for x in layers or []):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    recovered_model: list[Any] = []
+    trainer = train(tiny_llama, tmp_path / "a", micro=2, accum=1, run=False)
+    recovered_model.append(trainer.model)
+    trainer.model.get_base_model().model.layers[0].register_forward_pre_hook(fault)
+    trainer.train()
+    reference = train(tiny_llama, tmp_path / "b", micro=1, accum=2, checkpointing=True)
+
+    # split to one row per pass, then every layer checkpointed (it had none)
+    assert trainer.oom_calls == [(2, 1), (2, 2)]
+    assert trainer.state.global_step == 3
+    a, b = lora_weights(trainer), lora_weights(reference)
+    for name, wa in a.items():
+        torch.testing.assert_close(wa, b[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_oom_at_one_row_per_pass_fails_the_run_for_good(tiny_llama: Path, tmp_path: Path) -> None:
     from loraf_trainer.errors import ConfigInvalid
     from loraf_trainer.train import train_or_fail
@@ -173,7 +198,8 @@ def test_oom_at_one_row_per_pass_fails_the_run_for_good(tiny_llama: Path, tmp_pa
     with pytest.raises(ConfigInvalid, match="CUDA out of memory at step 0") as info:
         train_or_fail(trainer, None)
     assert info.value.exit_code == 64  # FailJob: no retry of the same spec
-    assert trainer.oom_split == 2  # it tried one split (2 rows → 1 row per pass) first
+    # it split (2 rows → 1 per pass), then checkpointed every layer, then gave up
+    assert trainer.oom_calls == [(2, 1), (2, 2)]
 
 
 def test_compile_partial_checkpointing_and_cpu_embeddings_train_like_eager(

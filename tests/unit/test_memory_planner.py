@@ -93,13 +93,3 @@ def test_cpu_embeddings_free_the_table() -> None:
     on_gpu = QLORA.weight_bytes()
     on_cpu = mp.Workload(SHAPE, True, 1024, 4, cpu_embeddings=True).weight_bytes()
     assert on_gpu - on_cpu == 2 * SHAPE.embedding_params()
-
-
-def test_after_oom_keeps_effective_batch() -> None:
-    p = mp.plan(QLORA, 80)
-    q = mp.after_oom(p)
-    assert (q.micro_batch, q.grad_accum) == (2, 2)
-    r = mp.after_oom(mp.after_oom(q))
-    assert r.micro_batch == 1 and r.grad_accum == 4 and r.checkpointed_layers == 32
-    with pytest.raises(mp.NoFit):
-        mp.after_oom(r)

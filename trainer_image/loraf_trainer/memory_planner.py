@@ -14,7 +14,7 @@ pays the per-pass fixed costs (dequantization, kernel launches) more often.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 GIB = 1024**3
@@ -228,16 +228,3 @@ def plan(
         how = "with every layer checkpointed" if allow_checkpointing else "without checkpointing"
         raise NoFit(f"needs ~{need:.1f} GiB at micro-batch 1 {how}; budget is {budget_gib:g} GiB")
     return best
-
-
-def after_oom(p: Plan) -> Plan:
-    """What to retry with after a CUDA out-of-memory error: halve the micro-batch and
-    double accumulation (same effective batch); at micro-batch 1, checkpoint every layer.
-    Raises NoFit when there is nothing left to give up."""
-    if p.micro_batch > 1 and p.micro_batch % 2 == 0:
-        return replace(p, micro_batch=p.micro_batch // 2, grad_accum=p.grad_accum * 2)
-    if p.micro_batch > 1:  # odd: fall back to 1
-        return replace(p, micro_batch=1, grad_accum=p.grad_accum * p.micro_batch)
-    if p.checkpointed_layers < p.layers:
-        return replace(p, checkpointed_layers=p.layers)
-    raise NoFit("out of memory at micro-batch 1 with every layer checkpointed")

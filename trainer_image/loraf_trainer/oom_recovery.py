@@ -4,7 +4,8 @@ A CUDA out-of-memory error in a forward or backward pass does not fail the run: 
 gradients are put back as they were before that micro-batch, the micro-batch is split in
 two halves run one after the other (twice the accumulation, same rows per optimizer step),
 and training goes on at the same step. The split stays for the rest of the run, and doubles
-again on the next error, down to one row per pass; then the error is raised.
+again on the next error, down to one row per pass; then every decoder layer is
+checkpointed (`escalate`); then the error is raised.
 
 Splitting is exact when the loss is normalized by the step's token count
 (`num_items_in_batch`, TRL's default for causal LMs): each half's summed loss is divided by
@@ -51,6 +52,9 @@ class OomRecovery:
     oom_retries: int = 0
     # called after each recovery with (split, retries), e.g. to write status
     on_oom: Callable[[int, int], None] | None = None
+    # called once splitting is exhausted: gives up something else (more activation
+    # checkpointing) and returns True, or returns False to let the error through
+    escalate: Callable[[], bool] | None = None
     current_gradient_accumulation_steps: int  # the Trainer's
 
     def training_step(
@@ -66,20 +70,24 @@ class OomRecovery:
             try:
                 return self._split_step(model, inputs, num_items_in_batch)
             except torch.OutOfMemoryError as e:
-                if self.oom_split * 2 > batch_rows(inputs):
-                    raise
                 error = str(e).splitlines()[0]
+                split = self.oom_split * 2 <= batch_rows(inputs)
+                if not split and not (self.escalate is not None and self.escalate()):
+                    raise
             # outside the except block: the traceback (and its activations) is released
             for p, g in zip(params, saved, strict=True):
                 p.grad = g.clone() if g is not None else None
             gc.collect()
             torch.cuda.empty_cache()
-            self.oom_split *= 2
+            if split:
+                self.oom_split *= 2
             self.oom_retries += 1
             log.warning(
-                "CUDA out of memory (%s): splitting each micro-batch into %d passes",
+                "CUDA out of memory (%s): %s",
                 error,
-                self.oom_split,
+                f"splitting each micro-batch into {self.oom_split} passes"
+                if split
+                else "one row per pass already; checkpointing every decoder layer",
             )
             if self.on_oom is not None:
                 self.on_oom(self.oom_split, self.oom_retries)

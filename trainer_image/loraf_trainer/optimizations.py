@@ -237,6 +237,22 @@ def apply_after_adapters(model: Any, d: Decision) -> None:
             layer.compile()
 
 
+def checkpoint_all(model: Any, d: Decision) -> bool:
+    """After out-of-memory errors at one row per pass: recompute every decoder layer from
+    now on. Returns False when there is nothing left to give up."""
+    layers = decoder_layers(model)
+    if d.checkpointed_layers >= d.layers or layers is None:
+        return False
+    if d.checkpointed_layers == 0:  # never wired: as prepare_base_for_training does
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.enable_input_require_grads()
+    for layer in layers:
+        layer.gradient_checkpointing = True
+    d.checkpointed_layers = d.layers
+    return True
+
+
 def release_compiled(model: Any, d: Decision) -> None:
     """Back to eager layers after training: evaluation and generation (new shapes at every
     decoding step) would otherwise pay recompilations for no gain."""

@@ -211,6 +211,7 @@ def build_trainer(
     )
     if decision.oom_recovery:
         trainer.on_oom = on_oom
+        trainer.escalate = lambda: optimizations.checkpoint_all(trainer.model, decision)
     return trainer
 
 

@@ -457,7 +457,8 @@ class Optimizations(SpecModel):
     oom_recovery: Flag = Field(
         default=True,
         description="On a CUDA out-of-memory error, split each micro-batch in two (doubling "
-        "accumulation, same effective batch) and go on; recorded in status.progress.",
+        "accumulation, same effective batch) and go on; at one row per pass, checkpoint every "
+        "layer. Recorded in status.progress.",
     )
 
 
