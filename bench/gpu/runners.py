@@ -1,11 +1,9 @@
 """One benchmark configuration, in its own process (Liger patches classes globally).
 
 Runners:
-- "project": the trainer's own path (loraf_trainer.model_loading.load_model,
-  adapters.prepare_base_for_training / build_lora_config, train.sft_config_kwargs,
-  its ProgressCallback) fed a random-init checkpoint and synthetic rows. The
-  10 lines of glue below mirror train.run(), which has no seam that takes a dataset
-  of token ids (it reads a spec'd dataset and formats text).
+- "project": the trainer's own path, train.prepare_model + train.build_trainer as
+  train.run() calls them, with a validated spec, fed a random-init checkpoint and
+  synthetic rows of token ids.
 - "trl": the documented TRL recipe: from_pretrained(+BitsAndBytesConfig), SFTConfig,
   SFTTrainer(peft_config=LoraConfig), optionally use_liger_kernel=True.
 Both get the same LoRA shape, optimizer, schedule, seed, rows and effective batch.
