@@ -132,3 +132,9 @@ def test_architectures_without_known_layers_train_eagerly_and_fully_checkpointed
     opt.apply_after_adapters(Odd(), d)
     assert not d.compile and d.liger_layers and "compile" in d.notes[0]
     assert opt.limit_checkpointing(Odd(), 3) == -1
+
+
+def test_a_config_without_a_decoder_shape_keeps_the_spec() -> None:
+    gpt2_like = SimpleNamespace(model_type="gpt2", num_hidden_layers=12, hidden_size=768)
+    d = opt.decide(spec(memoryBudgetGiB=24), gpt2_like, on_gpu=True, free_gib=79.0, liger=True)
+    assert d.plan is None and d.micro_batch == 4 and "no decoder shape" in d.notes[-1]

@@ -132,7 +132,14 @@ def decide(
     budget = t.memory_budget_gi_b or free_gib
     if not o.planner or budget is None:
         return d
-    w = workload(spec, model_config, d.fused_kernels, d.cpu_embeddings)
+    try:
+        w = workload(spec, model_config, d.fused_kernels, d.cpu_embeddings)
+        w.shape.layer_linear_params()  # every dimension is a number
+    except (AttributeError, TypeError):
+        d.notes.append(
+            f"planner: no decoder shape in the {model_type!r} config; spec used as given"
+        )
+        return d
     p = mp.plan(w, budget, allow_checkpointing=t.gradient_checkpointing)
     d.plan, d.micro_batch, d.grad_accum = p, p.micro_batch, p.grad_accum
     d.checkpointed_layers = p.checkpointed_layers
