@@ -7,7 +7,13 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ..api.models import API_VERSION, FINETUNE_KIND, BaseResources, LoRAFineTune, LoRAFineTuneSpec
+from ..api.models import (
+    API_VERSION,
+    BaseResources,
+    LoRAFineTune,
+    LoRAFineTuneSpec,
+    LoRAServing,
+)
 from .labels import SPEC_HASH, run_annotations, run_labels
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/loraf/trainer:0.1.0"
@@ -26,13 +32,13 @@ class BuildDefaults:
     s3_region: str | None = None
 
 
-def owner_reference(ft: LoRAFineTune) -> dict[str, Any]:
-    """Controller reference to the LoRAFineTune: deleting it garbage-collects the child."""
+def owner_reference(owner: LoRAFineTune | LoRAServing) -> dict[str, Any]:
+    """Controller reference to a loraf resource: deleting it garbage-collects the child."""
     return {
         "apiVersion": API_VERSION,
-        "kind": FINETUNE_KIND,
-        "name": ft.name,
-        "uid": str(ft.metadata.get("uid", "")),
+        "kind": owner.kind,
+        "name": owner.name,
+        "uid": str(owner.metadata.get("uid", "")),
         "controller": True,
         "blockOwnerDeletion": True,
     }

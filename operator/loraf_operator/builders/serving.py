@@ -24,8 +24,8 @@ from typing import Any
 
 import yaml
 
-from ..api.models import API_VERSION, SERVING_KIND, LoRAServing
-from .common import BuildDefaults, container_resources
+from ..api.models import LoRAServing
+from .common import BuildDefaults, container_resources, owner_reference
 from .job import GPU_PRODUCT_LABEL, GPU_TOLERATION, RUN_AS_USER
 from .naming import label_value
 
@@ -69,17 +69,6 @@ def labels(sv: LoRAServing) -> dict[str, str]:
 
 def selector(sv: LoRAServing) -> dict[str, str]:
     return {SERVING: label_value(sv.name), "app.kubernetes.io/component": "server"}
-
-
-def owner_reference(sv: LoRAServing) -> dict[str, Any]:
-    return {
-        "apiVersion": API_VERSION,
-        "kind": SERVING_KIND,
-        "name": sv.name,
-        "uid": str(sv.metadata.get("uid", "")),
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
 
 
 def _metadata(sv: LoRAServing, name: str) -> dict[str, Any]:
