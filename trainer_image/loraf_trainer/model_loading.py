@@ -123,31 +123,27 @@ def download_hf_model(repo_id: str, revision: str | None, gguf_file: str | None)
         if gguf_file
         else ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.py"]
     )
-    try:
-        path = Path(
+
+    def download(allow: list[str]) -> Path:
+        return Path(
             snapshot_download(
                 repo_id,
                 revision=revision,
                 token=os.environ.get("HF_TOKEN") or None,
                 cache_dir=_hf_cache(),
-                allow_patterns=patterns,
+                allow_patterns=allow,
             )
         )
+
+    try:
+        path = download(patterns)
     except (RepositoryNotFoundError, RevisionNotFoundError, GatedRepoError) as e:
         raise ModelInvalid(
             f"cannot fetch {repo_id}@{revision or 'main'}: {type(e).__name__}"
         ) from e
     if not gguf_file and not any(path.glob("*.safetensors")):
         # Older repos ship only pytorch_model*.bin.
-        path = Path(
-            snapshot_download(
-                repo_id,
-                revision=revision,
-                token=os.environ.get("HF_TOKEN") or None,
-                cache_dir=_hf_cache(),
-                allow_patterns=["*.bin"],
-            )
-        )
+        path = download(["*.bin"])
     return path
 
 
