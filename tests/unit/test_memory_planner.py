@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 
 from loraf_trainer import memory_planner as mp
+from tests.unit.model_shapes import LLAMA3_8B
 
-LLAMA3_8B = SimpleNamespace(
-    hidden_size=4096,
-    intermediate_size=14336,
-    num_hidden_layers=32,
-    num_attention_heads=32,
-    num_key_value_heads=8,
-    vocab_size=128256,
-    tie_word_embeddings=False,
-)
 SHAPE = mp.ModelShape.from_config(LLAMA3_8B)
 QLORA = mp.Workload(SHAPE, quantized=True, seq_len=1024, rows_per_step=4, fused_kernels=True)
 LORA = mp.Workload(

@@ -10,17 +10,7 @@ import pytest
 from loraf_operator.api.models import LoRAFineTuneSpec
 from loraf_trainer import memory_planner as mp
 from loraf_trainer import optimizations as opt
-
-LLAMA3_8B = SimpleNamespace(
-    model_type="llama",
-    hidden_size=4096,
-    intermediate_size=14336,
-    num_hidden_layers=32,
-    num_attention_heads=32,
-    num_key_value_heads=8,
-    vocab_size=128256,
-    tie_word_embeddings=False,
-)
+from tests.unit.model_shapes import LLAMA3_8B
 
 
 def spec(method: str = "qlora", **training: Any) -> LoRAFineTuneSpec:
