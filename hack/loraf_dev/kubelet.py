@@ -1,15 +1,26 @@
 """A "process kubelet" for dev/test only: runs the pods bound to one node as local processes.
 
 There is no container engine here, so pods scheduled onto the process-kubelet node
-(``loraf-local``) are executed directly: the container's command/args with the pod's env
-(values from Secrets/ConfigMaps resolved), its volumes materialised into a per-pod folder
-and bind-mounted at their mount paths inside a private mount namespace (``unshare -m``), so
-``/etc/loraf/config.yaml`` and the projected service-account token at
-``/var/run/secrets/kubernetes.io/serviceaccount`` are where in-cluster code expects them.
-The real pod status is written back (Running, then Succeeded/Failed with the real exit code
-and the termination message), and deleting a pod sends SIGTERM, waits the grace period,
-then SIGKILL. Images are ignored: the command runs from this machine's environment (the
-project's installed ``loraf`` entry point stands in for the trainer image).
+(``loraf-local``) are executed directly: init containers one after another, then every
+container at once, each as a process with the pod's env (values from Secrets/ConfigMaps
+resolved, ``$(VAR)`` references expanded as kubelet does) and its volumes materialised
+into a per-pod folder and bind-mounted at their mount paths inside a private mount
+namespace (``unshare -m``), so ``/etc/loraf/config.yaml`` and the projected
+service-account token at ``/var/run/secrets/kubernetes.io/serviceaccount`` are where
+in-cluster code expects them. The real pod status is written back: init and container
+statuses, readiness from each container's ``httpGet`` readiness probe (a container
+without one is ready once started), then Succeeded/Failed with the real exit codes and
+termination messages (``FallbackToLogsOnError`` uses the log's tail). Deleting a pod sends
+SIGTERM, waits the grace period, then SIGKILL. Containers are not restarted in place: when
+one exits the pod ends (a Deployment's ReplicaSet then creates a new pod).
+
+Images are ignored, except that ``--image-path REPO=DIR`` puts DIR first on PATH for
+containers of that image repository (e.g. the CPU vLLM environment for
+``vllm/vllm-openai``, so its ``vllm serve`` runs); everything else runs from this
+machine's environment (the project's ``loraf``/``python`` stand in for the trainer image).
+Pods share the host's network, which is loopback only here: an argument ``0.0.0.0`` (a
+server's "all interfaces") becomes ``127.0.0.1``, and ``LORAF_BIND_HOST=127.0.0.1`` tells
+the project's own servers the same.
 
 Not part of the product. Needs root (for ``unshare -m``), as on the CI machine.
 """
@@ -21,12 +32,14 @@ import base64
 import contextlib
 import logging
 import os
+import re
 import shlex
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,24 +60,88 @@ def now() -> str:
 
 
 @dataclass
+class Proc:
+    """One container's process."""
+
+    name: str
+    image: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    termination_log: Path
+    fallback_to_logs: bool
+    started_at: str
+    probe: tuple[int, str] | None  # readiness httpGet (port, path)
+    ready: bool = False
+
+
+@dataclass
 class Running:
     pod: str
     namespace: str
-    proc: subprocess.Popen[bytes]
     workdir: Path
-    termination_log: Path
-    started_at: str
-    container: str
-    image: str
     spec: Any = None  # the pod as started, for volume re-syncs
+    procs: dict[str, Proc] = field(default_factory=dict)
+    init_statuses: list[dict[str, Any]] = field(default_factory=list)
     stopping: threading.Event = field(default_factory=threading.Event)
+    grace: int = 30
+
+
+def _image_repo(image: str | None) -> str:
+    """registry/name without tag or digest."""
+    ref = (image or "").split("@", 1)[0]
+    head, _, tail = ref.rpartition(":")
+    return head if head and "/" not in tail else ref
+
+
+def _loopback(argv: list[str]) -> list[str]:
+    return [
+        a.replace("=0.0.0.0", "=127.0.0.1") if a.endswith("=0.0.0.0") else
+        ("127.0.0.1" if a == "0.0.0.0" else a)
+        for a in argv
+    ]  # fmt: skip
+
+
+def _expand(text: str, env: dict[str, str]) -> str:
+    """Kubernetes' $(VAR) expansion in command/args ($$ escapes a $)."""
+    return re.sub(
+        r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)",
+        lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)),
+        text,
+    )
+
+
+def _readiness(c: Any) -> tuple[int, str] | None:
+    probe = c.readiness_probe
+    if probe is None or probe.http_get is None:
+        return None
+    port = probe.http_get.port
+    if isinstance(port, str) and not port.isdigit():
+        port = next((p.container_port for p in c.ports or [] if p.name == port), 0)
+    return int(port), probe.http_get.path or "/"
+
+
+def _http_ok(port: int, path: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+            return 200 <= r.status < 400
+    except (OSError, ValueError):
+        return False
 
 
 class ProcessKubelet:
-    def __init__(self, node: str, workdir: Path, apiserver_port: int) -> None:
+    def __init__(
+        self,
+        node: str,
+        workdir: Path,
+        apiserver_port: int,
+        image_paths: dict[str, str] | None = None,
+        shared_cache: Path | None = None,
+    ) -> None:
         self.node = node
         self.workdir = workdir
         self.apiserver_port = apiserver_port
+        self.image_paths = image_paths or {}
+        self.shared_cache = shared_cache
         self.core = client.CoreV1Api()
         self.running: dict[str, Running] = {}
         self.done: set[str] = set()
@@ -212,44 +289,23 @@ class ProcessKubelet:
         return env
 
     # --- lifecycle -------------------------------------------------------------------
-    def start(self, pod: Any) -> None:
-        uid = pod.metadata.uid
-        c = pod.spec.containers[0]
-        root = self.workdir / "pods" / uid
-        root.mkdir(parents=True, exist_ok=True)
-        try:
-            vols = self._materialise(pod, root)
-            env = self._env(pod, c, root / "home")
-        except (ApiException, KeyError) as exc:
-            # Like kubelet's CreateContainerConfigError: the pod stays Pending with a reason.
-            self._patch(
-                pod,
-                {
-                    "phase": "Pending",
-                    "containerStatuses": [
-                        {
-                            "name": c.name,
-                            "image": c.image,
-                            "ready": False,
-                            "restartCount": 0,
-                            "state": {
-                                "waiting": {
-                                    "reason": "CreateContainerConfigError",
-                                    "message": str(exc)[:500],
-                                }
-                            },
-                        }
-                    ],
-                },
-            )
-            return
-        (root / "home").mkdir(exist_ok=True)
+    def _spawn(self, pod: Any, c: Any, root: Path, vols: dict[str, Path]) -> Proc:
+        """Start one container as a process in its own mount namespace."""
+        env = self._env(pod, c, root / "home")
+        bin_dir = self.image_paths.get(_image_repo(c.image))
+        if bin_dir:
+            env["PATH"] = f"{bin_dir}:{env.get('PATH', '')}"
+        if self.shared_cache is not None:
+            # A node-local model cache shared by pods (the GGUF conversion happens once).
+            env["LORAF_CACHE"] = str(self.shared_cache)
+        cdir = root / "containers" / c.name
+        cdir.mkdir(parents=True, exist_ok=True)
         tlog_path = c.termination_message_path or DEFAULT_TERMINATION_LOG
-        tlog = root / "termination-log"
+        tlog = cdir / "termination-log"
         tlog.write_text("")
         binds = [(vols[m.name], m.mount_path) for m in c.volume_mounts or [] if m.name in vols]
         binds.append((tlog, tlog_path))
-        argv = [*(c.command or []), *(c.args or [])]
+        argv = _loopback([_expand(a, env) for a in [*(c.command or []), *(c.args or [])]])
         script = ["set -e"]
         for src, dst in binds:
             q, parent = shlex.quote(dst), shlex.quote(str(Path(dst).parent))
@@ -262,8 +318,12 @@ class ProcessKubelet:
         workdir = c.working_dir or str(root / "home")
         script.append(f"cd {shlex.quote(workdir)}")
         script.append("exec " + " ".join(shlex.quote(a) for a in argv))
-        log.info("starting %s/%s: %s", pod.metadata.namespace, pod.metadata.name, shlex.join(argv))
-        out = open(root / "container.log", "ab")  # noqa: SIM115 - handed to the child
+        log.info(
+            "starting %s/%s[%s]: %s",
+            pod.metadata.namespace, pod.metadata.name, c.name, shlex.join(argv),
+        )  # fmt: skip
+        logfile = cdir / "container.log"
+        out = open(logfile, "ab")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen(
             ["unshare", "--mount", "--propagation", "private", "sh", "-c", "\n".join(script)],
             env=env,
@@ -272,88 +332,165 @@ class ProcessKubelet:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-        r = Running(
-            pod.metadata.name,
-            pod.metadata.namespace,
-            proc,
-            root,
-            tlog,
-            now(),
+        out.close()
+        return Proc(
             c.name,
             c.image,
-            spec=pod,
+            proc,
+            logfile,
+            tlog,
+            c.termination_message_policy == "FallbackToLogsOnError",
+            now(),
+            _readiness(c),
         )
-        with self.lock:
-            self.running[uid] = r
+
+    @staticmethod
+    def _terminated(p: Proc, code: int) -> dict[str, Any]:
+        exit_code = code if code >= 0 else 128 - code
+        message = p.termination_log.read_text(errors="replace")[-4096:].strip()
+        if not message and exit_code != 0 and p.fallback_to_logs:
+            lines = p.log.read_text(errors="replace").splitlines()[-80:]
+            message = "\n".join(lines)[-2048:].strip()
+        return {
+            "exitCode": exit_code,
+            "reason": "Completed" if exit_code == 0 else "Error",
+            "message": message,
+            "startedAt": p.started_at,
+            "finishedAt": now(),
+        }
+
+    @staticmethod
+    def _status(p: Proc, state: dict[str, Any], ready: bool) -> dict[str, Any]:
+        return {
+            "name": p.name,
+            "image": p.image,
+            "imageID": "",
+            "ready": ready,
+            "started": "running" in state,
+            "restartCount": 0,
+            "state": state,
+        }
+
+    def _patch_running(self, pod: Any, r: Running) -> None:
+        procs = list(r.procs.values())
+        ready = all(p.ready for p in procs)
+        ts = now()
+        conds = [
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": ts},
+            {"type": "Initialized", "status": "True", "lastTransitionTime": ts},
+            *(
+                {"type": t, "status": "True" if ready else "False", "lastTransitionTime": ts}
+                for t in ("Ready", "ContainersReady")
+            ),
+        ]
         self._patch(
             pod,
             {
                 "phase": "Running",
-                "startTime": r.started_at,
+                "startTime": procs[0].started_at if procs else ts,
                 "hostIP": "127.0.0.1",
                 "podIP": "127.0.0.1",
-                "conditions": [
-                    {"type": t, "status": "True", "lastTransitionTime": r.started_at}
-                    for t in ("Initialized", "Ready", "ContainersReady", "PodScheduled")
+                "conditions": conds,
+                "initContainerStatuses": r.init_statuses or None,
+                "containerStatuses": [
+                    self._status(p, {"running": {"startedAt": p.started_at}}, p.ready)
+                    for p in procs
                 ],
+            },
+        )
+
+    def _config_error(self, pod: Any, exc: Exception) -> None:
+        """Like kubelet's CreateContainerConfigError: the pod stays Pending with a reason."""
+        c = pod.spec.containers[0]
+        self._patch(
+            pod,
+            {
+                "phase": "Pending",
                 "containerStatuses": [
                     {
                         "name": c.name,
                         "image": c.image,
-                        "imageID": "",
-                        "ready": True,
-                        "started": True,
+                        "ready": False,
                         "restartCount": 0,
-                        "state": {"running": {"startedAt": r.started_at}},
+                        "state": {
+                            "waiting": {
+                                "reason": "CreateContainerConfigError",
+                                "message": str(exc)[:500],
+                            }
+                        },
                     }
                 ],
             },
         )
-        threading.Thread(target=self._wait, args=(uid, r), daemon=True).start()
 
-    def _wait(self, uid: str, r: Running) -> None:
-        code = r.proc.wait()
-        exit_code = code if code >= 0 else 128 - code
-        message = r.termination_log.read_text(errors="replace")[-4096:].strip()
-        reason = "Completed" if exit_code == 0 else "Error"
-        log.info("%s/%s exited %d", r.namespace, r.pod, exit_code)
+    def start(self, pod: Any) -> None:
+        uid = pod.metadata.uid
+        root = self.workdir / "pods" / uid
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "home").mkdir(exist_ok=True)
+        try:
+            vols = self._materialise(pod, root)
+            for c in [*(pod.spec.init_containers or []), *pod.spec.containers]:
+                self._env(pod, c, root / "home")  # fail early on a missing Secret key
+        except (ApiException, KeyError) as exc:
+            self._config_error(pod, exc)
+            return
+        r = Running(
+            pod.metadata.name,
+            pod.metadata.namespace,
+            root,
+            spec=pod,
+            grace=int(pod.spec.termination_grace_period_seconds or 30),
+        )
+        with self.lock:
+            self.running[uid] = r
+        threading.Thread(target=self._run_pod, args=(uid, pod, r, vols), daemon=True).start()
+
+    def _run_pod(self, uid: str, pod: Any, r: Running, vols: dict[str, Path]) -> None:
+        final: list[dict[str, Any]] = []
+        failed = False
+        for c in pod.spec.init_containers or []:
+            if r.stopping.is_set():
+                break
+            p = self._spawn(pod, c, r.workdir, vols)
+            r.procs = {p.name: p}
+            self._patch(
+                pod,
+                {
+                    "phase": "Pending",
+                    "initContainerStatuses": [
+                        *r.init_statuses,
+                        self._status(p, {"running": {"startedAt": p.started_at}}, False),
+                    ],
+                },
+            )
+            term = self._terminated(p, p.proc.wait())
+            r.init_statuses.append(self._status(p, {"terminated": term}, False))
+            if term["exitCode"] != 0:
+                failed = True
+                log.info("%s/%s init %s exited %d", r.namespace, r.pod, p.name, term["exitCode"])
+                break
+        r.procs = {}
+        if not failed and not r.stopping.is_set():
+            for c in pod.spec.containers:
+                p = self._spawn(pod, c, r.workdir, vols)
+                p.ready = p.probe is None
+                r.procs[p.name] = p
+            self._patch_running(pod, r)
+            threading.Thread(target=self._probe, args=(pod, r), daemon=True).start()
+            final = self._wait_containers(r)
+            failed = any(s["state"]["terminated"]["exitCode"] != 0 for s in final)
         finished = now()
-        status = {
-            "phase": "Succeeded" if exit_code == 0 else "Failed",
+        status: dict[str, Any] = {
+            "phase": "Failed" if failed or not final else "Succeeded",
             "conditions": [
-                {
-                    "type": "Ready",
-                    "status": "False",
-                    "reason": "PodCompleted",
-                    "lastTransitionTime": finished,
-                },
-                {
-                    "type": "ContainersReady",
-                    "status": "False",
-                    "reason": "PodCompleted",
-                    "lastTransitionTime": finished,
-                },
+                {"type": t, "status": "False", "reason": "PodCompleted",
+                 "lastTransitionTime": finished}
+                for t in ("Ready", "ContainersReady")
             ],
-            "containerStatuses": [
-                {
-                    "name": r.container,
-                    "image": r.image,
-                    "imageID": "",
-                    "ready": False,
-                    "started": False,
-                    "restartCount": 0,
-                    "state": {
-                        "terminated": {
-                            "exitCode": exit_code,
-                            "reason": reason,
-                            "message": message,
-                            "startedAt": r.started_at,
-                            "finishedAt": finished,
-                        }
-                    },
-                }
-            ],
-        }
+            "initContainerStatuses": r.init_statuses or None,
+            "containerStatuses": final or None,
+        }  # fmt: skip
         try:
             self.core.patch_namespaced_pod_status(r.pod, r.namespace, {"status": status})
         except ApiException as exc:
@@ -365,25 +502,56 @@ class ProcessKubelet:
         if r.stopping.is_set():
             self._force_delete(r.pod, r.namespace)
 
+    def _wait_containers(self, r: Running) -> list[dict[str, Any]]:
+        """Wait until one container exits; a failure (or a stop) ends the others."""
+        codes: dict[str, int] = {}
+        while len(codes) < len(r.procs):
+            for name, p in r.procs.items():
+                if name not in codes and (code := p.proc.poll()) is not None:
+                    codes[name] = code
+                    log.info("%s/%s[%s] exited %d", r.namespace, r.pod, name, code)
+                    if code != 0 and not r.stopping.is_set():
+                        self._signal_all(r, signal.SIGTERM)
+                        threading.Thread(target=self._kill_after, args=(r,), daemon=True).start()
+            time.sleep(0.2)
+        return [self._status(p, {"terminated": self._terminated(p, codes[n])}, False)
+                for n, p in r.procs.items()]  # fmt: skip
+
+    def _probe(self, pod: Any, r: Running) -> None:
+        """Readiness probes (httpGet on loopback); the pod status follows every change."""
+        while r.procs and all(p.proc.poll() is None for p in r.procs.values()):
+            changed = False
+            for p in r.procs.values():
+                if p.probe is not None and _http_ok(*p.probe) != p.ready:
+                    p.ready, changed = not p.ready, True
+            if changed and not r.stopping.is_set():
+                self._patch_running(pod, r)
+            time.sleep(1)
+
+    @staticmethod
+    def _signal_all(r: Running, sig: int) -> None:
+        for p in list(r.procs.values()):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.proc.pid, sig)
+
+    def _kill_after(self, r: Running) -> None:
+        deadline = time.monotonic() + r.grace
+        while time.monotonic() < deadline:
+            if all(p.proc.poll() is not None for p in r.procs.values()):
+                return
+            time.sleep(0.2)
+        self._signal_all(r, signal.SIGKILL)
+
     def terminate(self, uid: str, grace: int) -> None:
         with self.lock:
             r = self.running.get(uid)
         if r is None or r.stopping.is_set():
             return
         r.stopping.set()
+        r.grace = grace
         log.info("stopping %s/%s (grace %ss)", r.namespace, r.pod, grace)
-        try:
-            os.killpg(r.proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-
-        def killer() -> None:
-            try:
-                r.proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                os.killpg(r.proc.pid, signal.SIGKILL)
-
-        threading.Thread(target=killer, daemon=True).start()
+        self._signal_all(r, signal.SIGTERM)
+        threading.Thread(target=self._kill_after, args=(r,), daemon=True).start()
 
     def _force_delete(self, name: str, ns: str) -> None:
         try:
@@ -444,15 +612,18 @@ class ProcessKubelet:
     def shutdown(self) -> None:
         self.stop.set()
         with self.lock:
-            procs = list(self.running.values())
-        for r in procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(r.proc.pid, signal.SIGTERM)
-        for r in procs:
-            try:
-                r.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(r.proc.pid, signal.SIGKILL)
+            pods = list(self.running.values())
+        for r in pods:
+            r.stopping.set()
+            self._signal_all(r, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for r in pods:
+            for p in list(r.procs.values()):
+                try:
+                    p.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(p.proc.pid, signal.SIGKILL)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -465,13 +636,19 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="LORAF_CACHE for every pod (like a node-local model cache shared by pods)",
     )
+    p.add_argument(
+        "--image-path",
+        action="append",
+        default=[],
+        metavar="REPO=DIR",
+        help="put DIR first on PATH for containers of image repository REPO",
+    )
     args = p.parse_args(argv)
-    if args.shared_cache:
-        os.environ["LORAF_CACHE"] = str(args.shared_cache)  # passed through to pods
+    image_paths = dict(x.split("=", 1) for x in args.image_path)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s process-kubelet %(message)s")
     config.load_kube_config(args.kubeconfig)
     port = int(client.Configuration.get_default_copy().host.rsplit(":", 1)[1])
-    kl = ProcessKubelet(args.node, args.workdir, port)
+    kl = ProcessKubelet(args.node, args.workdir, port, image_paths, args.shared_cache)
     signal.signal(signal.SIGTERM, lambda *_: kl.stop.set())
     threading.Thread(target=kl.run, daemon=True).start()
     threading.Thread(target=kl.resync, daemon=True).start()

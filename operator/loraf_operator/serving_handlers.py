@@ -33,7 +33,13 @@ from .api.models import (
 )
 from .builders import serving as build
 from .kube import ApiError, Kube
-from .serving_link import COND_SERVING, adapter_of, dedicated_serving, plan_shared
+from .serving_link import (
+    COND_SERVING,
+    adapter_of,
+    dedicated_serving,
+    plan_shared,
+    vllm_unsupported,
+)
 from .settings import Settings
 
 log = logging.getLogger("loraf.serving")
@@ -199,6 +205,10 @@ async def link_finetune(kube: Kube, body: dict[str, Any]) -> None:
         return
     assert ft.spec.serving is not None
     ref = ft.spec.serving.serving_ref
+    if ref is None and ft.spec.serving.engine == "vllm" and (why := vllm_unsupported(ft.spec.lora)):
+        # The apiserver refuses this shape at apply (CEL); kept for objects older than it.
+        await _set_serving_condition(kube, body, "False", "AdapterUnsupported", why)
+        return
     if ref is None:
         await _apply(kube, dedicated_serving(ft, a))
         await _set_serving_condition(

@@ -16,14 +16,16 @@ The outcome is the fine-tune's `Serving` condition.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 from .api.models import (
     API_VERSION,
     COND_SUCCEEDED,
     SERVING_KIND,
     LoRAFineTune,
+    LoraRank,
     LoRAServing,
+    LoRASpec,
 )
 from .builders.common import owner_reference
 
@@ -54,6 +56,28 @@ def adapter_of(ft: LoRAFineTune) -> Adapter | None:
     return Adapter(serving.adapter_name or ft.name, uri, ft.spec.lora.r)
 
 
+VLLM_RANKS: tuple[int, ...] = get_args(LoraRank)
+
+
+def slot_rank(r: int) -> int | None:
+    """The smallest vLLM --max-lora-rank that holds rank r (None: above vLLM's limit)."""
+    return next((x for x in VLLM_RANKS if r <= x), None)
+
+
+def vllm_unsupported(lora: LoRASpec) -> str | None:
+    """Why vLLM cannot serve an adapter of this shape (None: it can). The same checks
+    vLLM makes when it loads one, made before the adapter exists."""
+    if lora.use_dora:
+        return "vLLM does not serve DoRA adapters (spec.lora.useDora)"
+    if lora.modules_to_save:
+        return "vLLM does not serve adapters with fully trained modules (spec.lora.modulesToSave)"
+    if lora.bias != "none":
+        return "vLLM does not serve adapters with trained biases (spec.lora.bias)"
+    if slot_rank(lora.r) is None:
+        return f"vLLM serves ranks up to {VLLM_RANKS[-1]}; spec.lora.r is {lora.r}"
+    return None
+
+
 def upsert(adapters: list[Obj], a: Adapter) -> list[Obj]:
     """`adapters` with `a` added or replacing the entry of the same name (order kept)."""
     out = [dict(x) for x in adapters]
@@ -74,6 +98,9 @@ def dedicated_serving(ft: LoRAFineTune, a: Adapter) -> Obj:
         "replicas": ft.spec.serving.replicas,
         "adapters": [a.to_dict()],
     }
+    rank = slot_rank(a.rank)
+    if rank is not None and rank > 16:  # 16 is the LoRAServing default
+        spec["maxLoraRank"] = rank
     if out.endpoint:
         spec["endpoint"] = out.endpoint
     if out.region:
@@ -132,8 +159,24 @@ def plan_shared(ft: LoRAFineTune, serving: LoRAServing, a: Adapter) -> Outcome:
             f"{serving.spec.base_model.display_name}, but this adapter was trained on "
             f"{ft.spec.base_model.display_name}",
         )
+    if serving.spec.engine == "vllm" and (why := vllm_unsupported(ft.spec.lora)):
+        return Outcome("False", "AdapterUnsupported", f"LoRAServing {serving.name}: {why}")
+    if a.rank > serving.spec.max_lora_rank:
+        return Outcome(
+            "False",
+            "AdapterRankTooHigh",
+            f"adapter rank {a.rank} is above LoRAServing {serving.name}'s maxLoraRank "
+            f"{serving.spec.max_lora_rank}; raise spec.maxLoraRank there",
+        )
     current = [x.to_dict() for x in serving.spec.adapters]
     new = upsert(current, a)
+    if len(new) > serving.spec.max_adapters:
+        return Outcome(
+            "False",
+            "ServingFull",
+            f"LoRAServing {serving.name} holds {serving.spec.max_adapters} adapters "
+            "(spec.maxAdapters); raise it or remove one",
+        )
     return Outcome(
         "True",
         "AdapterAdded",

