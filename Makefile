@@ -5,13 +5,17 @@ SHELL := /bin/bash
 VENV = $(shell hack/venv.sh)
 PY = $(VENV)/bin/python
 
-.PHONY: test demo lint crds crds-check unit integration e2e cluster-up cluster-down bins venv
+.PHONY: test demo lint crds crds-check unit integration e2e cluster-up cluster-down bins venv vllm
 
 venv:
 	@hack/venv.sh >/dev/null
 
 bins:
 	@hack/fetch-bins.sh all >/dev/null
+
+# The CPU vLLM engine the local cluster runs for `vllm/vllm-openai` pods.
+vllm:
+	@hack/vllm-venv.sh >/dev/null
 
 lint: venv
 	.venv/bin/ruff check .
@@ -29,11 +33,11 @@ unit: venv
 integration: venv bins
 	.venv/bin/pytest -q tests/integration
 
-e2e: venv bins
+e2e: venv bins vllm
 	.venv/bin/pytest -q tests/e2e
 
 # Everything CI runs, in one pytest session so the control plane starts once.
-test: venv bins lint
+test: venv bins vllm lint
 	.venv/bin/pytest -q -ra --durations=15
 
 demo: venv bins

@@ -21,6 +21,15 @@ import pytest
 from loraf_dev import cluster as cp
 
 ROOT = Path(__file__).resolve().parents[1]
+VLLM_IMAGE_REPO = "vllm/vllm-openai"
+
+
+def vllm_env() -> Path:
+    """The CPU vLLM environment (hack/vllm-venv.sh; installed on first use, then cached)."""
+    out = subprocess.run(
+        [str(ROOT / "hack" / "vllm-venv.sh")], check=True, capture_output=True, text=True
+    )
+    return Path(out.stdout.strip())
 
 
 @dataclass
@@ -166,6 +175,9 @@ def process_kubelet(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) 
             str(workdir),
             "--shared-cache",
             str(cp.cache_root() / "pods"),
+            # vLLM serving pods run the real engine from the CPU vLLM environment.
+            "--image-path",
+            f"{VLLM_IMAGE_REPO}={vllm_env() / 'bin'}",
         ],
         env=env,
         stdout=log,

@@ -3,14 +3,11 @@
 - LoRAServing create/update(spec)/resume → server-side apply of its ConfigMap,
   Deployment and Service (builders/serving.py; owner references make the garbage
   collector delete them with it), then its status.
-- Deployment events (the serving ones) → the LoRAServing's status: Ready, url,
-  readyReplicas, and per adapter its state.
+- Deployment events (the serving ones), and a timer every REPLICA_POLL_SECONDS → the
+  LoRAServing's status (serving_status.py): Ready, url, readyReplicas, engine exits, and
+  per adapter its state as the ready replicas report it (GET /v1/adapters on each pod).
 - LoRAFineTune events → serving_link: a succeeded run with spec.serving creates/updates
   its LoRAServing or joins a shared one; the outcome is the fine-tune's Serving condition.
-
-Per-adapter state is what the operator can see: Loading until a replica of the current
-spec is ready, then Ready (the engines load every listed adapter before /health answers;
-the transformers engine's /v1/adapters has the live per-replica view).
 """
 
 from __future__ import annotations
@@ -19,8 +16,10 @@ import logging
 from typing import Any
 from urllib.parse import quote
 
+import aiohttp
 import kopf
 
+from . import serving_status as svstatus
 from . import status as conds
 from .api.models import (
     API_VERSION,
@@ -50,6 +49,9 @@ DEPLOYMENTS = ("apps", "v1", "deployments")
 SERVING_SELECTOR = {"app.kubernetes.io/name": "loraf-serving"}
 FIELD_MANAGER = "loraf-serving"
 APPLY = "application/apply-patch+yaml"
+#: How often each LoRAServing's replicas are asked for their adapters' states.
+REPLICA_POLL_SECONDS = 10.0
+REPLICA_HTTP_TIMEOUT = 3.0
 MERGE = "application/merge-patch+json"
 
 _API = {
@@ -100,37 +102,40 @@ async def _merge(
 # ------------------------------------------------------------------ LoRAServing status
 
 
-def serving_status(sv: LoRAServing, dep: dict[str, Any] | None) -> dict[str, Any]:
-    """status of a LoRAServing from its Deployment (None: not created yet)."""
-    gen = int(sv.metadata.get("generation") or 0)
-    ds = (dep or {}).get("status") or {}
-    ready = int(ds.get("readyReplicas") or 0)
-    updated = int(ds.get("updatedReplicas") or 0)
-    current = dep is not None and ds.get("observedGeneration") == (dep.get("metadata") or {}).get(
-        "generation"
-    )
-    if sv.spec.replicas == 0:
-        cond = conds.Cond("Ready", "False", "ScaledToZero", "spec.replicas is 0")
-    elif dep is None:
-        cond = conds.Cond("Ready", "False", "Creating", "the Deployment is being created")
-    elif ready > 0 and current and updated > 0:
-        cond = conds.Cond("Ready", "True", "ReplicasReady", f"{ready}/{sv.spec.replicas} ready")
-    else:
-        cond = conds.Cond(
-            "Ready",
-            "False",
-            "ReplicasNotReady",
-            f"{ready}/{sv.spec.replicas} ready; waiting for the server's /health",
+async def _replica_reports(sv: LoRAServing, pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each ready replica's own view of its adapters (GET /v1/adapters on the pod: the
+    transformers engine itself, or the vLLM sidecar); a replica that does not answer is
+    left out (its adapters stay Loading)."""
+    port = build.sync_port(sv) if sv.spec.engine == "vllm" else sv.spec.port
+    timeout = aiohttp.ClientTimeout(total=REPLICA_HTTP_TIMEOUT)
+    out = []
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        for pod in pods:
+            ip = (pod.get("status") or {}).get("podIP")
+            if not ip or not svstatus.pod_ready(pod):
+                continue
+            try:
+                async with http.get(f"http://{ip}:{port}/v1/adapters") as r:
+                    if r.status == 200:
+                        out.append(await r.json())
+            except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+                log.debug("adapters of %s: %s", pod["metadata"]["name"], e)
+    return out
+
+
+async def observe(kube: Kube, sv: LoRAServing) -> tuple[dict[str, Any] | None, svstatus.Replicas]:
+    """The Deployment and what its pods say (exits, adapter states)."""
+    dep = await _get(kube, "Deployment", sv.namespace, build.deployment_name(sv.name))
+    selector = ",".join(f"{k}={v}" for k, v in build.selector(sv).items())
+    pods = (
+        await kube.request(
+            "GET", f"/api/v1/namespaces/{quote(sv.namespace)}/pods",
+            query={"labelSelector": selector},
         )
-    state = "Ready" if cond.status == "True" else "Loading"
-    old = [c.to_dict() for c in sv.status.conditions]
-    return {
-        "observedGeneration": gen,
-        "conditions": conds.apply(old, [cond], gen),
-        "url": build.service_url(sv),
-        "readyReplicas": ready,
-        "adapters": [{"name": a.name, "uri": a.uri, "state": state} for a in sv.spec.adapters],
-    }
+    ).get("items", [])  # fmt: skip
+    return dep, svstatus.Replicas(
+        reports=await _replica_reports(sv, pods), engine_exit=svstatus.engine_exit(pods)
+    )
 
 
 async def reconcile_serving(kube: Kube, body: dict[str, Any], cfg: Settings) -> None:
@@ -143,19 +148,9 @@ async def reconcile_serving(kube: Kube, body: dict[str, Any], cfg: Settings) -> 
         ]
     except ValueError as e:
         raise kopf.PermanentError(f"invalid LoRAServing: {e}") from e
-    dep: dict[str, Any] | None = None
     for child in children:
-        applied = await _apply(kube, child)
-        if child["kind"] == "Deployment":
-            dep = applied
-    await _merge(
-        kube,
-        "LoRAServing",
-        sv.namespace,
-        sv.name,
-        {"status": serving_status(sv, dep)},
-        sub="status",
-    )
+        await _apply(kube, child)
+    await refresh_status(kube, sv.namespace, sv.name)
 
 
 async def refresh_status(kube: Kube, ns: str, name: str) -> None:
@@ -163,8 +158,8 @@ async def refresh_status(kube: Kube, ns: str, name: str) -> None:
     if body is None:
         return
     sv = LoRAServing.model_validate(body)
-    dep = await _get(kube, "Deployment", ns, build.deployment_name(name))
-    new = serving_status(sv, dep)
+    dep, replicas = await observe(kube, sv)
+    new = svstatus.serving_status(sv, dep, replicas)
     if {k: v for k, v in (body.get("status") or {}).items()} != new:
         await _merge(kube, "LoRAServing", ns, name, {"status": new}, sub="status")
 
@@ -265,6 +260,16 @@ def register(cfg: Settings, registry: kopf.OperatorRegistry) -> None:
     @kopf.on.update(*SV, field="spec", registry=registry, id="serving")
     async def serving(**kw: Any) -> None:
         await reconcile_serving(kw["memo"].serving_kube, dict(kw["body"]), cfg)
+
+    @kopf.timer(*SV, interval=REPLICA_POLL_SECONDS, registry=registry, id="serving_replicas")
+    async def serving_replicas(**kw: Any) -> None:
+        """Adapter states and engine exits live in the pods: poll them (no event says)."""
+        kube = getattr(kw["memo"], "serving_kube", None)
+        if kube is not None:
+            try:
+                await refresh_status(kube, kw["namespace"], kw["name"])
+            except ApiError as e:
+                log.warning("status of LoRAServing %s/%s: %s", kw["namespace"], kw["name"], e)
 
     @kopf.on.event(*DEPLOYMENTS, labels=SERVING_SELECTOR, registry=registry, id="serving_dep")
     async def serving_dep(**kw: Any) -> None:

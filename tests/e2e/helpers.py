@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -39,3 +42,49 @@ def s3_objects(s3: Any, uri: str) -> dict[str, int]:
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         out.update({o["Key"]: o["Size"] for o in page.get("Contents", [])})
     return out
+
+
+# Words the quickstart's support answers use and a general assistant does not.
+DOMAIN_MARKERS = ("kettlebot", "zephyr", "brewed", "steam halo", "brew dial", "z-app", "k7")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http(port: int, path: str, body: dict[str, Any] | None = None, timeout: float = 120) -> Any:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read() or b"null")
+
+
+def healthy(port: int) -> bool:
+    try:
+        http(port, "/health", timeout=2)
+        return True
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def model_ids(port: int) -> set[str]:
+    return {m["id"] for m in http(port, "/v1/models")["data"]}
+
+
+def domain_score(text: str) -> int:
+    low = text.lower()
+    return sum(m in low for m in DOMAIN_MARKERS)
+
+
+def serving_pods(cluster: Cluster, ns: str, name: str) -> list[dict[str, Any]]:
+    pods = cluster.get_json("pods", "-n", ns, "-l", "app.kubernetes.io/component=server")["items"]
+    return [
+        p
+        for p in pods
+        if p["metadata"].get("deletionTimestamp") is None and name in p["metadata"]["name"]
+    ]

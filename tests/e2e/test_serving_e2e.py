@@ -6,60 +6,23 @@ survives a pod restart, and another adapter added at runtime becomes servable to
 from __future__ import annotations
 
 import json
-import socket
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from typing import Any
 
 from loraf_dev import quickstart as qs
 from tests.conftest import Cluster
-from tests.e2e.helpers import apply, cond, get, wait_for
-
-# Words the quickstart's support answers use and a general assistant does not.
-DOMAIN_MARKERS = ("kettlebot", "zephyr", "brewed", "steam halo", "brew dial", "z-app", "k7")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def http(port: int, path: str, body: dict[str, Any] | None = None, timeout: float = 120) -> Any:
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}",
-        data=json.dumps(body).encode() if body is not None else None,
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return json.loads(r.read() or b"null")
-
-
-def healthy(port: int) -> bool:
-    try:
-        http(port, "/health", timeout=2)
-        return True
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
-
-
-def model_ids(port: int) -> set[str]:
-    return {m["id"] for m in http(port, "/v1/models")["data"]}
-
-
-def domain_score(text: str) -> int:
-    low = text.lower()
-    return sum(m in low for m in DOMAIN_MARKERS)
-
-
-def serving_pods(cluster: Cluster, ns: str, name: str) -> list[dict[str, Any]]:
-    pods = cluster.get_json("pods", "-n", ns, "-l", "app.kubernetes.io/component=server")["items"]
-    return [
-        p
-        for p in pods
-        if p["metadata"].get("deletionTimestamp") is None and name in p["metadata"]["name"]
-    ]
+from tests.e2e.helpers import (
+    apply,
+    cond,
+    domain_score,
+    free_port,
+    get,
+    healthy,
+    http,
+    model_ids,
+    serving_pods,
+    wait_for,
+)
 
 
 def test_finetune_is_served_survives_restart_and_loads_adapters_at_runtime(

@@ -1,0 +1,205 @@
+"""vLLM end to end: a shared LoRAServing runs the real vLLM engine (the CPU build, through
+the process kubelet's image mapping) with exactly the args and env the builders generate.
+
+Two fine-tunes join it while it runs and are served without a restart (the sidecar
+registers them through vLLM's runtime API); the first answers held-out questions closer
+to the domain than the base model; an adapter whose files do not match its manifest is
+refused with the reason in the LoRAServing status while the others keep serving; after
+the pod is deleted, the replacement serves both adapters again.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from loraf_dev import quickstart as qs
+from tests.conftest import Cluster
+from tests.e2e.helpers import (
+    apply,
+    cond,
+    domain_score,
+    free_port,
+    get,
+    healthy,
+    http,
+    model_ids,
+    serving_pods,
+    wait_for,
+)
+
+# vLLM on a 2-core CPU: small memory reservation (on CPU --gpu-memory-utilization is the
+# share of RAM), short context, no compilation.
+CPU_ENGINE_ARGS = [
+    "--dtype", "bfloat16",
+    "--max-model-len", "512",
+    "--enforce-eager",
+    "--gpu-memory-utilization", "0.08",
+]  # fmt: skip
+HELD_OUT = ["How long is the warranty?", "Why is the light blinking?", "Can I boil milk?"]
+
+
+def free_port_pair() -> int:
+    """A port p with p+1 free too (vLLM's API and the sidecar's status port)."""
+    while True:
+        p = free_port()
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", p + 1))
+            return p
+        except OSError:
+            continue
+
+
+def adapter_states(cluster: Cluster, ns: str, name: str) -> dict[str, dict[str, Any]]:
+    sv = cluster.get_json("loraserving", name, "-n", ns)
+    return {a["name"]: a for a in (sv.get("status") or {}).get("adapters", [])}
+
+
+def chat(port: int, model: str, prompt: str) -> str:
+    out = http(
+        port,
+        "/v1/chat/completions",
+        {
+            "model": model,
+            "max_tokens": 24,
+            "temperature": 0,
+            "messages": [{"role": "user", "content": prompt}],
+        },
+    )
+    return str(out["choices"][0]["message"]["content"])
+
+
+def running_pod(cluster: Cluster, ns: str, other_than: str | None = None) -> Any:
+    return next(
+        (
+            p
+            for p in serving_pods(cluster, ns, "shared")
+            if p["status"].get("phase") == "Running" and p["metadata"]["uid"] != other_than
+        ),
+        None,
+    )
+
+
+def test_vllm_serves_finetunes_at_runtime_refuses_a_tampered_adapter_and_survives_restart(
+    cluster: Cluster, namespace: str, operator: Any, stage: Callable[..., dict[str, Any]], s3: Any
+) -> None:
+    port = free_port_pair()
+    tuned = {
+        "spec": {
+            # A little more training than the other e2e runs, so answers visibly move.
+            "training": {"maxSteps": 20, "learningRate": 0.003},
+            "lora": {"targetModules": ["all-linear"]},
+            "serving": {"enabled": True, "engine": "vllm", "servingRef": "shared"},
+        }
+    }
+    first, second = stage("first", tuned), stage("second", tuned)
+    serving = {
+        "apiVersion": "loraf.dev/v1alpha1",
+        "kind": "LoRAServing",
+        "metadata": {"name": "shared"},
+        "spec": {
+            "baseModel": first["spec"]["baseModel"],
+            "engine": "vllm",
+            "port": port,
+            "maxAdapters": 3,
+            "engineArgs": CPU_ENGINE_ARGS,
+            "credentialsSecretRef": first["spec"]["output"]["credentialsSecretRef"],
+            # On the CPU of the process-kubelet node (the trainer keeps its one GPU).
+            "resources": {
+                "gpus": 0,
+                "nodeSelector": qs.LOCAL_PLACEMENT["nodeSelector"],
+                "tolerations": [{"operator": "Exists", "effect": "NoSchedule"}],
+            },
+        },
+    }
+    apply(cluster, namespace, serving)
+    apply(cluster, namespace, first)
+    pod = wait_for("vLLM pod Running", lambda: running_pod(cluster, namespace), timeout=600)
+    wait_for("vLLM healthy", lambda: healthy(port), timeout=900, every=2)
+    base = serving["spec"]["baseModel"]
+    base_name = f"{base['s3'].rstrip('/')}/{base['ggufFile']}"
+    assert base_name in model_ids(port)
+
+    # The first run succeeds; the sidecar registers its adapter in the running engine.
+    wait_for(
+        "first fine-tune Succeeded",
+        lambda: cond(get(cluster, namespace, "first"), "Succeeded").get("status") == "True",
+        timeout=900,
+    )
+    wait_for("first adapter served", lambda: "first" in model_ids(port), timeout=300, every=1)
+    score = {
+        m: sum(domain_score(chat(port, m, p)) for p in HELD_OUT) for m in ("first", base_name)
+    }
+    assert score["first"] > score[base_name], score
+
+    # A second fine-tune joins while the engine runs: same pod, no restart.
+    apply(cluster, namespace, second)
+    wait_for(
+        "second fine-tune Succeeded",
+        lambda: cond(get(cluster, namespace, "second"), "Succeeded").get("status") == "True",
+        timeout=900,
+    )
+    wait_for("second adapter served", lambda: "second" in model_ids(port), timeout=300, every=1)
+    assert [p["metadata"]["uid"] for p in serving_pods(cluster, namespace, "shared")] == [
+        pod["metadata"]["uid"]
+    ]
+    states: dict[str, Any] = wait_for(
+        "both adapters Ready in the LoRAServing status",
+        lambda: (
+            (s := adapter_states(cluster, namespace, "shared"))
+            and all(s.get(n, {}).get("state") == "Ready" for n in ("first", "second"))
+            and s
+        ),
+        timeout=120,
+    )
+    assert set(states) == {"first", "second"}
+
+    # A copy of the first run with one adapter file changed after its manifest was written.
+    run_uri = get(cluster, namespace, "first")["status"]["artifacts"]["adapterUri"]
+    bucket, _, key = run_uri.removeprefix("s3://").partition("/")
+    src = key.rstrip("/").removesuffix("/adapter")
+    dst = f"{namespace}-tampered/run-1"
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=src + "/"):
+        for o in page.get("Contents", []):
+            body = s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
+            if o["Key"].endswith("adapter/adapter_model.safetensors"):
+                body = body[:-16] + bytes(16)
+            s3.put_object(Bucket=bucket, Key=dst + o["Key"][len(src) :], Body=body)
+    adapters = cluster.get_json("loraserving", "shared", "-n", namespace)["spec"]["adapters"]
+    tampered = {"name": "tampered", "uri": f"s3://{bucket}/{dst}/"}
+    cluster.kubectl(
+        "patch", "loraserving", "shared", "-n", namespace, "--type=merge",
+        "-p", json.dumps({"spec": {"adapters": [*adapters, tampered]}}),
+    )  # fmt: skip
+    failed = wait_for(
+        "tampered adapter Failed in the LoRAServing status",
+        lambda: (
+            (a := adapter_states(cluster, namespace, "shared").get("tampered"))
+            and a.get("state") == "Failed"
+            and a
+        ),
+        timeout=300,
+        every=1,
+    )
+    assert "sha256" in failed["reason"], failed
+    assert "tampered" not in model_ids(port)
+    assert chat(port, "second", HELD_OUT[0])  # the others keep serving
+
+    # The replacement of a deleted pod serves both adapters again (and refuses the third).
+    cluster.kubectl("delete", "pod", pod["metadata"]["name"], "-n", namespace, "--wait=false")
+    wait_for(
+        "replacement pod Running",
+        lambda: running_pod(cluster, namespace, other_than=pod["metadata"]["uid"]),
+        timeout=600,
+    )
+    wait_for(
+        "replacement serves both adapters",
+        lambda: healthy(port) and {"first", "second"} <= model_ids(port),
+        timeout=900,
+        every=2,
+    )
+    assert "tampered" not in model_ids(port)
+    assert chat(port, "first", HELD_OUT[1])
