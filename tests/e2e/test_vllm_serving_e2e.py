@@ -96,7 +96,7 @@ def test_vllm_serves_finetunes_at_runtime_refuses_a_tampered_adapter_and_survive
         }
     }
     first, second = stage("first", tuned), stage("second", tuned)
-    serving = {
+    serving: dict[str, Any] = {
         "apiVersion": "loraf.dev/v1alpha1",
         "kind": "LoRAServing",
         "metadata": {"name": "shared"},

@@ -1033,12 +1033,12 @@ LoraRank = Literal[8, 16, 32, 64, 128, 256, 320, 512]
 
 _SERVING_RULES = _rules(
     cel(
-        "size(self.adapters) <= self.maxAdapters",
+        "!has(self.adapters) || size(self.adapters) <= self.maxAdapters",
         "spec.adapters has more entries than spec.maxAdapters allows",
         ".adapters",
     ),
     cel(
-        "self.adapters.all(a, !has(a.rank) || a.rank <= self.maxLoraRank)",
+        "!has(self.adapters) || self.adapters.all(a, !has(a.rank) || a.rank <= self.maxLoraRank)",
         "an adapter's rank is above spec.maxLoraRank",
         ".adapters",
     ),
