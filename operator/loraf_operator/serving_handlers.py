@@ -94,8 +94,14 @@ async def _merge(
 # ------------------------------------------------------------------ LoRAServing status
 
 
-def serving_status(sv: LoRAServing, dep: dict[str, Any] | None) -> dict[str, Any]:
-    """status of a LoRAServing from its Deployment (None: not created yet)."""
+def serving_status(
+    sv: LoRAServing, dep: dict[str, Any] | None, missing: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """status of a LoRAServing from its Deployment (None: not created yet).
+
+    `missing`: its other children ("Service <name>", ...) that do not exist (yet): Ready is
+    True only when every child exists, and the url only once its Service does.
+    """
     gen = int(sv.metadata.get("generation") or 0)
     ds = (dep or {}).get("status") or {}
     ready = int(ds.get("readyReplicas") or 0)
@@ -107,6 +113,8 @@ def serving_status(sv: LoRAServing, dep: dict[str, Any] | None) -> dict[str, Any
         cond = conds.Cond("Ready", "False", "ScaledToZero", "spec.replicas is 0")
     elif dep is None:
         cond = conds.Cond("Ready", "False", "Creating", "the Deployment is being created")
+    elif missing:
+        cond = conds.Cond("Ready", "False", "Creating", f"waiting for {', '.join(missing)}")
     elif ready > 0 and current and updated > 0:
         cond = conds.Cond("Ready", "True", "ReplicasReady", f"{ready}/{sv.spec.replicas} ready")
     else:
@@ -118,10 +126,11 @@ def serving_status(sv: LoRAServing, dep: dict[str, Any] | None) -> dict[str, Any
         )
     state = "Ready" if cond.status == "True" else "Loading"
     old = [c.to_dict() for c in sv.status.conditions]
+    service_missing = any(m.startswith("Service ") for m in missing)
     return {
         "observedGeneration": gen,
         "conditions": conds.apply(old, [cond], gen),
-        "url": build.service_url(sv),
+        "url": None if service_missing else build.service_url(sv),
         "readyReplicas": ready,
         "adapters": [{"name": a.name, "uri": a.uri, "state": state} for a in sv.spec.adapters],
     }
@@ -158,8 +167,15 @@ async def refresh_status(kube: Kube, ns: str, name: str) -> None:
         return
     sv = LoRAServing.model_validate(body)
     dep = await _get(kube, "Deployment", ns, build.deployment_name(name))
-    new = serving_status(sv, dep)
-    if {k: v for k, v in (body.get("status") or {}).items()} != new:
+    missing = []
+    for kind, child in (
+        ("Service", build.service_name(name)),
+        ("ConfigMap", build.config_map_name(name)),
+    ):
+        if await _get(kube, kind, ns, child) is None:
+            missing.append(f"{kind} {child}")
+    new = serving_status(sv, dep, tuple(missing))
+    if dict(body.get("status") or {}) != {k: v for k, v in new.items() if v is not None}:
         await _merge(kube, "LoRAServing", ns, name, {"status": new}, sub="status")
 
 

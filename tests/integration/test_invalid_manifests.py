@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import copy
 import json
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
 from loraf_operator.api.models import LoRAFineTune, LoRAServing
+
+from .operator_fixtures import OperatorHandle, operator, wait_until
+
+__all__ = ["operator"]  # the fixture, imported for pytest
 
 pytestmark = pytest.mark.cluster
 
@@ -354,3 +360,131 @@ def test_models_agree_with_the_apiserver() -> None:
             pytest.fail(f"model accepted {case_id}")
     for _, manifest in ACCEPTED:
         MODELS[manifest["kind"]].model_validate(manifest)
+
+
+# ---------------------------------------------------------------------------------------------
+# Accepted by the CRD, refused by Kubernetes when the operator creates the run's children:
+# the run ends Failed/InvalidSpec with the apiserver's message, one Warning, no leftovers.
+# An admission policy stands in for every such refusal (a pod template Kubernetes rejects,
+# a policy engine's denial): whatever the cause, a refusal retrying cannot fix.
+
+
+@pytest.fixture
+def deny_jobs(cluster: Any, namespace: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A ValidatingAdmissionPolicy that refuses every Job in `namespace` (422 or 403)."""
+    reason = getattr(request, "param", "Invalid")
+    name = f"deny-jobs-{namespace}"[:63]
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": [
+                    {
+                        "apiGroups": ["batch"],
+                        "apiVersions": ["v1"],
+                        "operations": ["CREATE"],
+                        "resources": ["jobs"],
+                    }
+                ]
+            },
+            "validations": [
+                {"expression": "false", "message": "jobs are refused here", "reason": reason}
+            ],
+        },
+    }
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": name},
+        "spec": {
+            "policyName": name,
+            "validationActions": ["Deny"],
+            "matchResources": {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+            },
+        },
+    }
+    for obj in (policy, binding):
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(obj))
+    probe = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "probe", "namespace": namespace},
+        "spec": {
+            "template": {
+                "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "x"}]}
+            }
+        },
+    }
+
+    def denied() -> bool:
+        got = cluster.kubectl(
+            "create", "--dry-run=server", "-f", "-", input=json.dumps(probe), check=False
+        )
+        return got.returncode != 0 and "jobs are refused here" in got.stderr
+
+    wait_until("the admission policy to take effect", denied, timeout=30, every=0.5)
+    yield reason
+    for kind in ("validatingadmissionpolicybinding", "validatingadmissionpolicy"):
+        cluster.kubectl("delete", kind, name, "--wait=false", check=False)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("deny_jobs", ["Invalid", "Forbidden"], indirect=True)
+def test_op_refused_child_fails_the_run(
+    cluster: Any, namespace: str, operator: OperatorHandle, deny_jobs: str
+) -> None:
+    ns, name = namespace, "refused"
+    ft = with_(FT, **{"metadata.name": name, "metadata.namespace": ns})
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(ft))
+    started = time.monotonic()
+
+    def failed() -> dict[str, Any] | None:
+        got = cluster.get_json("lorafinetune", name, "-n", ns)
+        conds = {c["type"]: c for c in (got.get("status") or {}).get("conditions") or []}
+        ok = conds.get("Failed", {}).get("status") == "True"
+        return got if ok else None
+
+    got = wait_until("the run to end Failed", failed, timeout=60)
+    assert time.monotonic() - started < 60
+    conds = {c["type"]: c for c in got["status"]["conditions"]}
+    assert conds["Failed"]["reason"] == "InvalidSpec"
+    msg = conds["Failed"]["message"]
+    assert f"Job {name}-r1" in msg and "jobs are refused here" in msg, msg
+    assert got["status"]["phase"] == "Failed"
+    assert "Scheduled" not in conds  # no "waiting for the Job controller" on a dead run
+    # No orphans: the run's ServiceAccount, Role, RoleBinding and ConfigMap are gone.
+    for kind, child in (
+        ("serviceaccount", f"{name}-r1"),
+        ("role", f"{name}-r1"),
+        ("rolebinding", f"{name}-r1"),
+        ("configmap", f"{name}-r1-config"),
+        ("job", f"{name}-r1"),
+    ):
+        res = cluster.kubectl("get", kind, child, "-n", ns, check=False)
+        assert res.returncode != 0 and "NotFound" in res.stderr, (kind, res.stdout)
+
+    # Exactly one Warning, and no retry loop: nothing changes after that.
+    def warnings() -> list[dict[str, Any]]:
+        items = cluster.get_json(
+            "events",
+            "-n",
+            ns,
+            "--field-selector",
+            f"involvedObject.name={name},involvedObject.kind=LoRAFineTune,type=Warning",
+        )["items"]
+        return list(items)
+
+    wait_until("a Warning event", warnings, timeout=10)
+    rv = got["metadata"]["resourceVersion"]
+    time.sleep(5)
+    after = cluster.get_json("lorafinetune", name, "-n", ns)
+    assert after["metadata"]["resourceVersion"] == rv, "status changed after the failure"
+    got_warnings = warnings()
+    assert [e["reason"] for e in got_warnings] == ["InvalidSpec"], got_warnings
+    assert got_warnings[0].get("count", 1) == 1
+    assert "jobs are refused here" in got_warnings[0]["message"]
+    assert "Traceback" not in operator.logs()
