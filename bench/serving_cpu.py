@@ -79,7 +79,7 @@ def prepare(work: Path) -> tuple[Path, list[Path]]:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from loraf_dev import quickstart as qs
+    import loraf_dev.quickstart as qs
     from loraf_trainer.model_loading import ResolvedModel, materialize
 
     gguf = qs.gguf_path()

@@ -28,12 +28,28 @@ class ApiError(Exception):
     def __init__(self, status: int, body: str, method: str, path: str) -> None:
         self.status = status
         self.body = body
+        self.refused_kind = ""  # "<Kind> <name>" of the object refused, when known
         try:
             self.reason = str(json.loads(body).get("reason", ""))
             self.message = str(json.loads(body).get("message", body))
         except (ValueError, AttributeError):
             self.reason, self.message = "", body
         super().__init__(f"{method} {path}: {status} {self.message}")
+
+    @property
+    def refused(self) -> bool:
+        """The apiserver refused the object itself: retrying the same request cannot help.
+
+        400 (malformed) and 422 (invalid, e.g. a pod template Kubernetes rejects) always; 403
+        when an admission check denied it, but not for RBAC (the operator's own permissions,
+        fixed by an admin) or a ResourceQuota (frees up when other work ends).
+        """
+        if self.status in (400, 422):
+            return True
+        if self.status == 403:
+            rbac = " cannot " in self.message and "resource" in self.message
+            return not rbac and "exceeded quota" not in self.message
+        return False
 
 
 @dataclass(frozen=True)

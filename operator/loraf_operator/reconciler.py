@@ -18,7 +18,7 @@ import kopf
 from pydantic import ValidationError
 
 from . import metrics
-from .api.models import LoRAFineTune
+from .api.models import COND_FAILED, LoRAFineTune
 from .builders import build_run, child_name, config_map_name, run_spec_hash
 from .builders.labels import QUEUE_NAME, SPEC_HASH
 from .kube import ApiError, Kube
@@ -113,9 +113,15 @@ class Reconciler:
         return resp
 
     def _emit(self, body: Obj, old: list[Obj], new: list[Obj]) -> None:
-        for c in transitions(old, new):
+        changed = transitions(old, new)
+        failed_now = any(c["type"] == COND_FAILED and c["status"] == "True" for c in changed)
+        for c in changed:
             if c["status"] != "True" and not is_warning(c):
                 continue  # "not yet"/"no longer" conditions are not news
+            if not c.get("message"):
+                continue  # a companion of another transition (Succeeded=False, ...)
+            if failed_now and c["type"] != COND_FAILED:
+                continue  # a failure is one Warning: the Failed condition says it all
             kind = "Warning" if is_warning(c) else "Normal"
             msg = f"{c['type']}={c['status']}" + (f": {c['message']}" if c.get("message") else "")
             kopf.event(_ref(body), type=kind, reason=c["reason"] or c["type"], message=msg[:1024])
@@ -144,7 +150,13 @@ class Reconciler:
             if p.action == "start":
                 await self._start(ft, fresh, p, jobs)
             elif p.action == "ensure":
-                await self._ensure_children(ft, p.run, jobs)
+                try:
+                    await self._ensure_children(ft, p.run, jobs)
+                except ApiError as e:
+                    if not e.refused:
+                        raise
+                    await self._refused(ft, fresh, p.run, e, {})
+                    return
                 await self._observed(fresh, gen)
             elif p.action == "sync":
                 await self._sync_suspend(ft, p.run, jobs)
@@ -194,6 +206,8 @@ class Reconciler:
             await self.kube.create(obj)
             return True
         except ApiError as e:
+            if e.refused:
+                e.refused_kind = f"{obj['kind']} {obj['metadata']['name']}"
             if e.status != 409:
                 raise
             meta = obj["metadata"]
@@ -233,7 +247,13 @@ class Reconciler:
                 patch["gpuHours"] = round(float(status.get("gpuHours") or 0) + used, 4)
             msg = f"spec changed: stopped run {p.stop}"
             kopf.event(_ref(body), type="Normal", reason="RunStopped", message=msg)
-        await self._ensure_children(ft, p.run, jobs)
+        try:
+            await self._ensure_children(ft, p.run, jobs)
+        except ApiError as e:
+            if not e.refused:
+                raise
+            await self._refused(ft, body, p.run, e, patch)
+            return
         gen = int(ft.metadata.get("generation") or 0)
         old_conds = [c for c in status.get("conditions") or [] if c.get("type") != COND_SCHEDULED]
         conds = apply(old_conds, start_conditions(ft.spec.suspend), gen, now)
@@ -259,6 +279,40 @@ class Reconciler:
             reason="RunStarted",
             message=f"started run {p.run}: Job {child_name(ft.name, p.run)}",
         )
+
+    async def _refused(
+        self, ft: LoRAFineTune, body: Obj, run: int, err: ApiError, patch: Obj
+    ) -> None:
+        """The apiserver refused one of run `run`'s children (e.g. a 422 for its pod
+        template): the run ends Failed/InvalidSpec with the apiserver's message, and the
+        children already created are deleted, so nothing is left behind or retried."""
+        await self._stop_run(ft, run)
+        status = body.get("status") or {}
+        gen = int(ft.metadata.get("generation") or 0)
+        now = now_iso()
+        message = f"Kubernetes refused the run's {err.refused_kind or 'object'}: {err.message}"
+        old = [c for c in status.get("conditions") or [] if c.get("type") != COND_SCHEDULED]
+        conds = apply(old, invalid_conditions(message), gen, now)
+        phase, summary_msg = summary(conds)
+        patch = {
+            **patch,
+            "observedGeneration": gen,
+            "model": ft.spec.base_model.display_name,
+            "conditions": conds,
+            "phase": phase,
+            "message": summary_msg,
+            # The run number stays taken (its plan is "none" from now on: no retry loop);
+            # there is no Job to follow.
+            "run": {
+                "number": run,
+                "generation": gen,
+                "jobName": None,
+                "startTime": now,
+                "completionTime": now,
+            },
+        }
+        await self._patch_status(body, patch)
+        self._emit(body, list(status.get("conditions") or []), conds)
 
     async def _sync_suspend(self, ft: LoRAFineTune, run: int, jobs: Index | None) -> None:
         """Only suspend/serving changed: let the same Job follow spec.suspend."""

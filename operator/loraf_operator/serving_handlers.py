@@ -124,8 +124,15 @@ async def _replica_reports(sv: LoRAServing, pods: list[dict[str, Any]]) -> list[
 
 
 async def observe(kube: Kube, sv: LoRAServing) -> tuple[dict[str, Any] | None, svstatus.Replicas]:
-    """The Deployment and what its pods say (exits, adapter states)."""
+    """The Deployment, its other children that are missing, and what its pods say."""
     dep = await _get(kube, "Deployment", sv.namespace, build.deployment_name(sv.name))
+    missing = []
+    for kind, child in (
+        ("Service", build.service_name(sv.name)),
+        ("ConfigMap", build.config_map_name(sv.name)),
+    ):
+        if await _get(kube, kind, sv.namespace, child) is None:
+            missing.append(f"{kind} {child}")
     selector = ",".join(f"{k}={v}" for k, v in build.selector(sv).items())
     pods = (
         await kube.request(
@@ -134,7 +141,9 @@ async def observe(kube: Kube, sv: LoRAServing) -> tuple[dict[str, Any] | None, s
         )
     ).get("items", [])  # fmt: skip
     return dep, svstatus.Replicas(
-        reports=await _replica_reports(sv, pods), engine_exit=svstatus.engine_exit(pods)
+        reports=await _replica_reports(sv, pods),
+        engine_exit=svstatus.engine_exit(pods),
+        missing=tuple(missing),
     )
 
 
@@ -160,7 +169,7 @@ async def refresh_status(kube: Kube, ns: str, name: str) -> None:
     sv = LoRAServing.model_validate(body)
     dep, replicas = await observe(kube, sv)
     new = svstatus.serving_status(sv, dep, replicas)
-    if {k: v for k, v in (body.get("status") or {}).items()} != new:
+    if dict(body.get("status") or {}) != {k: v for k, v in new.items() if v is not None}:
         await _merge(kube, "LoRAServing", ns, name, {"status": new}, sub="status")
 
 

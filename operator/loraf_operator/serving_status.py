@@ -1,9 +1,10 @@
 """A LoRAServing's status, from its Deployment and what its pods say. Pure.
 
 - `Ready` (reasons `ReplicasReady`, `ReplicasNotReady`, `Creating`, `ScaledToZero`,
-  `EngineExited`): true only when a replica of the current Deployment generation is
-  ready; with none ready and a server container that exited, `EngineExited` carries its
-  exit code and termination message (the log's tail: `FallbackToLogsOnError`).
+  `EngineExited`): true only when every child exists and a replica of the current
+  Deployment generation is ready; with none ready and a server container that exited,
+  `EngineExited` carries its exit code and termination message (the log's tail:
+  `FallbackToLogsOnError`).
 - `adapters[]`: per listed adapter, the replicas' own reports (GET /v1/adapters on each
   ready pod): `Failed` (with the reason) if any replica refused it, `Ready` when every
   reporting replica serves it, otherwise `Loading`.
@@ -27,6 +28,7 @@ class Replicas:
 
     reports: list[dict[str, Any]] = field(default_factory=list)  # /v1/adapters bodies
     engine_exit: str | None = None
+    missing: tuple[str, ...] = ()  # other children ("Service <name>", …) not there (yet)
 
 
 def pod_ready(pod: dict[str, Any]) -> bool:
@@ -90,6 +92,9 @@ def serving_status(
         cond = conds.Cond("Ready", "False", "ScaledToZero", "spec.replicas is 0")
     elif dep is None:
         cond = conds.Cond("Ready", "False", "Creating", "the Deployment is being created")
+    elif replicas.missing:
+        waiting = ", ".join(replicas.missing)
+        cond = conds.Cond("Ready", "False", "Creating", f"waiting for {waiting}")
     elif ready > 0 and current and updated > 0:
         cond = conds.Cond("Ready", "True", "ReplicasReady", f"{ready}/{sv.spec.replicas} ready")
     elif replicas.engine_exit:
@@ -105,7 +110,9 @@ def serving_status(
     return {
         "observedGeneration": gen,
         "conditions": conds.apply(old, [cond], gen),
-        "url": build.service_url(sv),
+        # The url only once its Service exists.
+        "url": None if any(m.startswith("Service ") for m in replicas.missing)
+        else build.service_url(sv),
         "readyReplicas": ready,
         "adapters": adapter_states(sv, replicas.reports if cond.status == "True" else []),
     }

@@ -200,7 +200,7 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     (
         "two-model-sources",
         mutate(F, **{"spec.baseModel.s3": "s3://models/x"}),
-        "spec.baseModel: Invalid value",
+        "spec.baseModel: Forbidden: exactly one of huggingFace, s3 or pvc must be set; set: huggingFace s3",  # noqa: E501
     ),
     (
         "no-model-source",
@@ -220,7 +220,7 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     (
         "two-dataset-sources",
         mutate(F, **{"spec.dataset.huggingFace": "tatsu-lab/alpaca"}),
-        "spec.dataset: Invalid value",
+        "spec.dataset: Forbidden: exactly one of s3, pvc or huggingFace must be set; set: s3 huggingFace",  # noqa: E501
     ),
     (
         "empty-eval-source",
@@ -264,7 +264,7 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     (
         "svc-two-sources",
         mutate(S, **{"spec.baseModel.s3": "s3://models/x"}),
-        "spec.baseModel: Invalid value",
+        "spec.baseModel: Forbidden: exactly one of huggingFace, s3 or pvc must be set; set: huggingFace s3",  # noqa: E501
     ),
 ]
 

@@ -282,10 +282,11 @@ def test_op_run_service_account_is_least_privilege(
 
 def test_op_unschedulable(cluster: Any, namespace: str, operator: OperatorHandle) -> None:
     ns = namespace
-    apply(cluster, manifest("big", ns, resources={"gpus": 16}))  # nodes have 8 each
+    # One GPU (more is refused at apply time) but more memory than any node has (512Gi).
+    apply(cluster, manifest("big", ns, resources={"memory": "4Ti"}))
     ft = wait_cond(cluster, ns, "big", "Scheduled", "False", "Unschedulable")
     msg = cond(ft, "Scheduled")["message"]
-    assert "Insufficient nvidia.com/gpu" in msg, msg
+    assert "Insufficient memory" in msg, msg
     assert ft["status"]["phase"] == "Scheduling"
     assert "Unschedulable" in ft["status"]["message"]
     assert any(

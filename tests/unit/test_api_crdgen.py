@@ -76,13 +76,39 @@ def test_finetune_schema_details() -> None:
     rules = [r["rule"] for r in spec["x-kubernetes-validations"]]
     assert "self.method == 'qlora' || !has(self.quantization)" in rules
     training = spec["properties"]["training"]
+    none, both = training["x-kubernetes-validations"]
+    assert none["rule"] == "has(self.epochs) || has(self.maxSteps)"
+    assert none["reason"] == "FieldValueRequired"
+    assert both["rule"] == "(has(self.epochs) ? 1 : 0) + (has(self.maxSteps) ? 1 : 0) <= 1"
     assert (
-        training["x-kubernetes-validations"][0]["rule"] == "has(self.epochs) != has(self.maxSteps)"
+        both["reason"] == "FieldValueForbidden"
+        and "has(self.epochs) ?" in both["messageExpression"]
     )
     res = spec["properties"]["resources"]["properties"]
     assert res["cpu"]["x-kubernetes-int-or-string"] is True
-    assert res["tolerations"]["items"]["x-kubernetes-preserve-unknown-fields"] is True
-    assert res["nodeSelector"]["additionalProperties"] == {"type": "string"}
+    # core/v1 objects copied into the pod are typed, so the apiserver checks them at apply.
+    tol = res["tolerations"]["items"]
+    assert "x-kubernetes-preserve-unknown-fields" not in tol
+    assert tol["properties"]["operator"]["enum"] == ["Exists", "Equal"]
+    effects = ["", "NoSchedule", "PreferNoSchedule", "NoExecute"]
+    assert tol["properties"]["effect"]["enum"] == effects
+    assert res["nodeSelector"]["additionalProperties"]["maxLength"] == 63
+    assert "pattern" in res["nodeSelector"]["additionalProperties"]
+    assert "k.matches(" in res["nodeSelector"]["x-kubernetes-validations"][0]["rule"]
+    affinity = res["affinity"]["properties"]["nodeAffinity"]["properties"]
+    required = affinity["requiredDuringSchedulingIgnoredDuringExecution"]
+    term = required["properties"]["nodeSelectorTerms"]["items"]
+    op = term["properties"]["matchExpressions"]["items"]["properties"]["operator"]
+    assert op["enum"] == ["In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"]
+    for name in ("priorityClassName", "modelCachePvc", "gpuType"):
+        assert "pattern" in res[name], name
+    assert "pattern" in res["imagePullSecrets"]["items"]
+    # Until multi-GPU training exists, gpus > 1 is refused at apply time.
+    gpu_rules = spec["properties"]["resources"]["x-kubernetes-validations"]
+    assert any(
+        r["rule"] == "!has(self.gpus) || self.gpus <= 1" and "multi-GPU" in r["message"]
+        for r in gpu_rules
+    )
     status = schema_of(CRDS["finetune"])["properties"]["status"]["properties"]
     assert status["conditions"]["x-kubernetes-list-type"] == "map"
     assert status["conditions"]["x-kubernetes-list-map-keys"] == ["type"]
@@ -97,6 +123,26 @@ def test_cel_rules_are_bounded() -> None:
                 if ".status." in path or path.startswith(".properties.status"):
                     continue
                 assert "maxItems" in node, f"unbounded list at {path}"
+
+
+def test_rules_name_the_value_not_the_type() -> None:
+    """A failed rule prints `Invalid value: "<node type>"` unless it has a reason such as
+    FieldValueForbidden/Required; rules that do say "Invalid" carry a messageExpression or
+    a fieldPath to a scalar, so the user sees which value is wrong."""
+    for which, crd in CRDS.items():
+        for path, node in walk(schema_of(crd)):
+            for rule in node.get("x-kubernetes-validations", []):
+                if "reason" in rule or "messageExpression" in rule:
+                    continue
+                raise AssertionError(f"{which}: rule at {path} names no value: {rule['message']}")
+
+
+def test_object_rules_at_the_root() -> None:
+    svc = schema_of(CRDS["serving"])["x-kubernetes-validations"]
+    assert "self.metadata.name.matches(" in svc[0]["rule"]
+    assert svc[0]["messageExpression"].endswith("+ self.metadata.name")
+    ft = schema_of(CRDS["finetune"])["x-kubernetes-validations"]
+    assert "has(self.spec.serving.servingRef)" in ft[0]["rule"]
 
 
 def test_names_and_columns() -> None:

@@ -89,7 +89,7 @@ def test_qlora_defaults() -> None:
         ({"dataset.huggingFace": "tatsu-lab/alpaca"}, "exactly one of s3, pvc or huggingFace"),
         ({"dataset.eval": {"split": "test"}}, "exactly one of s3, pvc or huggingFace"),
         ({"resources": {"gpus": 0, "gpuType": "H100"}}, "gpuType needs gpus"),
-        ({"resources": {"cpu": "lots"}}, "must be a Kubernetes quantity"),
+        ({"resources": {"cpu": "lots"}}, "should match pattern"),
         ({"lora.r": 0}, "greater than or equal to 1"),
         ({"lora.r": 2048}, "less than or equal to 1024"),
         ({"lora.alpha": 0}, "greater than or equal to 1"),

@@ -97,10 +97,10 @@ TABLE: list[tuple[str, dict[str, Any], Any]] = [
     ("image", {"resources": {"image": "my/img:2"}}, lambda j: container(j)["image"] == "my/img:2"),
     (
         "gpu type",
-        {"resources": {"gpus": 2, "gpuType": "NVIDIA-A100"}},
+        {"resources": {"gpus": 1, "gpuType": "NVIDIA-A100"}},
         lambda j: (
             pod_spec(j)["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A100"}
-            and container(j)["resources"]["limits"]["nvidia.com/gpu"] == "2"
+            and container(j)["resources"]["limits"]["nvidia.com/gpu"] == "1"
         ),
     ),
     (

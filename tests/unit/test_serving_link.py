@@ -53,9 +53,9 @@ def test_dedicated_serving_inherits_the_finetunes_placement_and_is_valid() -> No
 
 
 def test_vllm_serving_does_not_inherit_the_trainer_image() -> None:
-    ft = finetune({"gpus": 2, "image": "trainer:1"}, "vllm")
+    ft = finetune({"gpus": 1, "gpuType": "L4", "image": "trainer:1"}, "vllm")
     res = dedicated_serving(ft, Adapter("ft", "s3://out/ft/run-1/", 16))["spec"]["resources"]
-    assert res == {"gpus": 2}
+    assert res == {"gpus": 1, "gpuType": "L4"}
 
 
 def shared(**spec: Any) -> LoRAServing:

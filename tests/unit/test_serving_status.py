@@ -99,3 +99,21 @@ def test_vllm_reasons_are_unwrapped() -> None:
     )
     assert vllm_reason(msg) == "LoRA rank 32 is greater than max_lora_rank 16."
     assert vllm_reason("plain message") == "plain message"
+
+
+def ready_cond(status: dict[str, Any]) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == "Ready")
+
+
+def test_ready_needs_every_child() -> None:
+    st = serving_status(sv(), READY_DEP, Replicas(reports=[report((A, "Ready", None))]))
+    assert ready_cond(st)["status"] == "True"
+    assert st["url"] == "http://s.ns.svc:8000/v1"
+    no_svc = serving_status(sv(), READY_DEP, Replicas(missing=("Service s",)))
+    c = ready_cond(no_svc)
+    assert (c["status"], c["reason"]) == ("False", "Creating") and "Service s" in c["message"]
+    assert no_svc["url"] is None  # no URL for a Service that does not exist
+    assert [a["state"] for a in no_svc["adapters"]] == ["Loading", "Loading"]
+    no_cm = serving_status(sv(), READY_DEP, Replicas(missing=("ConfigMap s-adapters",)))
+    assert ready_cond(no_cm)["status"] == "False"
+    assert no_cm["url"] == "http://s.ns.svc:8000/v1"

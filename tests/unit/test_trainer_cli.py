@@ -13,7 +13,7 @@ import yaml
 from loraf_operator.api.exitcodes import ExitCode
 from loraf_operator.api.trainer_config import TrainerConfig
 from loraf_trainer import cli
-from loraf_trainer.train import check_config, sft_config_kwargs
+from loraf_trainer.train import sft_config_kwargs
 
 
 def spec(**over: Any) -> dict[str, Any]:
@@ -88,9 +88,11 @@ def test_missing_dataset_file_exits_65(env: Path) -> None:
 
 
 def test_multi_gpu_is_refused_with_64(env: Path) -> None:
+    # The apiserver refuses gpus > 1 already (the same model rule); a config written by
+    # hand still fails with 64 and says why.
     rc = cli.main(["train", "--config", str(write_config(env, resources={"gpus": 2}))])
     assert rc == ExitCode.CONFIG_INVALID
-    assert termination(env).startswith("multi-GPU training is not supported yet")
+    assert "multi-GPU training is not supported yet" in termination(env)
 
 
 def test_unreadable_or_invalid_config_exits_64(env: Path) -> None:
@@ -113,9 +115,9 @@ def test_unreadable_or_invalid_config_exits_64(env: Path) -> None:
     assert "config invalid" in termination(env)
 
 
-def test_check_config_accepts_one_or_zero_gpus() -> None:
-    check_config(trainer_config(resources={"gpus": 1}))
-    check_config(trainer_config(resources={"gpus": 0}))
+def test_config_accepts_one_or_zero_gpus() -> None:
+    assert trainer_config(resources={"gpus": 1}).spec.resources.gpus == 1
+    assert trainer_config(resources={"gpus": 0}).spec.resources.gpus == 0
 
 
 def test_sft_config_kwargs(tmp_path: Path) -> None:

@@ -56,16 +56,6 @@ class RunContext:
         return self._s3
 
 
-def check_config(cfg: TrainerConfig) -> None:
-    """What the trainer refuses although the schema allows it."""
-    spec = cfg.spec
-    if spec.resources.gpus > 1:
-        raise ConfigInvalid(
-            f"multi-GPU training is not supported yet: resources.gpus is {spec.resources.gpus}; "
-            "set it to 1"
-        )
-
-
 def load_dataset(ctx: RunContext) -> data.Prepared:
     ds = ctx.cfg.spec.dataset
     seed = ctx.cfg.spec.training.seed
@@ -247,7 +237,6 @@ def run(ctx: RunContext) -> dict[str, Any]:
     cfg, pub = ctx.cfg, ctx.publisher
     spec = cfg.spec
     pub.update({"runNumber": cfg.run, "stage": "Validating"}, force=True)
-    check_config(cfg)
     prepared = load_dataset(ctx)
 
     # -- model

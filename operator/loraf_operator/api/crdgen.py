@@ -65,7 +65,12 @@ def _convert(node: Schema, defs: dict[str, Schema]) -> Schema:
         options = [o for o in options if o.get("type") != "null"]
         types = sorted(o.get("type", "") for o in options)
         if types == ["integer", "string"]:
-            merged: Schema = {"x-kubernetes-int-or-string": True}
+            # The string option's constraints (a quantity's pattern) apply to string values.
+            text = next(o for o in options if o.get("type") == "string")
+            merged: Schema = {
+                "x-kubernetes-int-or-string": True,
+                **{k: text[k] for k in ("pattern", "maxLength") if k in text},
+            }
         elif len(options) == 1:
             merged = _convert(options[0], defs)
         else:
@@ -111,12 +116,12 @@ def _cleanup(node: Schema) -> Schema:
             node[bound] = True
     if "x-kubernetes-validations" in node:
         node["x-kubernetes-validations"] = [
-            {k: r[k] for k in ("rule", "message", "fieldPath") if k in r}
-            for r in node["x-kubernetes-validations"]
+            {k: r[k] for k in _RULE_KEYS if k in r} for r in node["x-kubernetes-validations"]
         ]
     return _ordered(node)
 
 
+_RULE_KEYS = ("rule", "message", "messageExpression", "fieldPath", "reason")
 _KEY_ORDER = ["description", "type", "format", "enum", "default", "nullable"]
 
 
@@ -145,6 +150,7 @@ def _crd(
     status: type[BaseModel],
     description: str,
     columns: list[Schema],
+    rules: list[dict[str, str]],
 ) -> Schema:
     root: Schema = {
         "description": description,
@@ -157,6 +163,7 @@ def _crd(
             "status": structural(status),
         },
         "required": ["spec"],
+        "x-kubernetes-validations": [{k: r[k] for k in _RULE_KEYS if k in r} for r in rules],
     }
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
@@ -199,6 +206,7 @@ def finetune_crd() -> Schema:
         status=m.LoRAFineTuneStatus,
         description="A LoRA/QLoRA fine-tune of a pretrained LLM: base model + dataset in, "
         "adapter (and optionally merged weights) out to S3.",
+        rules=m.FINETUNE_OBJECT_RULES,
         columns=[
             _column("Phase", "string", ".status.phase", "Display summary of the conditions."),
             _column("Model", "string", ".status.model", "Base model."),
@@ -224,6 +232,7 @@ def serving_crd() -> Schema:
         status=m.LoRAServingStatus,
         description="An OpenAI-compatible inference server for one base model and many "
         "LoRA adapters.",
+        rules=m.SERVING_OBJECT_RULES,
         columns=[
             _column(
                 "Ready",
@@ -400,11 +409,12 @@ def _all_rules(name: str, s: Schema) -> Iterator[tuple[str, str]]:
 def render_api_doc() -> str:
     parts: list[str] = []
     rules: list[str] = []
-    for kind, spec, status in (
-        (m.FINETUNE_KIND, m.LoRAFineTuneSpec, m.LoRAFineTuneStatus),
-        (m.SERVING_KIND, m.LoRAServingSpec, m.LoRAServingStatus),
+    for kind, spec, status, object_rules in (
+        (m.FINETUNE_KIND, m.LoRAFineTuneSpec, m.LoRAFineTuneStatus, m.FINETUNE_OBJECT_RULES),
+        (m.SERVING_KIND, m.LoRAServingSpec, m.LoRAServingStatus, m.SERVING_OBJECT_RULES),
     ):
         parts.append(f"## {kind}\n")
+        rules += [f"| {kind} `metadata.name` | {r['message']} |" for r in object_rules]
         for section, model in (("spec", spec), ("status", status)):
             schema = structural(model)
             for path, obj in _objects(section, schema):

@@ -11,12 +11,23 @@ Pure pydantic: importable without torch or the Kubernetes client.
 
 from __future__ import annotations
 
+import json
 import re
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    Strict,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
+from pydantic_core import core_schema
 
 GROUP = "loraf.dev"
 VERSION = "v1alpha1"
@@ -31,6 +42,19 @@ S3_URI_PATTERN = r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$"
 HF_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]*(/[A-Za-z0-9][A-Za-z0-9._\-]*)?$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+# RFC 1035 label: what a Service name must be (starts with a letter, <= 63 characters).
+DNS_1035_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+# Label keys ([prefix/]name, prefix a DNS subdomain <= 253, name <= 63) and values (<= 63).
+LABEL_KEY_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
+MAX_LABEL_KEY = 317
+# The same, looser (no per-part lengths), for CEL on map keys: a map key has no maxLength,
+# so the cost of a regex match on it is estimated from the pattern's length.
+CEL_LABEL_KEY_PATTERN = r"^([a-z0-9.-]+/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+# A key of a Secret or ConfigMap.
+DATA_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
 ADAPTER_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$"
 URL_PATTERN = r"^https?://.+$"
 MAX_URI = 1024
@@ -44,12 +68,57 @@ ArgStr = Annotated[str, Field(max_length=1024)]
 Flag = Annotated[bool, Strict()]
 
 
-def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
-    """One `x-kubernetes-validations` entry; `field_path` points the error at a child field."""
+CelReason = Literal["FieldValueInvalid", "FieldValueForbidden", "FieldValueRequired"]
+
+
+def cel(
+    rule: str,
+    message: str,
+    field_path: str | None = None,
+    *,
+    message_expression: str | None = None,
+    reason: CelReason | None = None,
+) -> dict[str, str]:
+    """One `x-kubernetes-validations` entry.
+
+    `field_path` points the error at a child field. The apiserver prints a failed rule as
+    `<path>: Invalid value: "<type of the rule's node>": <message>` (e.g. `"object"`, not
+    the value), so rules whose message is about a field being set or missing use `reason`
+    FieldValueForbidden / FieldValueRequired (printed `Forbidden:` / `Required value:`), and
+    `message_expression` (CEL building the message) names the offending value.
+    """
     out = {"rule": rule, "message": message}
+    if message_expression:
+        out["messageExpression"] = message_expression
     if field_path:
         out["fieldPath"] = field_path
+    if reason:
+        out["reason"] = reason
     return out
+
+
+def cel_str(text: str) -> str:
+    """`text` as a CEL string literal (JSON's escapes are CEL's)."""
+    return json.dumps(text)
+
+
+def exactly_one(*fields: str) -> list[dict[str, str]]:
+    """Two rules for "exactly one of `fields`": one for none set (Required), one for
+    several (Forbidden, naming those set)."""
+    names = ", ".join(fields[:-1]) + f" or {fields[-1]}" if len(fields) > 2 else " or ".join(fields)
+    head = f"exactly one of {names} must be set"
+    count = " + ".join(f"(has(self.{f}) ? 1 : 0)" for f in fields)
+    # Conditional literals, not list.filter().join(): CEL cost estimation must stay bounded.
+    listed = " + ".join(f"(has(self.{f}) ? ' {f}' : '')" for f in fields)
+    return [
+        cel(" || ".join(f"has(self.{f})" for f in fields), head, reason="FieldValueRequired"),
+        cel(
+            f"{count} <= 1",
+            head,
+            message_expression=f"{cel_str(head + '; set:')} + {listed}",
+            reason="FieldValueForbidden",
+        ),
+    ]
 
 
 def _rules(*rules: dict[str, str]) -> dict[str, Any]:
@@ -63,6 +132,64 @@ _OBJECT_DEFAULT: dict[str, Any] = {"default": {}}
 
 def _count_set(*values: object) -> int:
     return sum(v is not None for v in values)
+
+
+def _check_label_keys(labels: dict[str, str]) -> dict[str, str]:
+    for key in labels:
+        if len(key) > MAX_LABEL_KEY or not re.match(LABEL_KEY_PATTERN, key):
+            raise ValueError(f"{key!r} is not a valid label key ([prefix/]name)")
+    return labels
+
+
+LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]
+LabelKey = Annotated[str, Field(min_length=1, max_length=MAX_LABEL_KEY, pattern=LABEL_KEY_PATTERN)]
+# A label map (nodeSelector, matchLabels): values checked by the schema, keys by the
+# validator and, for nodeSelector, by CEL (structural schemas have no propertyNames). CEL on
+# map keys is costly (unbounded key length): deeper maps (matchLabels inside affinity terms)
+# are left to the models, so a bad key there fails the run with InvalidSpec at once.
+LabelMap = Annotated[dict[str, LabelValue], AfterValidator(_check_label_keys), Field(max_length=16)]
+NodeSelectorMap = Annotated[
+    dict[str, LabelValue],
+    AfterValidator(_check_label_keys),
+    Field(
+        max_length=16,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    f"self.all(k, k.size() <= {MAX_LABEL_KEY} && "
+                    f"k.matches('{CEL_LABEL_KEY_PATTERN}'))",
+                    "keys must be valid label keys ([prefix/]name, name at most 63 characters)",
+                    reason="FieldValueForbidden",
+                )
+            ]
+        },
+    ),
+]
+DnsSubdomain = Annotated[
+    str, Field(min_length=1, max_length=MAX_NAME, pattern=DNS_SUBDOMAIN_PATTERN)
+]
+
+
+@dataclass(frozen=True)
+class WireDict:
+    """`Annotated[dict[str, Any], WireDict(Model)]`: a core/v1 object copied verbatim into
+    pod specs (a toleration, an affinity). `Model` types it in the CRD, documents it and
+    validates it; the field holds its wire dict (camelCase, only the fields given), so
+    builders pass it on unchanged."""
+
+    model: type[BaseModel]
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        def to_wire(value: Any) -> dict[str, Any]:
+            return dict(value.model_dump(mode="json", by_alias=True, exclude_unset=True))
+
+        return core_schema.no_info_after_validator_function(
+            to_wire,
+            handler.generate_schema(self.model),
+            serialization=core_schema.plain_serializer_function_ser_schema(dict),
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,9 +237,14 @@ class SecretKeyRef(SpecModel):
         description="Name of the Secret in the same namespace.",
         min_length=1,
         max_length=MAX_NAME,
+        pattern=DNS_SUBDOMAIN_PATTERN,
     )
     key: str = Field(
-        default="token", description="Key within the Secret.", min_length=1, max_length=MAX_NAME
+        default="token",
+        description="Key within the Secret.",
+        min_length=1,
+        max_length=MAX_NAME,
+        pattern=DATA_KEY_PATTERN,
     )
 
 
@@ -123,18 +255,21 @@ class S3CredentialsRef(SpecModel):
         description="Name of the Secret in the same namespace.",
         min_length=1,
         max_length=MAX_NAME,
+        pattern=DNS_SUBDOMAIN_PATTERN,
     )
     access_key_id_key: str = Field(
         default="AWS_ACCESS_KEY_ID",
         description="Key in the Secret holding the access key id.",
         min_length=1,
         max_length=MAX_NAME,
+        pattern=DATA_KEY_PATTERN,
     )
     secret_access_key_key: str = Field(
         default="AWS_SECRET_ACCESS_KEY",
         description="Key in the Secret holding the secret access key.",
         min_length=1,
         max_length=MAX_NAME,
+        pattern=DATA_KEY_PATTERN,
     )
 
 
@@ -159,19 +294,18 @@ class PvcSource(SpecModel):
 
 
 _BASE_MODEL_RULES = _rules(
-    cel(
-        "(has(self.huggingFace) ? 1 : 0) + (has(self.s3) ? 1 : 0) + (has(self.pvc) ? 1 : 0) == 1",
-        "exactly one of huggingFace, s3 or pvc must be set",
-    ),
+    *exactly_one("huggingFace", "s3", "pvc"),
     cel(
         "!has(self.revision) || has(self.huggingFace)",
         "revision is only allowed with huggingFace",
         ".revision",
+        reason="FieldValueForbidden",
     ),
     cel(
         "!has(self.tokenSecretRef) || has(self.huggingFace)",
         "tokenSecretRef is only allowed with huggingFace",
         ".tokenSecretRef",
+        reason="FieldValueForbidden",
     ),
 )
 
@@ -254,10 +388,7 @@ DatasetFormat = Literal["alpaca", "chat", "prompt-completion", "text"]
 FileFormat = Literal["auto", "jsonl", "json", "parquet", "csv"]
 
 _DATA_SOURCE_RULES = _rules(
-    cel(
-        "(has(self.s3) ? 1 : 0) + (has(self.pvc) ? 1 : 0) + (has(self.huggingFace) ? 1 : 0) == 1",
-        "exactly one of s3, pvc or huggingFace must be set",
-    ),
+    *exactly_one("s3", "pvc", "huggingFace"),
 )
 
 
@@ -424,7 +555,7 @@ Scheduler = Literal["cosine", "linear", "constant", "constant_with_warmup"]
 Optimizer = Literal["paged_adamw_8bit", "adamw_torch", "adamw_torch_fused", "adamw_8bit", "sgd"]
 
 _TRAINING_RULES = _rules(
-    cel("has(self.epochs) != has(self.maxSteps)", "exactly one of epochs or maxSteps must be set"),
+    *exactly_one("epochs", "maxSteps"),
 )
 
 
@@ -558,23 +689,265 @@ class TrainingSpec(SpecModel):
 # ---------------------------------------------------------------------------------------------
 # spec: resources
 
-Quantity = int | str
-
 QUANTITY_PATTERN = r"^[+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?[0-9]+)?$"
+# A Kubernetes quantity: an integer, or a string like 500m / 32Gi. In the CRD an
+# int-or-string whose string form must match the pattern (so an error shows the value).
+Quantity = int | Annotated[str, Field(max_length=64, pattern=QUANTITY_PATTERN)]
 
-_RESOURCES_RULES = _rules(
-    cel("!has(self.gpuType) || self.gpus >= 1", "gpuType needs gpus >= 1", ".gpuType"),
+_RESOURCES_RULE_LIST = [
     cel(
-        "!has(self.cpu) || type(self.cpu) == int || isQuantity(self.cpu)",
-        "cpu must be a Kubernetes quantity, e.g. 4 or 500m",
-        ".cpu",
+        "!has(self.gpuType) || self.gpus >= 1",
+        "gpuType needs gpus >= 1",
+        ".gpuType",
+        reason="FieldValueForbidden",
+    ),
+]
+_RESOURCES_RULES = _rules(*_RESOURCES_RULE_LIST)
+
+
+# -- core/v1 scheduling objects, typed so the apiserver checks them at apply time (the pod
+# -- template of a Job is only checked when the operator creates the Job).
+
+_TOLERATION_RULES = _rules(
+    cel(
+        "!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''",
+        "value must be empty when operator is Exists",
+        ".value",
+        reason="FieldValueForbidden",
     ),
     cel(
-        "!has(self.memory) || type(self.memory) == int || isQuantity(self.memory)",
-        "memory must be a Kubernetes quantity, e.g. 32Gi",
-        ".memory",
+        "(has(self.key) && self.key != '') || (has(self.operator) && self.operator == 'Exists')",
+        "key is required unless operator is Exists",
+        ".key",
+        reason="FieldValueRequired",
+    ),
+    cel(
+        "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+        "tolerationSeconds is only allowed with effect NoExecute",
+        ".tolerationSeconds",
+        reason="FieldValueForbidden",
     ),
 )
+
+
+class Toleration(SpecModel):
+    """core/v1 Toleration: lets the pod run on nodes with a matching taint."""
+
+    model_config = ConfigDict(json_schema_extra=_TOLERATION_RULES)
+
+    key: str | None = Field(
+        default=None,
+        description="Taint key to match (a label key); empty with operator Exists matches "
+        "every taint.",
+        max_length=MAX_LABEL_KEY,
+        pattern=r"^$|" + LABEL_KEY_PATTERN,
+    )
+    operator: Literal["Exists", "Equal"] | None = Field(
+        default=None,
+        description="Equal (when unset) matches key and value; Exists matches any value.",
+    )
+    value: str | None = Field(
+        default=None,
+        description="Taint value to match with operator Equal (a label value).",
+        max_length=63,
+        pattern=LABEL_VALUE_PATTERN,
+    )
+    effect: Literal["", "NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to match; unset or empty matches every effect."
+    )
+    toleration_seconds: int | None = Field(
+        default=None,
+        description="With effect NoExecute: seconds the pod stays on a node after the taint "
+        "appears (unset: forever).",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Toleration:
+        if self.operator == "Exists" and self.value:
+            raise ValueError("toleration: value must be empty when operator is Exists")
+        if not self.key and self.operator != "Exists":
+            raise ValueError("toleration: key is required unless operator is Exists")
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise ValueError("toleration: tolerationSeconds is only allowed with effect NoExecute")
+        return self
+
+
+def _values_rule(ops_with_values: str, extra: str = "") -> dict[str, str]:
+    # `values` defaults to [] in the models, but CEL sees the object as written.
+    rule = (
+        f"self.operator in [{ops_with_values}] ? (has(self.values) && self.values.size() > 0) "
+        f": ({extra}(!has(self.values) || self.values.size() == 0))"
+    )
+    return cel(
+        rule,
+        "In and NotIn need values, Exists and DoesNotExist must have none",
+        ".values",
+        message_expression="'operator ' + self.operator + (self.operator in ["
+        f"{ops_with_values}] ? ' needs values' : ' allows no values')",
+        reason="FieldValueForbidden",
+    )
+
+
+def _check_values(operator: str, values: list[str]) -> None:
+    if operator in ("In", "NotIn") and not values:
+        raise ValueError(f"operator {operator} needs values")
+    if operator in ("Exists", "DoesNotExist") and values:
+        raise ValueError(f"operator {operator} allows no values")
+    if operator in ("Gt", "Lt") and (len(values) != 1 or not re.match(r"^-?[0-9]+$", values[0])):
+        raise ValueError(f"operator {operator} needs exactly one integer value")
+
+
+class NodeSelectorRequirement(SpecModel):
+    """core/v1 NodeSelectorRequirement: a node label key, an operator and values."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            _values_rule(
+                "'In', 'NotIn'",
+                "self.operator in ['Gt', 'Lt'] ? (has(self.values) && self.values.size() == 1 "
+                "&& self.values[0].matches('^-?[0-9]+$')) : ",
+            )
+        )
+    )
+
+    key: LabelKey = Field(description="Node label key.")
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"] = Field(
+        description="How the label's value is compared with values."
+    )
+    values: list[LabelValue] = Field(
+        default=[],
+        description="Values for In/NotIn; one integer for Gt/Lt; none for Exists/DoesNotExist.",
+        max_length=MAX_LIST,
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> NodeSelectorRequirement:
+        _check_values(self.operator, self.values)
+        return self
+
+
+class NodeFieldRequirement(SpecModel):
+    """core/v1 NodeSelectorRequirement on a node field (only metadata.name is supported)."""
+
+    key: Literal["metadata.name"] = Field(description="The node field: metadata.name.")
+    operator: Literal["In", "NotIn"] = Field(description="In or NotIn.")
+    values: list[DnsSubdomain] = Field(
+        description="Exactly one node name.", min_length=1, max_length=1
+    )
+
+
+class NodeSelectorTerm(SpecModel):
+    """core/v1 NodeSelectorTerm: requirements that must all hold."""
+
+    match_expressions: list[NodeSelectorRequirement] = Field(
+        default=[], description="Requirements on node labels.", max_length=16
+    )
+    match_fields: list[NodeFieldRequirement] = Field(
+        default=[], description="Requirements on node fields.", max_length=16
+    )
+
+
+class NodeSelector(SpecModel):
+    """core/v1 NodeSelector: a node matches if any term matches."""
+
+    node_selector_terms: list[NodeSelectorTerm] = Field(
+        description="Terms, ORed.", min_length=1, max_length=16
+    )
+
+
+class PreferredSchedulingTerm(SpecModel):
+    """core/v1 PreferredSchedulingTerm."""
+
+    weight: int = Field(description="Weight, 1-100.", ge=1, le=100)
+    preference: NodeSelectorTerm = Field(description="The node selector term.")
+
+
+class NodeAffinity(SpecModel):
+    """core/v1 NodeAffinity."""
+
+    required_during_scheduling_ignored_during_execution: NodeSelector | None = Field(
+        default=None, description="Nodes the pod must run on."
+    )
+    preferred_during_scheduling_ignored_during_execution: list[PreferredSchedulingTerm] = Field(
+        default=[], description="Nodes the scheduler prefers.", max_length=16
+    )
+
+
+class LabelSelectorRequirement(SpecModel):
+    """meta/v1 LabelSelectorRequirement."""
+
+    model_config = ConfigDict(json_schema_extra=_rules(_values_rule("'In', 'NotIn'")))
+
+    key: LabelKey = Field(description="Label key.")
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"] = Field(
+        description="How the label's value is compared with values."
+    )
+    values: list[LabelValue] = Field(
+        default=[],
+        description="Values for In/NotIn; none for Exists/DoesNotExist.",
+        max_length=MAX_LIST,
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> LabelSelectorRequirement:
+        _check_values(self.operator, self.values)
+        return self
+
+
+class LabelSelector(SpecModel):
+    """meta/v1 LabelSelector."""
+
+    match_labels: LabelMap = Field(default_factory=dict, description="Labels that must match.")
+    match_expressions: list[LabelSelectorRequirement] = Field(
+        default=[], description="Requirements, ANDed.", max_length=16
+    )
+
+
+class PodAffinityTerm(SpecModel):
+    """core/v1 PodAffinityTerm."""
+
+    label_selector: LabelSelector | None = Field(default=None, description="Pods to match.")
+    namespace_selector: LabelSelector | None = Field(
+        default=None, description="Namespaces to look for those pods in."
+    )
+    namespaces: list[Annotated[str, Field(max_length=63, pattern=DNS_LABEL_PATTERN)]] = Field(
+        default=[], description="Namespace names to look in.", max_length=MAX_LIST
+    )
+    topology_key: LabelKey = Field(
+        description="Node label whose equal values form one domain, e.g. kubernetes.io/hostname."
+    )
+    match_label_keys: list[LabelKey] = Field(
+        default=[], description="Pod label keys merged into labelSelector.", max_length=MAX_LIST
+    )
+    mismatch_label_keys: list[LabelKey] = Field(
+        default=[], description="Pod label keys whose values must differ.", max_length=MAX_LIST
+    )
+
+
+class WeightedPodAffinityTerm(SpecModel):
+    """core/v1 WeightedPodAffinityTerm."""
+
+    weight: int = Field(description="Weight, 1-100.", ge=1, le=100)
+    pod_affinity_term: PodAffinityTerm = Field(description="The pod affinity term.")
+
+
+class PodAffinity(SpecModel):
+    """core/v1 PodAffinity (also used for podAntiAffinity)."""
+
+    required_during_scheduling_ignored_during_execution: list[PodAffinityTerm] = Field(
+        default=[], description="Terms that must hold.", max_length=16
+    )
+    preferred_during_scheduling_ignored_during_execution: list[WeightedPodAffinityTerm] = Field(
+        default=[], description="Terms the scheduler prefers.", max_length=16
+    )
+
+
+class Affinity(SpecModel):
+    """core/v1 Affinity."""
+
+    node_affinity: NodeAffinity | None = Field(default=None, description="Node affinity.")
+    pod_affinity: PodAffinity | None = Field(default=None, description="Pod affinity.")
+    pod_anti_affinity: PodAffinity | None = Field(default=None, description="Pod anti-affinity.")
 
 
 class BaseResources(SpecModel):
@@ -586,8 +959,9 @@ class BaseResources(SpecModel):
     gpu_type: str | None = Field(
         default=None,
         description="GPU product (e.g. NVIDIA-H100-80GB-HBM3), set as the node selector "
-        "nvidia.com/gpu.product.",
-        max_length=256,
+        "nvidia.com/gpu.product (a label value).",
+        max_length=63,
+        pattern=LABEL_VALUE_PATTERN,
     )
     cpu: Quantity | None = Field(
         default=None, description="CPU request (a Kubernetes quantity, e.g. 4 or 500m)."
@@ -595,38 +969,59 @@ class BaseResources(SpecModel):
     memory: Quantity | None = Field(
         default=None, description="Memory request and limit (e.g. 32Gi)."
     )
-    node_selector: dict[str, str] = Field(
+    node_selector: NodeSelectorMap = Field(
         default_factory=dict, description="Extra node selector labels."
     )
-    tolerations: list[dict[str, Any]] = Field(
+    tolerations: list[Annotated[dict[str, Any], WireDict(Toleration)]] = Field(
         default_factory=list,
         description="Pod tolerations (core/v1 Toleration objects).",
         max_length=MAX_LIST,
     )
     image: str | None = Field(
-        default=None, description="Override the container image.", max_length=MAX_URI
+        default=None,
+        description="Override the container image.",
+        max_length=MAX_URI,
+        pattern=r"^[^\s]+$",
     )
 
     @model_validator(mode="after")
     def _check_gpu_type(self) -> BaseResources:
         if self.gpu_type is not None and self.gpus < 1:
             raise ValueError("resources.gpuType needs gpus >= 1")
-        for name, value in (("cpu", self.cpu), ("memory", self.memory)):
-            if isinstance(value, str) and not re.match(QUANTITY_PATTERN, value):
-                raise ValueError(f"resources.{name} must be a Kubernetes quantity, got {value!r}")
         return self
+
+
+MULTI_GPU_MESSAGE = "multi-GPU training is not supported yet: set resources.gpus to 0 or 1"
 
 
 class Resources(BaseResources):
     """Compute resources and scheduling of the training pod."""
 
-    affinity: dict[str, Any] | None = Field(
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            *_RESOURCES_RULE_LIST,
+            # Until multi-GPU training exists the trainer refuses gpus > 1 (exit 64); the
+            # apiserver refuses it first, so no Job ever reserves GPUs it cannot use.
+            cel(
+                "!has(self.gpus) || self.gpus <= 1",
+                MULTI_GPU_MESSAGE,
+                ".gpus",
+                reason="FieldValueForbidden",
+            ),
+        )
+    )
+
+    affinity: Annotated[dict[str, Any], WireDict(Affinity)] | None = Field(
         default=None, description="Pod affinity (core/v1 Affinity)."
     )
     priority_class_name: str | None = Field(
-        default=None, description="PriorityClass of the training pod.", max_length=MAX_NAME
+        default=None,
+        description="PriorityClass of the training pod (it must exist, or the Job cannot "
+        "create the pod).",
+        max_length=MAX_NAME,
+        pattern=DNS_SUBDOMAIN_PATTERN,
     )
-    image_pull_secrets: list[NameStr] = Field(
+    image_pull_secrets: list[DnsSubdomain] = Field(
         default=[],
         description="Names of image pull Secrets.",
         max_length=MAX_LIST,
@@ -636,7 +1031,14 @@ class Resources(BaseResources):
         description="PersistentVolumeClaim mounted as the model cache (HF_HOME), shared "
         "across runs.",
         max_length=MAX_NAME,
+        pattern=DNS_SUBDOMAIN_PATTERN,
     )
+
+    @model_validator(mode="after")
+    def _check_single_gpu(self) -> Resources:
+        if self.gpus > 1:
+            raise ValueError(f"{MULTI_GPU_MESSAGE} (got {self.gpus})")
+        return self
 
 
 # ---------------------------------------------------------------------------------------------
@@ -680,9 +1082,9 @@ class ServingSpec(SpecModel):
     serving_ref: str | None = Field(
         default=None,
         description="Name of an existing LoRAServing (same namespace) to add the adapter to; "
-        "unset creates a dedicated one.",
-        max_length=MAX_NAME,
-        pattern=DNS_LABEL_PATTERN,
+        "unset creates a dedicated one named like the LoRAFineTune.",
+        max_length=63,
+        pattern=DNS_1035_PATTERN,
     )
     adapter_name: str | None = Field(
         default=None,
@@ -705,8 +1107,14 @@ _FINETUNE_RULES = _rules(
         "self.method == 'qlora' || !has(self.quantization)",
         "spec.quantization is only allowed when spec.method is qlora",
         ".quantization",
+        reason="FieldValueForbidden",
     ),
-    cel("!has(self.serving) || has(self.output)", "spec.serving needs spec.output", ".serving"),
+    cel(
+        "!has(self.serving) || has(self.output)",
+        "spec.serving needs spec.output",
+        ".serving",
+        reason="FieldValueForbidden",
+    ),
     # What vLLM cannot serve (serving_link.vllm_unsupported), for a dedicated vLLM serving;
     # a shared one's engine is known only at link time (Serving=False, AdapterUnsupported).
     cel(
@@ -719,6 +1127,10 @@ _FINETUNE_RULES = _rules(
         "vLLM cannot serve this adapter (DoRA, modulesToSave, trained bias or rank above "
         "512): use serving.engine transformers or change spec.lora",
         ".serving",
+        reason="FieldValueForbidden",
+        message_expression="'vLLM cannot serve an adapter with useDora, modulesToSave, bias "
+        "or r above 512 (spec.lora.r is ' + string(self.lora.r) + "
+        "'): use serving.engine transformers or change spec.lora'",
     ),
 )
 
@@ -1036,11 +1448,17 @@ _SERVING_RULES = _rules(
         "!has(self.adapters) || size(self.adapters) <= self.maxAdapters",
         "spec.adapters has more entries than spec.maxAdapters allows",
         ".adapters",
+        reason="FieldValueForbidden",
+        message_expression="'spec.adapters has ' + string(size(self.adapters)) + "
+        "' entries; spec.maxAdapters is ' + string(self.maxAdapters)",
     ),
     cel(
         "!has(self.adapters) || self.adapters.all(a, !has(a.rank) || a.rank <= self.maxLoraRank)",
         "an adapter's rank is above spec.maxLoraRank",
         ".adapters",
+        reason="FieldValueForbidden",
+        message_expression="'an adapter rank is above spec.maxLoraRank ' + "
+        "string(self.maxLoraRank)",
     ),
 )
 
@@ -1144,6 +1562,42 @@ class LoRAServingStatus(StatusModel):
 # whole objects (for parsing what the apiserver returns)
 
 
+# Rules on a whole object (the CRD's root schema; CEL there may read metadata.name).
+_SERVICE_NAME_RULE = (
+    f"self.metadata.name.size() <= 63 && self.metadata.name.matches('{DNS_1035_PATTERN}')"
+)
+SERVING_NAME_MESSAGE = (
+    "a LoRAServing's name names its Service, so it must be a DNS-1035 label: at most 63 "
+    "lowercase letters, digits and hyphens, starting with a letter"
+)
+SERVING_OBJECT_RULES = [
+    cel(
+        _SERVICE_NAME_RULE,
+        SERVING_NAME_MESSAGE,
+        message_expression=f"{cel_str(SERVING_NAME_MESSAGE + '; got ')} + self.metadata.name",
+        reason="FieldValueForbidden",
+    )
+]
+FINETUNE_NAME_MESSAGE = (
+    "spec.serving without servingRef creates a LoRAServing named like this LoRAFineTune, so "
+    "the name must be a DNS-1035 label (at most 63 lowercase letters, digits and hyphens, "
+    "starting with a letter); rename it or set spec.serving.servingRef"
+)
+FINETUNE_OBJECT_RULES = [
+    cel(
+        "!has(self.spec.serving) || !self.spec.serving.enabled || "
+        f"has(self.spec.serving.servingRef) || ({_SERVICE_NAME_RULE})",
+        FINETUNE_NAME_MESSAGE,
+        message_expression=f"{cel_str(FINETUNE_NAME_MESSAGE + '; got ')} + self.metadata.name",
+        reason="FieldValueForbidden",
+    )
+]
+
+
+def is_service_name(name: str) -> bool:
+    return len(name) <= 63 and re.match(DNS_1035_PATTERN, name) is not None
+
+
 class _Resource(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
@@ -1166,6 +1620,14 @@ class LoRAFineTune(_Resource):
     spec: LoRAFineTuneSpec
     status: LoRAFineTuneStatus = Field(default_factory=LoRAFineTuneStatus)
 
+    @model_validator(mode="after")
+    def _check_name(self) -> LoRAFineTune:
+        sv = self.spec.serving
+        dedicated = sv is not None and sv.enabled and not sv.serving_ref
+        if dedicated and self.name and not is_service_name(self.name):
+            raise ValueError(f"{FINETUNE_NAME_MESSAGE}; got {self.name}")
+        return self
+
 
 class LoRAServing(_Resource):
     """A whole LoRAServing object."""
@@ -1173,3 +1635,9 @@ class LoRAServing(_Resource):
     kind: Literal["LoRAServing"] = "LoRAServing"
     spec: LoRAServingSpec
     status: LoRAServingStatus = Field(default_factory=LoRAServingStatus)
+
+    @model_validator(mode="after")
+    def _check_name(self) -> LoRAServing:
+        if self.name and not is_service_name(self.name):
+            raise ValueError(f"{SERVING_NAME_MESSAGE}; got {self.name}")
+        return self
