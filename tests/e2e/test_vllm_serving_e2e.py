@@ -5,7 +5,8 @@ Two fine-tunes join it while it runs and are served without a restart (the sidec
 registers them through vLLM's runtime API); the first answers held-out questions closer
 to the domain than the base model; an adapter whose files do not match its manifest is
 refused with the reason in the LoRAServing status while the others keep serving; after
-the pod is deleted, the replacement serves both adapters again.
+the pod is deleted, the replacement serves both adapters again. An engine that cannot
+start makes its LoRAServing `Ready=False, EngineExited` with vLLM's own last words.
 """
 
 from __future__ import annotations
@@ -115,8 +116,23 @@ def test_vllm_serves_finetunes_at_runtime_refuses_a_tampered_adapter_and_survive
             },
         },
     }
+    broken = json.loads(json.dumps(serving))
+    broken["metadata"]["name"] = "broken"
+    broken["spec"].update(port=free_port_pair(), engineArgs=["--max-model-len", "lots"])
     apply(cluster, namespace, serving)
+    apply(cluster, namespace, broken)
     apply(cluster, namespace, first)
+    exited = wait_for(
+        "broken LoRAServing EngineExited",
+        lambda: (
+            (c := cond(cluster.get_json("loraserving", "broken", "-n", namespace), "Ready"))
+            and c.get("reason") == "EngineExited"
+            and c
+        ),
+        timeout=600,
+    )
+    assert exited["status"] == "False" and "--max-model-len" in exited["message"], exited
+    cluster.kubectl("delete", "loraserving", "broken", "-n", namespace, "--wait=false")
     pod = wait_for("vLLM pod Running", lambda: running_pod(cluster, namespace), timeout=600)
     wait_for("vLLM healthy", lambda: healthy(port), timeout=900, every=2)
     base = serving["spec"]["baseModel"]

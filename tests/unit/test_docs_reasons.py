@@ -34,3 +34,30 @@ def test_every_reason_is_documented() -> None:
     assert len(reasons) > 20
     missing = sorted(r for r in reasons if f"`{r}`" not in table)
     assert not missing, f"docs/operations.md does not explain: {missing}"
+
+
+def serving_reasons_in_source() -> set[str]:
+    """Literal reasons of LoRAServing conditions and of the fine-tune's Serving condition."""
+    found: set[str] = set()
+    where = {"serving_status.py": ("Cond", 2), "serving_link.py": ("Outcome", 1),
+             "serving_handlers.py": ("_set_serving_condition", 3)}  # fmt: skip
+    for name, (func, pos) in where.items():
+        tree = ast.parse((ROOT / "operator" / "loraf_operator" / name).read_text())
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            callee = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+            if callee == func and len(node.args) > pos:
+                arg = node.args[pos]
+                if isinstance(arg, ast.Constant):
+                    found.add(str(arg.value))
+    return found
+
+
+def test_every_serving_reason_is_documented() -> None:
+    doc = (ROOT / "docs" / "serving.md").read_text()
+    table = doc.split("## Reasons", 1)[1].split("\n## ", 1)[0]
+    reasons = serving_reasons_in_source()
+    assert {"EngineExited", "ServingFull", "AdapterAdded"} <= reasons
+    missing = sorted(r for r in reasons if f"`{r}`" not in table)
+    assert not missing, f"docs/serving.md does not explain: {missing}"
