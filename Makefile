@@ -40,7 +40,7 @@ e2e: venv bins vllm
 test: venv bins vllm lint
 	.venv/bin/pytest -q -ra --durations=15
 
-demo: venv bins
+demo: venv bins vllm
 	.venv/bin/python -m loraf_dev.demo
 
 cluster-up: bins

@@ -2,14 +2,17 @@
 
 Starts the local control plane and S3 server (hack/cluster.sh), installs the CRDs and the
 operator's RBAC, runs the operator as its non-admin identity and the process kubelet (which
-runs the trainer pod as a local process), uploads the quickstart model and dataset, applies
-examples/quickstart.yaml, streams `kubectl get loraf -w`, and prints the outcome.
+runs the trainer and serving pods as local processes), uploads the quickstart model and
+dataset, creates a LoRAServing, applies examples/quickstart.yaml joined to it, streams
+`kubectl get loraf -w`, prints the outcome and asks the served adapter a question.
+The serving engine is vLLM (its CPU build) unless `ENGINE=transformers`.
 Everything it starts keeps running for you to explore; `hack/cluster.sh down` stops it all.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -26,8 +29,13 @@ from loraf_dev.operator_proc import grant_operator_rbac, operator_env
 
 NAMESPACE = "loraf-demo"
 NAME = "quickstart"
-SERVING = "quickstart-serving"
+ENGINE = os.environ.get("ENGINE", "vllm")
+SERVING = f"quickstart-{ENGINE}"
 TIMEOUT_S = 900
+# vLLM on a CPU: a small RAM reservation (--gpu-memory-utilization is the share of RAM on
+# the CPU backend), short context, no compilation.
+CPU_VLLM_ARGS = ["--dtype", "bfloat16", "--max-model-len", "512", "--enforce-eager",
+                 "--gpu-memory-utilization", "0.08"]  # fmt: skip
 
 
 def say(msg: str) -> None:
@@ -57,7 +65,17 @@ def conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["type"]: c for c in obj.get("status", {}).get("conditions", [])}
 
 
+def vllm_bin() -> str:
+    """bin/ of the CPU vLLM environment (hack/vllm-venv.sh: cached after the first run)."""
+    out = subprocess.run(
+        [str(qs.ROOT / "hack" / "vllm-venv.sh")], check=True, capture_output=True, text=True
+    )
+    return f"{out.stdout.strip()}/bin"
+
+
 def main() -> int:
+    if ENGINE not in ("vllm", "transformers"):
+        raise SystemExit(f"ENGINE must be vllm or transformers, not {ENGINE!r}")
     t0 = time.monotonic()
     say("Starting the local control plane and S3 (binaries are cached after the first run)")
     st = cp.up()
@@ -87,6 +105,9 @@ def main() -> int:
             str(st.path("kubelet")),
             "--shared-cache",
             str(cp.cache_root() / "pods"),
+            # vllm/vllm-openai pods run `vllm serve` from the CPU build of the same release.
+            "--image-path",
+            f"vllm/vllm-openai={vllm_bin()}",
         ],
         {**env, "PATH": path},
     )
@@ -114,12 +135,12 @@ def main() -> int:
     # A second demo run starts a fresh fine-tune (caches make it faster).
     kubectl(st, "delete", "loraf", NAME, "-n", NAMESPACE, "--ignore-not-found", "--wait=true")
 
-    say("A LoRAServing (transformers engine, on the CPU) that the fine-tune will join")
+    say(f"A LoRAServing ({ENGINE} engine, on the CPU) that the fine-tune will join")
     port = ensure_serving(st)
     say(f"kubectl apply -f examples/quickstart.yaml   (namespace {NAMESPACE}, on the local node)")
     manifest = qs.local_manifest(
         NAME,
-        {"spec": {"serving": {"enabled": True, "engine": "transformers", "servingRef": SERVING}}},
+        {"spec": {"serving": {"enabled": True, "engine": ENGINE, "servingRef": SERVING}}},
     )
     kubectl(st, "apply", "-n", NAMESPACE, "-f", "-", input=json.dumps(manifest))
     say("kubectl get loraf -w")
@@ -173,8 +194,9 @@ def ensure_serving(st: cp.State) -> int:
         "metadata": {"name": SERVING},
         "spec": {
             "baseModel": base,
-            "engine": "transformers",
+            "engine": ENGINE,
             "port": port,
+            "engineArgs": CPU_VLLM_ARGS if ENGINE == "vllm" else [],
             "credentialsSecretRef": {"name": qs.SECRET_NAME},
             # On the CPU of the process-kubelet node; the trainer keeps its one GPU.
             "resources": {
