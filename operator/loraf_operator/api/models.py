@@ -1128,9 +1128,6 @@ _FINETUNE_RULES = _rules(
         "512): use serving.engine transformers or change spec.lora",
         ".serving",
         reason="FieldValueForbidden",
-        message_expression="'vLLM cannot serve an adapter with useDora, modulesToSave, bias "
-        "or r above 512 (spec.lora.r is ' + string(self.lora.r) + "
-        "'): use serving.engine transformers or change spec.lora'",
     ),
 )
 
@@ -1449,16 +1446,12 @@ _SERVING_RULES = _rules(
         "spec.adapters has more entries than spec.maxAdapters allows",
         ".adapters",
         reason="FieldValueForbidden",
-        message_expression="'spec.adapters has ' + string(size(self.adapters)) + "
-        "' entries; spec.maxAdapters is ' + string(self.maxAdapters)",
     ),
     cel(
         "!has(self.adapters) || self.adapters.all(a, !has(a.rank) || a.rank <= self.maxLoraRank)",
         "an adapter's rank is above spec.maxLoraRank",
         ".adapters",
         reason="FieldValueForbidden",
-        message_expression="'an adapter rank is above spec.maxLoraRank ' + "
-        "string(self.maxLoraRank)",
     ),
 )
 
