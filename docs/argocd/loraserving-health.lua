@@ -40,6 +40,7 @@ local broken = {
   ErrImagePull = true,
   ImagePullBackOff = true,
   CreateContainerConfigError = true,
+  EngineExited = true,
 }
 
 for _, c in ipairs(obj.status.conditions) do

@@ -171,6 +171,7 @@ SERVING_CASES = [
     ("loading", serving(cond("Ready", "False", "Loading", "loading base model")), "Progressing"),
     ("ready", serving(cond("Ready", "True", "Serving", "1/1 replicas")), "Healthy"),
     ("crash looping", serving(cond("Ready", "False", "CrashLoopBackOff")), "Degraded"),
+    ("engine exited", serving(cond("Ready", "False", "EngineExited", "code 2")), "Degraded"),
     (
         "an adapter failed",
         serving(
