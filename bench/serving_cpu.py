@@ -42,8 +42,6 @@ PROMPTS = [
     "Is the lid dishwasher safe?",
 ]
 MAX_TOKENS = 32
-CPU_ENGINE_ARGS = ["--dtype", "bfloat16", "--max-model-len", "512", "--enforce-eager",
-                   "--gpu-memory-utilization", "0.08"]  # fmt: skip
 
 
 def free_port() -> int:
@@ -100,6 +98,7 @@ def prepare(work: Path) -> tuple[Path, list[Path]]:
 
 
 def start_vllm(base: Path, adapters: list[Path], port: int, log: Path) -> subprocess.Popen[bytes]:
+    import loraf_dev.quickstart as qs
     from loraf_operator.api.models import LoRAServing
     from loraf_operator.builders import serving as build
 
@@ -107,7 +106,7 @@ def start_vllm(base: Path, adapters: list[Path], port: int, log: Path) -> subpro
         {
             "metadata": {"name": "bench", "namespace": "bench"},
             "spec": {"baseModel": {"huggingFace": "bench/base"}, "maxAdapters": 4,
-                     "port": port, "engineArgs": CPU_ENGINE_ARGS},
+                     "port": port, "engineArgs": qs.CPU_VLLM_ARGS},
         }
     )  # fmt: skip
     args = build.vllm_args(sv)

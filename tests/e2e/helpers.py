@@ -88,3 +88,22 @@ def serving_pods(cluster: Cluster, ns: str, name: str) -> list[dict[str, Any]]:
         for p in pods
         if p["metadata"].get("deletionTimestamp") is None and name in p["metadata"]["name"]
     ]
+
+
+# Questions the quickstart dataset answers in its own words (held out of training).
+HELD_OUT = ["How long is the warranty?", "Why is the light blinking?", "Can I boil milk?"]
+
+
+def chat(port: int, model: str, prompt: str, max_tokens: int = 24) -> str:
+    """A greedy chat completion's text."""
+    out = http(
+        port,
+        "/v1/chat/completions",
+        {
+            "model": model,
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "messages": [{"role": "user", "content": prompt}],
+        },
+    )
+    return str(out["choices"][0]["message"]["content"])

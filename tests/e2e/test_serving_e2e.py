@@ -12,7 +12,9 @@ from typing import Any
 from loraf_dev import quickstart as qs
 from tests.conftest import Cluster
 from tests.e2e.helpers import (
+    HELD_OUT,
     apply,
+    chat,
     cond,
     domain_score,
     free_port,
@@ -42,23 +44,7 @@ def test_finetune_is_served_survives_restart_and_loads_adapters_at_runtime(
             }
         },
     )
-    serving = {
-        "apiVersion": "loraf.dev/v1alpha1",
-        "kind": "LoRAServing",
-        "metadata": {"name": "shared"},
-        "spec": {
-            "baseModel": doc["spec"]["baseModel"],
-            "engine": "transformers",
-            "port": port,
-            "credentialsSecretRef": doc["spec"]["output"]["credentialsSecretRef"],
-            # No GPU requested, but the node's GPU taint must still be tolerated.
-            "resources": {
-                "gpus": 0,
-                "nodeSelector": qs.LOCAL_PLACEMENT["nodeSelector"],
-                "tolerations": [{"operator": "Exists", "effect": "NoSchedule"}],
-            },
-        },
-    }
+    serving = qs.local_serving("shared", "transformers", port)
     apply(cluster, namespace, serving)
     apply(cluster, namespace, doc)
     pod = wait_for(
@@ -93,25 +79,11 @@ def test_finetune_is_served_survives_restart_and_loads_adapters_at_runtime(
     assert cond(get(cluster, namespace, "served"), "Serving").get("status") == "True"
 
     # The adapter answers held-out questions closer to the domain than the base model.
-    prompts = ["How long is the warranty?", "Why is the light blinking?", "Can I boil milk?"]
-    score = {"served": 0, "base": 0}
     base_id = next(i for i in ids if i != "served")
-    for p in prompts:
-        for model in ("served", base_id):
-            out = http(
-                port,
-                "/v1/chat/completions",
-                {
-                    "model": model,
-                    "max_tokens": 24,
-                    "temperature": 0,
-                    "messages": [{"role": "user", "content": p}],
-                },
-            )
-            score["served" if model == "served" else "base"] += domain_score(
-                out["choices"][0]["message"]["content"]
-            )
-    assert score["served"] > score["base"], score
+    score = {
+        m: sum(domain_score(chat(port, m, p)) for p in HELD_OUT) for m in ("served", base_id)
+    }
+    assert score["served"] > score[base_id], score
 
     # Restarting the serving pod keeps the adapter.
     cluster.kubectl("delete", "pod", pod["metadata"]["name"], "-n", namespace, "--wait=false")

@@ -19,27 +19,18 @@ from typing import Any
 from loraf_dev import quickstart as qs
 from tests.conftest import Cluster
 from tests.e2e.helpers import (
+    HELD_OUT,
     apply,
+    chat,
     cond,
     domain_score,
     free_port,
     get,
     healthy,
-    http,
     model_ids,
     serving_pods,
     wait_for,
 )
-
-# vLLM on a 2-core CPU: small memory reservation (on CPU --gpu-memory-utilization is the
-# share of RAM), short context, no compilation.
-CPU_ENGINE_ARGS = [
-    "--dtype", "bfloat16",
-    "--max-model-len", "512",
-    "--enforce-eager",
-    "--gpu-memory-utilization", "0.08",
-]  # fmt: skip
-HELD_OUT = ["How long is the warranty?", "Why is the light blinking?", "Can I boil milk?"]
 
 
 def free_port_pair() -> int:
@@ -57,20 +48,6 @@ def free_port_pair() -> int:
 def adapter_states(cluster: Cluster, ns: str, name: str) -> dict[str, dict[str, Any]]:
     sv = cluster.get_json("loraserving", name, "-n", ns)
     return {a["name"]: a for a in (sv.get("status") or {}).get("adapters", [])}
-
-
-def chat(port: int, model: str, prompt: str) -> str:
-    out = http(
-        port,
-        "/v1/chat/completions",
-        {
-            "model": model,
-            "max_tokens": 24,
-            "temperature": 0,
-            "messages": [{"role": "user", "content": prompt}],
-        },
-    )
-    return str(out["choices"][0]["message"]["content"])
 
 
 def running_pod(cluster: Cluster, ns: str, other_than: str | None = None) -> Any:
@@ -97,28 +74,10 @@ def test_vllm_serves_finetunes_at_runtime_refuses_a_tampered_adapter_and_survive
         }
     }
     first, second = stage("first", tuned), stage("second", tuned)
-    serving: dict[str, Any] = {
-        "apiVersion": "loraf.dev/v1alpha1",
-        "kind": "LoRAServing",
-        "metadata": {"name": "shared"},
-        "spec": {
-            "baseModel": first["spec"]["baseModel"],
-            "engine": "vllm",
-            "port": port,
-            "maxAdapters": 3,
-            "engineArgs": CPU_ENGINE_ARGS,
-            "credentialsSecretRef": first["spec"]["output"]["credentialsSecretRef"],
-            # On the CPU of the process-kubelet node (the trainer keeps its one GPU).
-            "resources": {
-                "gpus": 0,
-                "nodeSelector": qs.LOCAL_PLACEMENT["nodeSelector"],
-                "tolerations": [{"operator": "Exists", "effect": "NoSchedule"}],
-            },
-        },
-    }
-    broken = json.loads(json.dumps(serving))
-    broken["metadata"]["name"] = "broken"
-    broken["spec"].update(port=free_port_pair(), engineArgs=["--max-model-len", "lots"])
+    serving = qs.local_serving("shared", "vllm", port)
+    serving["spec"]["maxAdapters"] = 3
+    broken = qs.local_serving("broken", "vllm", free_port_pair())
+    broken["spec"]["engineArgs"] = ["--max-model-len", "lots"]
     apply(cluster, namespace, serving)
     apply(cluster, namespace, broken)
     apply(cluster, namespace, first)
