@@ -73,7 +73,7 @@ def wait_cond(
     type_: str,
     status: str = "True",
     reason: str | None = None,
-    timeout: float = 30,
+    stall: float = 30,
 ) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
         ft = get_ft(cluster, ns, name)
@@ -82,7 +82,12 @@ def wait_cond(
         return ft if ok else None
 
     try:
-        return wait_until(f"{name} {type_}={status} ({reason})", check, timeout)
+        return wait_until(
+            f"{name} {type_}={status} ({reason})",
+            check,
+            stall,
+            seen=lambda: get_ft(cluster, ns, name).get("status"),
+        )
     except AssertionError as e:
         status_now = get_ft(cluster, ns, name).get("status")
         raise AssertionError(f"{e}\nstatus: {json.dumps(status_now, indent=1)}") from None
@@ -332,7 +337,7 @@ def test_op_image_pull_error(cluster: Any, namespace: str, operator: OperatorHan
 def test_op_deadline_exceeded(cluster: Any, namespace: str, operator: OperatorHandle) -> None:
     ns = namespace
     apply(cluster, manifest("slow", ns, activeDeadlineSeconds=2))
-    ft = wait_cond(cluster, ns, "slow", "Failed", "True", "DeadlineExceeded", timeout=30)
+    ft = wait_cond(cluster, ns, "slow", "Failed", "True", "DeadlineExceeded", stall=30)
     assert ft["status"]["phase"] == "Failed"
 
 
@@ -449,7 +454,7 @@ def test_op_delete_removes_children(cluster: Any, namespace: str, operator: Oper
         ).stdout.strip()
         return out == ""
 
-    wait_until("garbage collection of the run's children", no_children, timeout=30)
+    wait_until("garbage collection of the run's children", no_children, stall=30)
 
 
 def test_op_job_deleted_ends_the_run(
