@@ -247,6 +247,11 @@ class Reconciler:
                 patch["gpuHours"] = round(float(status.get("gpuHours") or 0) + used, 4)
             msg = f"spec changed: stopped run {p.stop}"
             kopf.event(_ref(body), type="Normal", reason="RunStopped", message=msg)
+        if status.get("progress") is not None:
+            # The one write of status.progress by the operator: a new run starts with none,
+            # so run 2 never shows run 1's 100 %, loss and ETA while it waits. The old run's
+            # trainer can no longer write it back: its Role went with its children above.
+            patch["progress"] = None
         try:
             await self._ensure_children(ft, p.run, jobs)
         except ApiError as e:

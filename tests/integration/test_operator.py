@@ -435,6 +435,32 @@ def test_op_spec_change_starts_new_run(
     wait_cond(cluster, ns, "evolve", "Running")
 
 
+def test_op_new_run_shows_none_of_the_old_runs_progress(
+    cluster: Any, namespace: str, operator: OperatorHandle
+) -> None:
+    ns = namespace
+    apply(cluster, manifest("fresh", ns))
+    wait_cond(cluster, ns, "fresh", "Running")
+    old = {"runNumber": 1, "stage": "Training", "step": 10, "totalSteps": 10, "percent": 100.0}
+    report_as_run(cluster, ns, "fresh", "fresh-r1", {**old, "loss": 1.5, "eta": "0s"})
+    wait_until("run 1's progress", lambda: get_ft(cluster, ns, "fresh")["status"].get("progress"))
+    obj = manifest("fresh", ns)
+    obj["spec"]["training"] = {"maxSteps": 20}
+    apply(cluster, obj)
+
+    def run2() -> dict[str, Any] | None:
+        ft = get_ft(cluster, ns, "fresh")
+        return ft if (ft["status"].get("run") or {}).get("number") == 2 else None
+
+    ft = wait_until("run 2", run2)
+    assert "progress" not in ft["status"], ft["status"]["progress"]
+    # the old run's identity can no longer write progress back
+    wait_until(
+        "run 1's ServiceAccount gone",
+        lambda: cluster.kubectl("get", "sa", "fresh-r1", "-n", ns, check=False).returncode != 0,
+    )
+
+
 def test_op_delete_removes_children(cluster: Any, namespace: str, operator: OperatorHandle) -> None:
     ns = namespace
     apply(cluster, manifest("gone", ns))
