@@ -88,7 +88,9 @@ def test_sv_serving_reconciles_into_deployment_and_service(
     st = wait_until("LoRAServing chat Ready", ready, stall=90, every=1)
     assert st["url"] == f"http://chat.{ns}.svc:8000/v1"
     assert st["readyReplicas"] == 1
-    assert st["adapters"] == [{"name": "a", "uri": "s3://out/a/run-1/", "state": "Ready"}]
+    # Adapter states come from the replicas' own /v1/adapters; a kwok pod serves nothing, so
+    # the adapter stays Loading (never a Ready nobody reported: the e2e layer sees Ready).
+    assert st["adapters"] == [{"name": "a", "uri": "s3://out/a/run-1/", "state": "Loading"}]
 
     # Adding an adapter updates the ConfigMap without rolling the transformers pods.
     template = dep["spec"]["template"]

@@ -117,6 +117,7 @@ class AdapterSync:
     engine: Vllm
     states: dict[str, AdapterState] = field(default_factory=dict)
     paths: dict[str, Path] = field(default_factory=dict)
+    stale: dict[str, Path] = field(default_factory=dict)  # a name's copy from its old uri
     engine_up: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -133,7 +134,10 @@ class AdapterSync:
                 continue  # known (a failed one is retried when its uri changes)
             st = AdapterState(name, uri)
             try:
-                self.paths[name] = fetch_into(self.cfg, self.dest, name, uri)
+                path = fetch_into(self.cfg, self.dest, name, uri)
+                if (prev := self.paths.get(name)) is not None and prev != path:
+                    self.stale[name] = prev  # removed once the new copy is served
+                self.paths[name] = path
             except Exception as e:
                 st.state, st.reason = "Failed", f"{type(e).__name__}: {e}"[:500]
                 log.error("adapter %s (%s) not served: %s", name, uri, st.reason)
@@ -162,6 +166,8 @@ class AdapterSync:
             if why is None:
                 st.state = "Ready"
                 log.info("adapter %s served from %s", name, path)
+                if (prev := self.stale.pop(name, None)) is not None:
+                    shutil.rmtree(prev, ignore_errors=True)
             else:
                 st.state, st.reason = "Failed", f"vLLM refused it: {why}"
                 log.error("adapter %s: %s", name, st.reason)
