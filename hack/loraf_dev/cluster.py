@@ -504,7 +504,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "env":
         print(state_dir() / "env")
     elif args.cmd == "status":
-        print((state_dir() / "state.json").read_text())
+        state = state_dir() / "state.json"
+        if not state.exists():
+            print(f"no cluster is up (no {state}); start one with: hack/cluster.sh up")
+            return 1
+        print(state.read_text())
     return 0
 
 

@@ -76,7 +76,7 @@ def register(cfg: Settings, registry: kopf.OperatorRegistry) -> None:
         settings.watching.client_timeout = int(cfg.status_interval_seconds) + 30
         settings.networking.request_timeout = 30
         memo.reconciler = Reconciler(await Kube.connect(), cfg)
-        metrics.serve(cfg.metrics_port)
+        metrics.serve(cfg.metrics_port, cfg.bind_address)
 
     @kopf.on.login(registry=registry, id="login")
     def login(**kw: Any) -> kopf.ConnectionInfo | None:

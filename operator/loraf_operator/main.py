@@ -32,6 +32,13 @@ def _configure_logging(cfg: Settings) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
+def liveness_endpoint(cfg: Settings) -> str | None:
+    if not cfg.health_port:
+        return None
+    host = f"[{cfg.bind_address}]" if ":" in cfg.bind_address else cfg.bind_address
+    return f"http://{host}:{cfg.health_port}/healthz"
+
+
 def run(cfg: Settings) -> None:
     registry = kopf.OperatorRegistry()
     handlers.register(cfg, registry)
@@ -43,7 +50,7 @@ def run(cfg: Settings) -> None:
         standalone=not cfg.peering,
         peering_name=cfg.peering or None,
         priority=cfg.priority,
-        liveness_endpoint=f"http://0.0.0.0:{cfg.health_port}/healthz" if cfg.health_port else None,
+        liveness_endpoint=liveness_endpoint(cfg),
     )
 
 

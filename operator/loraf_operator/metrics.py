@@ -61,6 +61,6 @@ def timed(handler: str) -> Iterator[None]:
         RECONCILE_SECONDS.labels(handler=handler).observe(time.perf_counter() - t0)
 
 
-def serve(port: int) -> None:
+def serve(port: int, addr: str = "0.0.0.0") -> None:
     if port:
-        start_http_server(port, registry=REGISTRY)
+        start_http_server(port, addr=addr, registry=REGISTRY)

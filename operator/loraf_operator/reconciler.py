@@ -44,6 +44,7 @@ Index = Mapping[Any, Iterable[Any]]
 
 # Child kinds in deletion order (the Job first: it is what consumes GPUs).
 _CHILD_KINDS = ("Job", "RoleBinding", "Role", "ServiceAccount", "ConfigMap")
+log = logging.getLogger(__name__)
 
 
 def _first(index: Index | None, key: Any) -> Obj | None:
@@ -247,6 +248,11 @@ class Reconciler:
                 patch["gpuHours"] = round(float(status.get("gpuHours") or 0) + used, 4)
             msg = f"spec changed: stopped run {p.stop}"
             kopf.event(_ref(body), type="Normal", reason="RunStopped", message=msg)
+        if status.get("progress") is not None:
+            # The one write of status.progress by the operator: a new run starts with none,
+            # so run 2 never shows run 1's 100 %, loss and ETA while it waits. The old run's
+            # trainer can no longer write it back: its Role went with its children above.
+            patch["progress"] = None
         try:
             await self._ensure_children(ft, p.run, jobs)
         except ApiError as e:
@@ -395,7 +401,16 @@ class Reconciler:
             patch: Obj = {"conditions": new, "phase": phase, "message": message}
             if finished(new):
                 patch.update(self._finish(body, job, new, now))
-            await self._patch_status(body, patch)
+            try:
+                await self._patch_status(body, patch)
+            except ApiError as e:
+                if e.status != 404:
+                    raise
+                # Deleted meanwhile (a pod event can outlive its LoRAFineTune): nothing to
+                # report, and not an error worth a traceback.
+                log.debug("%s/%s is gone; its run's events are ignored", namespace, name)
+                self._latest.pop(key, None)
+                return
             self._emit(body, conds, new)
 
     def _finish(self, body: Obj, job: Obj | None, conds: list[Obj], now: str) -> Obj:

@@ -189,6 +189,48 @@ def job_failure(job: Obj, pods: Sequence[Obj]) -> tuple[str, str]:
     return job_reason, job_msg
 
 
+def _failed(why: str, msg: str, pods: Sequence[Obj], prev: Sequence[Condition]) -> list[Cond]:
+    """The run failed: every condition says so (no Scheduled=Unknown "waiting to retry")."""
+    ran_on = next(
+        (
+            str((p.get("spec") or {}).get("nodeName"))
+            for p in reversed(pods)
+            if (p.get("spec") or {}).get("nodeName")
+        ),
+        "",
+    )
+    if ran_on:
+        scheduled = Cond(COND_SCHEDULED, "True", "PodScheduled", f"the run's pod ran on {ran_on}")
+    else:
+        scheduled = Cond(COND_SCHEDULED, "False", why, "the run ended before a pod was scheduled")
+    return [
+        Cond(COND_SUSPENDED, "False", why, ""),
+        scheduled,
+        Cond(COND_RUNNING, "False", why, msg),
+        Cond(COND_SUCCEEDED, "False", why, ""),
+        Cond(COND_FAILED, "True", why, msg),
+    ]
+
+
+def _certain_failure(job: Obj, pods: Sequence[Obj]) -> Obj | None:
+    """`job` as the Job controller is about to mark it Failed, when its pods already decide
+    that; None while a retry is still allowed."""
+    failed = _failed_pods(pods)
+    if not failed or _active_pods(pods):
+        return None
+    last = pod_failure(failed[-1])
+    if last.exit_code in _fail_fast_codes():
+        verdict = "PodFailurePolicy"
+    else:
+        counted = [p for p in failed if not pod_failure(p).retried_free]
+        backoff = int((job.get("spec") or {}).get("backoffLimit", 6))
+        if last.retried_free or len(counted) <= backoff:
+            return None
+        verdict = "BackoffLimitExceeded"
+    cond = {"type": "Failed", "status": "True", "reason": verdict, "message": ""}
+    return {**job, "status": {**(job.get("status") or {}), "conditions": [cond]}}
+
+
 def _fail_fast_codes() -> set[int | None]:
     return {int(c) for c in ExitCode if c.fail_fast}
 
@@ -286,13 +328,11 @@ def observe(job: Obj | None, pods: Sequence[Obj], prev: Sequence[Condition]) -> 
             Cond(COND_FAILED, "False", "Completed", ""),
         ]
     if _true(job, "Failed") or _true(job, "FailureTarget"):
-        why, msg = job_failure(job, pods)
-        return [
-            Cond(COND_SUSPENDED, "False", why, ""),
-            Cond(COND_RUNNING, "False", why, msg),
-            Cond(COND_SUCCEEDED, "False", why, ""),
-            Cond(COND_FAILED, "True", why, msg),
-        ]
+        return _failed(*job_failure(job, pods), pods, prev)
+    if (ending := _certain_failure(job, pods)) is not None:
+        # The last pod's failure ends the Job (a fail-fast exit code, or the last attempt
+        # backoffLimit allows): say so now, not "retrying" until the Job controller agrees.
+        return _failed(*job_failure(ending, pods), pods, prev)
     suspended = bool((job.get("spec") or {}).get("suspend")) or _true(job, "Suspended")
     if suspended:
         started = _started_before(prev)
@@ -311,6 +351,14 @@ def observe(job: Obj | None, pods: Sequence[Obj], prev: Sequence[Condition]) -> 
     active = _active_pods(pods)
     if active:
         return [resumed, *_pod_conditions(active[-1], note)]
+    if any(_phase(p) == "Succeeded" for p in pods):
+        # The trainer exited 0; the Job turns Complete in a moment. Still Running (the run
+        # is not over and no pod is being scheduled), so the phase does not flicker.
+        done = next(p for p in pods if _phase(p) == "Succeeded")
+        return [
+            resumed,
+            Cond(COND_RUNNING, "True", "PodSucceeded", f"pod {_name(done)} finished"),
+        ]
     failed = _failed_pods(pods)
     if failed:
         last = pod_failure(failed[-1])

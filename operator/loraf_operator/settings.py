@@ -30,6 +30,8 @@ class Settings:
     status_interval_seconds: float = 300.0
     metrics_port: int = 8080
     health_port: int = 8081
+    # Where the health and metrics endpoints listen (tests and sidecars: 127.0.0.1).
+    bind_address: str = "0.0.0.0"
     peering: str = ""
     # Same-priority peers all freeze (kopf), so each replica picks its own at random.
     priority: int = field(default_factory=lambda: random.randint(1, 2**31 - 1))
@@ -60,6 +62,7 @@ class Settings:
             ),
             metrics_port=_int(env, "LORAF_METRICS_PORT", 8080),
             health_port=_int(env, "LORAF_HEALTH_PORT", 8081),
+            bind_address=env.get("LORAF_BIND_ADDRESS", "").strip() or base.bind_address,
             peering=env.get("LORAF_PEERING", "").strip(),
             priority=int(prio) if prio else base.priority,
             log_format=env.get("LORAF_LOG_FORMAT", "").strip() or "plain",
@@ -101,6 +104,10 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--health-port", type=int, help="liveness port, 0 disables (env LORAF_HEALTH_PORT)"
+    )
+    p.add_argument(
+        "--bind-address",
+        help="address of the health and metrics endpoints (env LORAF_BIND_ADDRESS; 0.0.0.0)",
     )
     p.add_argument("--peering", help="kopf peering name; empty = standalone (env LORAF_PEERING)")
     p.add_argument(

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from typing import Any
 
 from tests.conftest import Cluster
+from tests.waiting import wait_progress
 
 
 def get(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:
@@ -21,15 +21,39 @@ def cond(obj: dict[str, Any], ctype: str) -> dict[str, Any]:
     return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == ctype), {})
 
 
-def wait_for(what: str, fn: Callable[[], Any], timeout: float = 300, every: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}; last={last!r}")
+def wait_for(
+    what: str,
+    fn: Callable[[], Any],
+    stall: float = 300,
+    every: float = 0.5,
+    *,
+    seen: Callable[[], Any] | None = None,
+    cap: float | None = None,
+) -> Any:
+    """Poll `fn` until truthy; fail when what `seen` returns has not changed for `stall`
+    seconds (see tests/waiting.py), or at the hard cap."""
+    return wait_progress(what, fn, seen=seen, stall=stall, cap=cap, every=every)
+
+
+def namespace_state(cluster: Cluster, ns: str) -> Callable[[], Any]:
+    """What a wait can see move in `ns`: the status of our resources, the Jobs and the pods
+    (phase and container states). A training step, a new pod, a condition each count."""
+
+    def snap() -> Any:
+        res = cluster.kubectl(
+            "get", "lorafinetunes,loraservings,jobs,pods", "-n", ns, "-o", "json", check=False
+        )
+        if res.returncode != 0:
+            return res.stderr.strip()[-300:]
+        out = {}
+        for item in json.loads(res.stdout).get("items", []):
+            st = item.get("status") or {}
+            if item["kind"] == "Pod":
+                st = {"phase": st.get("phase"), "containers": st.get("containerStatuses")}
+            out[f"{item['kind']}/{item['metadata']['name']}"] = st
+        return out
+
+    return snap
 
 
 def apply(cluster: Cluster, ns: str, doc: dict[str, Any]) -> None:

@@ -18,7 +18,7 @@ import pytest
 
 from loraf_dev import quickstart as qs
 from tests.conftest import Cluster
-from tests.e2e.helpers import apply, cond, get, s3_objects, wait_for
+from tests.e2e.helpers import apply, cond, get, namespace_state, s3_objects, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -40,7 +40,9 @@ def test_happy_path_trains_reports_progress_and_uploads_verified_artifacts(
             or cond(obj, "Failed").get("status") == "True"
         )
 
-    wait_for("run to finish", finished, timeout=600, every=0.3)
+    wait_for(
+        "run to finish", finished, stall=300, every=0.3, seen=namespace_state(cluster, namespace)
+    )
     waited = cluster.kubectl(
         "wait",
         "--for=condition=Succeeded",
@@ -95,7 +97,8 @@ def test_bad_dataset_row_fails_fast_with_row_number_and_no_artifacts(
             and cond(o, "Failed").get("status") == "True"
             and o
         ),
-        timeout=300,
+        stall=300,
+        seen=namespace_state(cluster, namespace),
     )
     failed = cond(obj, "Failed")
     assert failed["reason"] == "DatasetInvalid"
@@ -120,7 +123,12 @@ def test_preempted_pod_resumes_from_checkpoint(
         markers = [k for k in s3_objects(s3, ckpt_prefix) if k.endswith("/COMPLETE")]
         return max((int(k.split("step-")[1].split("/")[0]) for k in markers), default=0)
 
-    wait_for("a complete checkpoint", checkpointed_step, timeout=400)
+    wait_for(
+        "a complete checkpoint",
+        checkpointed_step,
+        stall=400,
+        seen=namespace_state(cluster, namespace),
+    )
     job = get(cluster, namespace, "preempt")["status"]["run"]["jobName"]
     first = cluster.get_json("pods", "-n", namespace, "-l", f"job-name={job}")["items"][0]
     cluster.kubectl("delete", "pod", first["metadata"]["name"], "-n", namespace, "--wait=false")
@@ -133,14 +141,15 @@ def test_preempted_pod_resumes_from_checkpoint(
             != 0
             and checkpointed_step()
         ),
-        timeout=120,
+        stall=120,
+        seen=namespace_state(cluster, namespace),
     )
 
     def replacement() -> dict[str, Any] | None:
         pods = cluster.get_json("pods", "-n", namespace, "-l", f"job-name={job}")["items"]
         return next((p for p in pods if p["metadata"]["uid"] != first["metadata"]["uid"]), None)
 
-    wait_for("replacement pod", replacement, timeout=120)
+    wait_for("replacement pod", replacement, stall=120, seen=namespace_state(cluster, namespace))
     seen_after: list[int] = []
 
     def done() -> bool:
@@ -153,7 +162,7 @@ def test_preempted_pod_resumes_from_checkpoint(
             or cond(obj, "Failed").get("status") == "True"
         )
 
-    wait_for("finish", done, timeout=600, every=0.3)
+    wait_for("finish", done, stall=300, every=0.3, seen=namespace_state(cluster, namespace))
     obj = get(cluster, namespace, "preempt")
     assert cond(obj, "Succeeded").get("status") == "True", obj["status"]
     # The replacement continued from the checkpoint: after it started, no step fell back
@@ -177,7 +186,8 @@ def test_spec_change_mid_run_starts_a_new_run_and_keeps_history(
             )
             >= 1
         ),
-        timeout=300,
+        stall=300,
+        seen=namespace_state(cluster, namespace),
     )
     old_job = get(cluster, namespace, "respec")["status"]["run"]["jobName"]
     cluster.kubectl(
@@ -198,7 +208,8 @@ def test_spec_change_mid_run_starts_a_new_run_and_keeps_history(
             and cond(o, "Succeeded").get("status") == "True"
             and o
         ),
-        timeout=600,
+        stall=300,
+        seen=namespace_state(cluster, namespace),
     )
     assert cluster.kubectl("get", "job", old_job, "-n", namespace, check=False).returncode != 0
     history = obj["status"]["history"]
@@ -220,7 +231,8 @@ def test_deleting_the_resource_mid_run_stops_the_process_and_cleans_up(
             )
             >= 1
         ),
-        timeout=300,
+        stall=300,
+        seen=namespace_state(cluster, namespace),
     )
     obj = get(cluster, namespace, "cancel")
     job = obj["status"]["run"]["jobName"]
@@ -242,9 +254,16 @@ def test_deleting_the_resource_mid_run_stops_the_process_and_cleans_up(
         ]
         return not any(left)
 
-    wait_for("children garbage-collected", gone, timeout=120)
+    wait_for(
+        "children garbage-collected", gone, stall=120, seen=namespace_state(cluster, namespace)
+    )
     # The trainer process of this run is gone too (the kubelet SIGTERMed it on pod delete).
-    wait_for("no trainer process left", lambda: not _trainer_pids(namespace), timeout=60)
+    wait_for(
+        "no trainer process left",
+        lambda: not _trainer_pids(namespace),
+        stall=60,
+        seen=namespace_state(cluster, namespace),
+    )
 
 
 def _trainer_pids(namespace: str) -> list[str]:

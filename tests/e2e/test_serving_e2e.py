@@ -22,6 +22,7 @@ from tests.e2e.helpers import (
     healthy,
     http,
     model_ids,
+    namespace_state,
     serving_pods,
     wait_for,
 )
@@ -57,21 +58,30 @@ def test_finetune_is_served_survives_restart_and_loads_adapters_at_runtime(
             ),
             None,
         ),
-        timeout=120,
+        stall=120,
+        seen=namespace_state(cluster, namespace),
     )
-    wait_for("server healthy", lambda: healthy(port), timeout=300, every=1)
+    wait_for(
+        "server healthy",
+        lambda: healthy(port),
+        stall=300,
+        every=1,
+        seen=namespace_state(cluster, namespace),
+    )
 
     # The run succeeds; its adapter joins the running server without a restart.
     wait_for(
         "fine-tune Succeeded",
         lambda: cond(get(cluster, namespace, "served"), "Succeeded").get("status") == "True",
-        timeout=600,
+        stall=600,
+        seen=namespace_state(cluster, namespace),
     )
     ids = wait_for(
         "adapter listed",
         lambda: (i := model_ids(port)) and "served" in i and i,
-        timeout=180,
+        stall=180,
         every=1,
+        seen=namespace_state(cluster, namespace),
     )
     assert [p["metadata"]["uid"] for p in serving_pods(cluster, namespace, "shared")] == [
         pod["metadata"]["uid"]
@@ -98,13 +108,15 @@ def test_finetune_is_served_survives_restart_and_loads_adapters_at_runtime(
             ),
             None,
         ),
-        timeout=180,
+        stall=180,
+        seen=namespace_state(cluster, namespace),
     )
     wait_for(
         "replacement healthy with the adapter",
         lambda: healthy(port) and "served" in model_ids(port),
-        timeout=300,
+        stall=300,
         every=1,
+        seen=namespace_state(cluster, namespace),
     )
 
     # A second adapter added at runtime is served by the same pod, with no restart.
@@ -123,7 +135,11 @@ def test_finetune_is_served_survives_restart_and_loads_adapters_at_runtime(
         json.dumps({"spec": {"adapters": [*adapters, extra]}}),
     )
     wait_for(
-        "second adapter servable", lambda: "served-copy" in model_ids(port), timeout=180, every=1
+        "second adapter servable",
+        lambda: "served-copy" in model_ids(port),
+        stall=180,
+        every=1,
+        seen=namespace_state(cluster, namespace),
     )
     out = http(port, "/v1/completions", {"model": "served-copy", "prompt": "Hi", "max_tokens": 4})
     assert out["choices"][0]["text"] is not None

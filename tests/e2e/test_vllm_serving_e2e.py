@@ -88,12 +88,12 @@ def test_vllm_serves_finetunes_at_runtime_refuses_a_tampered_adapter_and_survive
             and c.get("reason") == "EngineExited"
             and c
         ),
-        timeout=600,
+        stall=600,
     )
     assert exited["status"] == "False" and "--max-model-len" in exited["message"], exited
     cluster.kubectl("delete", "loraserving", "broken", "-n", namespace, "--wait=false")
-    pod = wait_for("vLLM pod Running", lambda: running_pod(cluster, namespace), timeout=600)
-    wait_for("vLLM healthy", lambda: healthy(port), timeout=900, every=2)
+    pod = wait_for("vLLM pod Running", lambda: running_pod(cluster, namespace), stall=600)
+    wait_for("vLLM healthy", lambda: healthy(port), stall=900, every=2)
     base = serving["spec"]["baseModel"]
     base_name = f"{base['s3'].rstrip('/')}/{base['ggufFile']}"
     assert base_name in model_ids(port)
@@ -102,12 +102,10 @@ def test_vllm_serves_finetunes_at_runtime_refuses_a_tampered_adapter_and_survive
     wait_for(
         "first fine-tune Succeeded",
         lambda: cond(get(cluster, namespace, "first"), "Succeeded").get("status") == "True",
-        timeout=900,
+        stall=900,
     )
-    wait_for("first adapter served", lambda: "first" in model_ids(port), timeout=300, every=1)
-    score = {
-        m: sum(domain_score(chat(port, m, p)) for p in HELD_OUT) for m in ("first", base_name)
-    }
+    wait_for("first adapter served", lambda: "first" in model_ids(port), stall=300, every=1)
+    score = {m: sum(domain_score(chat(port, m, p)) for p in HELD_OUT) for m in ("first", base_name)}
     assert score["first"] > score[base_name], score
 
     # A second fine-tune joins while the engine runs: same pod, no restart.
@@ -115,9 +113,9 @@ def test_vllm_serves_finetunes_at_runtime_refuses_a_tampered_adapter_and_survive
     wait_for(
         "second fine-tune Succeeded",
         lambda: cond(get(cluster, namespace, "second"), "Succeeded").get("status") == "True",
-        timeout=900,
+        stall=900,
     )
-    wait_for("second adapter served", lambda: "second" in model_ids(port), timeout=300, every=1)
+    wait_for("second adapter served", lambda: "second" in model_ids(port), stall=300, every=1)
     assert [p["metadata"]["uid"] for p in serving_pods(cluster, namespace, "shared")] == [
         pod["metadata"]["uid"]
     ]
@@ -128,7 +126,7 @@ def test_vllm_serves_finetunes_at_runtime_refuses_a_tampered_adapter_and_survive
             and all(s.get(n, {}).get("state") == "Ready" for n in ("first", "second"))
             and s
         ),
-        timeout=120,
+        stall=120,
     )
     assert set(states) == {"first", "second"}
 
@@ -156,7 +154,7 @@ def test_vllm_serves_finetunes_at_runtime_refuses_a_tampered_adapter_and_survive
             and a.get("state") == "Failed"
             and a
         ),
-        timeout=300,
+        stall=300,
         every=1,
     )
     assert "sha256" in failed["reason"], failed
@@ -168,12 +166,12 @@ def test_vllm_serves_finetunes_at_runtime_refuses_a_tampered_adapter_and_survive
     wait_for(
         "replacement pod Running",
         lambda: running_pod(cluster, namespace, other_than=pod["metadata"]["uid"]),
-        timeout=600,
+        stall=600,
     )
     wait_for(
         "replacement serves both adapters",
         lambda: healthy(port) and {"first", "second"} <= model_ids(port),
-        timeout=900,
+        stall=900,
         every=2,
     )
     assert "tampered" not in model_ids(port)

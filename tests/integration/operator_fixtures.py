@@ -24,6 +24,7 @@ import pytest
 
 from loraf_dev.operator_proc import grant_operator_rbac as grant_rbac_with
 from loraf_dev.operator_proc import operator_env
+from tests.waiting import wait_progress
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -123,16 +124,19 @@ def start_operator(
     raise AssertionError(f"operator not ready in {ready_timeout}s:\n{handle.logs()[-4000:]}")
 
 
-def wait_until(what: str, check: Callable[[], Any], timeout: float = 30, every: float = 0.2) -> Any:
-    """Poll `check` until it returns something truthy; fail with `what` on timeout."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+def wait_until(
+    what: str,
+    check: Callable[[], Any],
+    stall: float = 30,
+    every: float = 0.2,
+    *,
+    seen: Callable[[], Any] | None = None,
+    cap: float | None = None,
+) -> Any:
+    """Poll `check` until it returns something truthy. Fails when what `seen` returns (by
+    default the check's own falsy result) has not changed for `stall` seconds, or after
+    `cap` seconds (pass it where the test asserts a bound, e.g. "Failed within a minute")."""
+    return wait_progress(what, check, seen=seen, stall=stall, cap=cap, every=every)
 
 
 @pytest.fixture(scope="module")

@@ -4,13 +4,13 @@ RBAC and an authenticating S3 server."""
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
 
 from tests.conftest import Cluster
+from tests.waiting import wait_progress
 
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 
@@ -39,15 +39,8 @@ def gpu_job(name: str, gpus: int, backoff: int = 0) -> dict[str, Any]:
     }
 
 
-def wait_until(what: str, fn: Any, timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}; last={last!r}")
+def wait_until(what: str, fn: Any, stall: float = 60) -> Any:
+    return wait_progress(what, fn, stall=stall)
 
 
 def job_pod(cluster: Cluster, ns: str, job: str) -> dict[str, Any] | None:

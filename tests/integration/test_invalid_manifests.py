@@ -426,7 +426,7 @@ def deny_jobs(cluster: Any, namespace: str, request: pytest.FixtureRequest) -> I
         )
         return got.returncode != 0 and "jobs are refused here" in got.stderr
 
-    wait_until("the admission policy to take effect", denied, timeout=30, every=0.5)
+    wait_until("the admission policy to take effect", denied, stall=30, every=0.5)
     yield reason
     for kind in ("validatingadmissionpolicybinding", "validatingadmissionpolicy"):
         cluster.kubectl("delete", kind, name, "--wait=false", check=False)
@@ -448,7 +448,7 @@ def test_op_refused_child_fails_the_run(
         ok = conds.get("Failed", {}).get("status") == "True"
         return got if ok else None
 
-    got = wait_until("the run to end Failed", failed, timeout=60)
+    got = wait_until("the run to end Failed", failed, stall=60)
     assert time.monotonic() - started < 60
     conds = {c["type"]: c for c in got["status"]["conditions"]}
     assert conds["Failed"]["reason"] == "InvalidSpec"
@@ -478,7 +478,7 @@ def test_op_refused_child_fails_the_run(
         )["items"]
         return list(items)
 
-    wait_until("a Warning event", warnings, timeout=10)
+    wait_until("a Warning event", warnings, stall=10)
     rv = got["metadata"]["resourceVersion"]
     time.sleep(5)
     after = cluster.get_json("lorafinetune", name, "-n", ns)

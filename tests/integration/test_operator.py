@@ -73,7 +73,7 @@ def wait_cond(
     type_: str,
     status: str = "True",
     reason: str | None = None,
-    timeout: float = 30,
+    stall: float = 30,
 ) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
         ft = get_ft(cluster, ns, name)
@@ -82,7 +82,12 @@ def wait_cond(
         return ft if ok else None
 
     try:
-        return wait_until(f"{name} {type_}={status} ({reason})", check, timeout)
+        return wait_until(
+            f"{name} {type_}={status} ({reason})",
+            check,
+            stall,
+            seen=lambda: get_ft(cluster, ns, name).get("status"),
+        )
     except AssertionError as e:
         status_now = get_ft(cluster, ns, name).get("status")
         raise AssertionError(f"{e}\nstatus: {json.dumps(status_now, indent=1)}") from None
@@ -332,7 +337,7 @@ def test_op_image_pull_error(cluster: Any, namespace: str, operator: OperatorHan
 def test_op_deadline_exceeded(cluster: Any, namespace: str, operator: OperatorHandle) -> None:
     ns = namespace
     apply(cluster, manifest("slow", ns, activeDeadlineSeconds=2))
-    ft = wait_cond(cluster, ns, "slow", "Failed", "True", "DeadlineExceeded", timeout=30)
+    ft = wait_cond(cluster, ns, "slow", "Failed", "True", "DeadlineExceeded", stall=30)
     assert ft["status"]["phase"] == "Failed"
 
 
@@ -430,6 +435,32 @@ def test_op_spec_change_starts_new_run(
     wait_cond(cluster, ns, "evolve", "Running")
 
 
+def test_op_new_run_shows_none_of_the_old_runs_progress(
+    cluster: Any, namespace: str, operator: OperatorHandle
+) -> None:
+    ns = namespace
+    apply(cluster, manifest("fresh", ns))
+    wait_cond(cluster, ns, "fresh", "Running")
+    old = {"runNumber": 1, "stage": "Training", "step": 10, "totalSteps": 10, "percent": 100.0}
+    report_as_run(cluster, ns, "fresh", "fresh-r1", {**old, "loss": 1.5, "eta": "0s"})
+    wait_until("run 1's progress", lambda: get_ft(cluster, ns, "fresh")["status"].get("progress"))
+    obj = manifest("fresh", ns)
+    obj["spec"]["training"] = {"maxSteps": 20}
+    apply(cluster, obj)
+
+    def run2() -> dict[str, Any] | None:
+        ft = get_ft(cluster, ns, "fresh")
+        return ft if (ft["status"].get("run") or {}).get("number") == 2 else None
+
+    ft = wait_until("run 2", run2)
+    assert "progress" not in ft["status"], ft["status"]["progress"]
+    # the old run's identity can no longer write progress back
+    wait_until(
+        "run 1's ServiceAccount gone",
+        lambda: cluster.kubectl("get", "sa", "fresh-r1", "-n", ns, check=False).returncode != 0,
+    )
+
+
 def test_op_delete_removes_children(cluster: Any, namespace: str, operator: OperatorHandle) -> None:
     ns = namespace
     apply(cluster, manifest("gone", ns))
@@ -449,7 +480,7 @@ def test_op_delete_removes_children(cluster: Any, namespace: str, operator: Oper
         ).stdout.strip()
         return out == ""
 
-    wait_until("garbage collection of the run's children", no_children, timeout=30)
+    wait_until("garbage collection of the run's children", no_children, stall=30)
 
 
 def test_op_job_deleted_ends_the_run(

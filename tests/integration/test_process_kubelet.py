@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 from tests.conftest import Cluster
+from tests.waiting import wait_progress
 
 LOCAL = {
     "nodeSelector": {"loraf.dev/process-kubelet": "true"},
@@ -31,16 +31,19 @@ raise SystemExit(3)
 """
 
 
-def wait_pod(cluster: Cluster, ns: str, name: str, pred: Any, timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    pod = None
-    while time.monotonic() < deadline:
+def wait_pod(cluster: Cluster, ns: str, name: str, pred: Any, stall: float = 60) -> Any:
+    """Wait until `pred(pod)` (pod None once gone); fails when the pod's status stood still
+    for `stall` seconds."""
+    last: dict[str, Any] = {}
+
+    def check() -> Any:
         res = cluster.kubectl("get", "pod", name, "-n", ns, "-o", "json", check=False)
         pod = json.loads(res.stdout) if res.returncode == 0 else None
-        if pred(pod):
-            return pod
-        time.sleep(0.3)
-    raise AssertionError(f"pod {name} never matched; last status: {pod and pod.get('status')}")
+        last["status"] = pod and pod.get("status")
+        return (pod or {"gone": True}) if pred(pod) else None
+
+    got = wait_progress(f"pod {name} to match", check, seen=lambda: last.get("status"), stall=stall)
+    return None if got == {"gone": True} else got
 
 
 def test_pod_runs_with_volumes_env_and_its_own_identity(
@@ -112,5 +115,5 @@ def test_deleting_a_pod_sends_sigterm_and_removes_it(
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(pod))
     wait_pod(cluster, namespace, "sleeper", lambda p: p and p["status"].get("phase") == "Running")
     cluster.kubectl("delete", "pod", "sleeper", "-n", namespace, "--wait=false")
-    wait_pod(cluster, namespace, "sleeper", lambda p: p is None, timeout=30)
+    wait_pod(cluster, namespace, "sleeper", lambda p: p is None, stall=30)
     assert marker.read_text().strip() == "term"

@@ -85,7 +85,7 @@ def test_sv_serving_reconciles_into_deployment_and_service(
         s = (get(cluster, "loraserving", ns, "chat") or {}).get("status") or {}
         return s if cond(s and {"status": s}, "Ready").get("status") == "True" else None
 
-    st = wait_until("LoRAServing chat Ready", ready, timeout=90, every=1)
+    st = wait_until("LoRAServing chat Ready", ready, stall=90, every=1)
     assert st["url"] == f"http://chat.{ns}.svc:8000/v1"
     assert st["readyReplicas"] == 1
     # Adapter states come from the replicas' own /v1/adapters; a kwok pod serves nothing, so
@@ -155,7 +155,7 @@ def test_sv_succeeded_finetune_creates_owned_serving_and_delete_cleans_up(
             get(cluster, "loraserving", ns, "ft") is None
             and get(cluster, "deployment", ns, "ft") is None
         ),
-        timeout=60,
+        stall=60,
         every=1,
     )
 

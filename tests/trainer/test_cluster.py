@@ -152,6 +152,23 @@ def test_train_reports_status_and_uploads_to_s3(
     # (train begin, epoch ends, train end, stage changes).
     stages = [p.get("stage") for _, p in events]
     assert "Training" in stages and stages[-1] == "Done"
+    # Evaluation and upload are stages of their own, in order, and never flip back to
+    # Training (Trainer.evaluate logs through the training callbacks) (issue 16 item 6).
+    order = [s for i, s in enumerate(stages) if i == 0 or stages[i - 1] != s]
+    assert order[-4:] == ["Training", "Evaluating", "Uploading", "Done"], order
+    # At the last step the ETA is what evaluation and upload will take, not 0s.
+    ended = [p for _, p in events if p.get("stage") == "Training" and p.get("percent") == 100]
+    assert ended and ended[-1]["etaSeconds"] > 0, ended[-1:]
+    assert progress["etaSeconds"] == 0
+    # The trainer's writes are its own in managedFields.
+    managers = {
+        m["manager"]
+        for m in cluster.get_json("lorafinetune", "ft", "-n", namespace, "--show-managed-fields")[
+            "metadata"
+        ]["managedFields"]
+        if m.get("subresource") == "status"
+    }
+    assert "loraf-trainer" in managers and "OpenAPI-Generator" not in managers, managers
     train_times = [t for t, p in events if p.get("stage") == "Training"]
     steps_seen = sorted({p["step"] for _, p in events if p.get("stage") == "Training"})
     assert len(steps_seen) >= 2, steps_seen  # progress arrived while training

@@ -227,6 +227,7 @@ def test_env_is_the_settings_contract() -> None:
             "operator.statusIntervalSeconds": "120",
             "operator.logFormat": "json",
             "operator.healthPort": "9091",
+            "operator.bindAddress": "127.0.0.1",
             "metrics.port": "9090",
             "replicas": "2",
             "leaderElection.enabled": "true",
@@ -242,6 +243,7 @@ def test_env_is_the_settings_contract() -> None:
     assert (s.s3_endpoint, s.s3_region) == ("http://minio:9000", "eu-west-1")
     assert s.status_interval_seconds == 120
     assert (s.metrics_port, s.health_port) == (9090, 9091)
+    assert s.bind_address == "127.0.0.1"
     assert (s.peering, s.priority, s.log_format) == ("loraf-peers", 7, "json")
     assert one(objs, "ClusterKopfPeering")["metadata"]["name"] == "loraf-peers"
     # Defaults: settings.py's own defaults apply where the chart sets nothing.
@@ -289,6 +291,9 @@ def test_long_release_name_is_cut_to_63() -> None:
         "image.digest=latest",  # not a digest
         "replicas=-1",
         "extraEnv[0].name=X,extraEnv[0].value=7",  # an EnvVar value must be a string
+        "operator.s3.endpoint=minio:9000",  # the CRD wants http(s)://, so does the chart
+        "resources.requests.cpu=lots",  # not a Kubernetes quantity
+        "resources.request.cpu=1",  # misspelled key
     ],
 )
 def test_schema_rejects_bad_values(bad: str) -> None:

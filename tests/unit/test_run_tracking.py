@@ -261,3 +261,65 @@ def test_deleting_pods_are_ignored() -> None:
     p = running()
     p["metadata"]["deletionTimestamp"] = "2026-01-01T00:01:00Z"
     assert by_type(observe(job(), [p], []))["Running"].status == "False"
+
+
+# -- issue 16 item 7: endings are not contradictory ---------------------------------------
+
+
+def phases(*steps: tuple[Obj | None, list[Obj]]) -> list[str]:
+    """The display phase after each (job, pods) look, as the operator would write it."""
+    from loraf_operator.status import summary
+
+    conds: list[Obj] = []
+    out = []
+    for j, ps in steps:
+        conds = apply(conds, observe(j, ps, conds), 1)
+        out.append(str(summary(conds)[0]))
+    return out
+
+
+def succeeded(name: str = "demo-r1-bbbbb") -> Obj:
+    p = running(name)
+    p["status"]["phase"] = "Succeeded"
+    p["status"]["containerStatuses"] = [
+        {"name": "trainer", "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}
+    ]
+    return p
+
+
+def test_a_finished_pod_before_the_job_completes_is_no_scheduling_flicker() -> None:
+    got = phases(
+        (job(), [running()]),
+        (job(), [succeeded()]),  # the pod is done, the Job not Complete yet
+        (job(("Complete", "Completed", "")), [succeeded()]),
+    )
+    assert got == ["Running", "Running", "Succeeded"]
+
+
+@pytest.mark.parametrize("code", [65, 66])
+def test_a_permanent_failure_is_failed_at_once_and_never_says_retrying(code: int) -> None:
+    got = phases((job(), [running()]), (job(), [failed(code, message="bad row 7")]))
+    assert got == ["Running", "Failed"]
+    ups = by_type(observe(job(), [failed(code, message="bad row 7")], []))
+    assert "retrying" not in ups["Running"].message and "retry" not in ups["Failed"].message
+    assert ups["Scheduled"].status == "True"
+
+
+def test_the_last_allowed_attempt_failing_is_failed_not_waiting_for_a_retry() -> None:
+    pods = [failed(1, name=f"demo-r1-{i}") for i in "abcd"]  # backoffLimit 3: 4th failure
+    assert phases((job(), [running()]), (job(), pods)) == ["Running", "Failed"]
+    ups = by_type(observe(job(), pods, []))
+    assert ups["Failed"].reason == "BackoffLimitExceeded"
+    # a retry still allowed is Scheduling again, and says so
+    ups = by_type(observe(job(), pods[:2], []))
+    assert ups["Scheduled"].message == "waiting for the Job controller to retry"
+
+
+def test_a_failed_run_keeps_no_scheduled_unknown() -> None:
+    conds: list[Obj] = []
+    conds = apply(conds, observe(job(), [failed(1)], conds), 1)  # retry 1 of 3
+    assert next(c for c in conds if c["type"] == "Scheduled")["status"] == "Unknown"
+    final = job(("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit"))
+    conds = apply(conds, observe(final, [failed(1)], conds), 1)
+    sched = next(c for c in conds if c["type"] == "Scheduled")
+    assert sched["status"] == "True" and "retry" not in sched["message"], sched

@@ -15,7 +15,7 @@ from typing import Any
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from .checkpoints import Preemption, upload_checkpoint
-from .status_reporter import StatusPublisher, eta_seconds, format_eta
+from .status_reporter import Remaining, StatusPublisher, eta_seconds, format_eta
 from .storage import Store
 
 log = logging.getLogger(__name__)
@@ -38,11 +38,23 @@ def _finite(x: Any) -> float | None:
 
 
 class ProgressCallback(TrainerCallback):
-    """Feeds the StatusPublisher (rate-limited there) and logs a line per logging step."""
+    """Feeds the StatusPublisher (rate-limited there) and logs a line per logging step.
 
-    def __init__(self, publisher: StatusPublisher, log_lines: bool = True) -> None:
+    Only while training runs: the evaluations after it (Trainer.evaluate logs through the
+    same callbacks) must not set the stage back to Training. The ETA covers what is left
+    of the run (`remaining`: evaluation, generations, upload), not training alone."""
+
+    def __init__(
+        self,
+        publisher: StatusPublisher,
+        log_lines: bool = True,
+        remaining: Remaining | None = None,
+    ) -> None:
         self.publisher = publisher
         self.log_lines = log_lines
+        self.remaining = remaining
+        self.training = False
+        self._rows_per_step = 1
         self._t0 = time.monotonic()
         self._step0 = 0
         self._tok_mark: tuple[float, float] | None = None  # (time, tokens) at last log
@@ -51,7 +63,12 @@ class ProgressCallback(TrainerCallback):
     def _snapshot(self, state: TrainerState) -> dict[str, Any]:
         total = state.max_steps or 0
         step = state.global_step
-        eta = eta_seconds(time.monotonic() - self._t0, step - self._step0, total - step)
+        elapsed, done = time.monotonic() - self._t0, step - self._step0
+        eta = eta_seconds(elapsed, done, total - step)
+        if self.remaining is not None:
+            if done > 0 and elapsed > 0:
+                self.remaining.measured_training(elapsed / (done * self._rows_per_step))
+            eta = self.remaining.seconds(eta) if eta is not None else None
         return {
             "stage": "Training",
             "step": step,
@@ -69,6 +86,10 @@ class ProgressCallback(TrainerCallback):
     ) -> None:
         self._t0 = time.monotonic()
         self._step0 = state.global_step  # > 0 after a resume
+        self._rows_per_step = max(
+            1, (args.per_device_train_batch_size or 1) * (args.gradient_accumulation_steps or 1)
+        )
+        self.training = True
         self.publisher.update(self._snapshot(state), force=True)
 
     def on_log(
@@ -99,7 +120,7 @@ class ProgressCallback(TrainerCallback):
                     (tokens - self._tok_mark[1]) / (now - self._tok_mark[0]), 1
                 )
             self._tok_mark = (now, tokens)
-        self.publisher.update({**self._snapshot(state), **fields})
+        self.publisher.update({**self._snapshot(state), **fields} if self.training else fields)
         if self.log_lines and fields:
             log.info(
                 "step %d/%d %s",
@@ -111,17 +132,20 @@ class ProgressCallback(TrainerCallback):
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
-        self.publisher.update(self._snapshot(state))
+        if self.training:
+            self.publisher.update(self._snapshot(state))
 
     def on_epoch_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
-        self.publisher.update(self._snapshot(state), force=True)
+        if self.training:
+            self.publisher.update(self._snapshot(state), force=True)
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
         self.publisher.update(self._snapshot(state), force=True)
+        self.training = False
 
 
 class CheckpointCallback(TrainerCallback):

@@ -7,7 +7,7 @@ see identical weights, tokenization and batches; only the adapter differs.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .data import Example, prompt_for_generation
@@ -45,16 +45,26 @@ def generate(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int) -> st
 
 
 def generations(
-    model: Any, tokenizer: Any, examples: Sequence[Example], n: int, max_new_tokens: int = 64
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[Example],
+    n: int,
+    max_new_tokens: int = 64,
+    on_answer: Callable[[int, int, float], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Greedy answers of base and adapter for the first n held-out rows."""
+    """Greedy answers of base and adapter for the first n held-out rows. `on_answer(done,
+    of, seconds)` after each row: rows answered, rows in all, seconds since the first."""
+    import time
+
     rows = []
+    picked = list(examples)[:n]
+    t0 = time.monotonic()
     was_training = model.training
     model.eval()
     use_cache = model.config.use_cache
     model.config.use_cache = True
     try:
-        for ex in list(examples)[:n]:
+        for ex in picked:
             prompt = prompt_for_generation(ex, tokenizer)
             adapted = generate(model, tokenizer, prompt, max_new_tokens)
             with model.disable_adapter():
@@ -68,6 +78,8 @@ def generations(
                     "adapter": adapted,
                 }
             )
+            if on_answer is not None:
+                on_answer(len(rows), len(picked), time.monotonic() - t0)
     finally:
         model.config.use_cache = use_cache
         model.train(was_training)

@@ -31,7 +31,7 @@ from . import (
 from .checkpoints import Preemption, fetch_latest_checkpoint
 from .errors import ConfigInvalid, Preempted
 from .sources import load_rows
-from .status_reporter import StatusPublisher
+from .status_reporter import Remaining, StatusPublisher, Ticker
 from .storage import Store, s3_client
 
 log = logging.getLogger(__name__)
@@ -283,6 +283,12 @@ def run(ctx: RunContext) -> dict[str, Any]:
     def on_oom(split: int, retries: int) -> None:
         pub.update({"oomRetries": retries, "plan": decision.status(split)}, force=True)
 
+    remaining = Remaining(
+        eval_rows=len(prepared.eval) if eval_ds is not None else 0,
+        prompts=min(spec.training.eval_prompts, len(prepared.eval)),
+        max_new_tokens=ctx.max_new_tokens,
+        upload_bytes=upload_size_estimate(trainable, total, spec.output),
+    )
     trainer = build_trainer(
         cfg,
         model,
@@ -292,7 +298,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         eval_ds,
         trainer_dir,
         device,
-        [ProgressCallback(pub, log_lines=not ctx.interactive), ckpt_cb],
+        [ProgressCallback(pub, log_lines=not ctx.interactive, remaining=remaining), ckpt_cb],
         interactive=ctx.interactive,
         on_oom=on_oom,
     )
@@ -309,91 +315,121 @@ def run(ctx: RunContext) -> dict[str, Any]:
             f"SIGTERM at step {state.global_step}/{state.max_steps}; checkpoint step-{saved} saved"
         )
 
-    # -- evaluation
-    pub.update({"stage": "Evaluating"}, force=True)
-    losses = evaluate.eval_losses(trainer, eval_ds is not None)
-    gens = evaluate.generations(
-        trainer.model, tokenizer, prepared.eval, spec.training.eval_prompts, ctx.max_new_tokens
-    )
-    report = evaluate.build_report(losses, gens, len(prepared.eval))
-    log.info("eval loss base %s → adapter %s", losses["evalLossBase"], losses["evalLossAdapter"])
+    with Ticker(pub, remaining, spec.training.status_interval_seconds):
+        # -- evaluation: the ETA counts down what is left (scoring, generations, upload), re-sent
+        # every status interval so the status never stands still for minutes
+        remaining.begin("evalLoss")
+        pub.update({"stage": "Evaluating", **remaining.fields()}, force=True)
+        losses = evaluate.eval_losses(trainer, eval_ds is not None)
+        remaining.done("evalLoss")
+        remaining.begin("generations")
+        pub.update(remaining.fields(), force=True)
 
-    # -- artifacts
-    pub.update({"stage": "Uploading", "evalLoss": losses["evalLossAdapter"]}, force=True)
-    stage_dir = ctx.work_dir / "upload"
-    shutil.rmtree(stage_dir, ignore_errors=True)
-    adapter_dir = artifacts.save_adapter(
-        trainer.model, tokenizer, stage_dir / "adapter", spec.output.adapter_dtype
-    )
-    del trainer, model
-    if spec.output.merged_weights:
-        artifacts.merge_export(
-            base_path,
-            adapter_dir,
-            stage_dir / "merged",
-            spec.output.adapter_dtype,
-            bm.trust_remote_code,
+        def answered(done: int, of: int, seconds: float) -> None:
+            remaining.refine("generations", seconds / done * of)
+            pub.update(remaining.fields())
+
+        gens = evaluate.generations(
+            trainer.model,
+            tokenizer,
+            prepared.eval,
+            spec.training.eval_prompts,
+            ctx.max_new_tokens,
+            on_answer=answered,
         )
-    (stage_dir / "eval").mkdir(parents=True, exist_ok=True)
-    (stage_dir / "eval" / "report.json").write_text(json.dumps(report, indent=2))
-    (stage_dir / "eval" / "report.md").write_text(
-        evaluate.report_markdown(report, f"{cfg.namespace}/{cfg.name} run {cfg.run}")
-    )
-    files = artifacts.describe_files(stage_dir)
-    metrics = {
-        "trainLoss": out.training_loss,
-        "steps": state.global_step,
-        "epochs": state.epoch,
-        "trainRuntimeSeconds": out.metrics.get("train_runtime"),
-        **{
-            k: report[k]
-            for k in ("evalLossBase", "evalLossAdapter", "perplexityBase", "perplexityAdapter")
-        },
-        "trainableParams": trainable,
-        "totalParams": total,
-    }
-    manifest = artifacts.build_manifest(
-        files=files,
-        identity={
-            "namespace": cfg.namespace,
-            "name": cfg.name,
-            "uid": cfg.uid,
-            "generation": cfg.generation,
-            "run": cfg.run,
-        },
-        base_model={
-            "name": resolved.name,
-            "revision": resolved.revision,
-            "ggufFile": resolved.gguf_file,
-        },
-        dataset={
-            "source": _dataset_source(cfg),
-            "format": spec.dataset.format,
-            "sha256": prepared.sha256,
-            "rows": prepared.rows,
-            "trainRows": len(prepared.train),
-            "evalRows": len(prepared.eval),
-        },
-        hyperparameters=hyperparameters(cfg),
-        metrics=metrics,
-    )
-    artifacts.upload_run(ctx.store, stage_dir, manifest)
-    weights = next(f for f in files if f.path == f"adapter/{artifacts.ADAPTER_WEIGHTS}")
-    result = {
-        "adapterUri": ctx.store.uri("adapter") + "/",
-        "mergedUri": ctx.store.uri("merged") + "/" if spec.output.merged_weights else None,
-        "manifestUri": ctx.store.uri(artifacts.MANIFEST),
-        "evalReportUri": ctx.store.uri("eval/report.json"),
-        "sizeBytes": sum(f.size for f in files if f.path.startswith("adapter/")),
-        "sha256": weights.sha256,
-        "evalLossBase": report["evalLossBase"],
-        "evalLossAdapter": report["evalLossAdapter"],
-        "perplexityBase": report["perplexityBase"],
-        "perplexityAdapter": report["perplexityAdapter"],
-    }
-    result = {k: v for k, v in result.items() if v is not None}
-    pub.update({"stage": "Done", "result": result}, force=True)
-    return result
+        remaining.done("generations")
+        report = evaluate.build_report(losses, gens, len(prepared.eval))
+        log.info(
+            "eval loss base %s → adapter %s", losses["evalLossBase"], losses["evalLossAdapter"]
+        )
+
+        # -- artifacts
+        remaining.begin("upload")
+        pub.update(
+            {"stage": "Uploading", "evalLoss": losses["evalLossAdapter"], **remaining.fields()},
+            force=True,
+        )
+        stage_dir = ctx.work_dir / "upload"
+        shutil.rmtree(stage_dir, ignore_errors=True)
+        adapter_dir = artifacts.save_adapter(
+            trainer.model, tokenizer, stage_dir / "adapter", spec.output.adapter_dtype
+        )
+        del trainer, model
+        if spec.output.merged_weights:
+            artifacts.merge_export(
+                base_path,
+                adapter_dir,
+                stage_dir / "merged",
+                spec.output.adapter_dtype,
+                bm.trust_remote_code,
+            )
+        (stage_dir / "eval").mkdir(parents=True, exist_ok=True)
+        (stage_dir / "eval" / "report.json").write_text(json.dumps(report, indent=2))
+        (stage_dir / "eval" / "report.md").write_text(
+            evaluate.report_markdown(report, f"{cfg.namespace}/{cfg.name} run {cfg.run}")
+        )
+        files = artifacts.describe_files(stage_dir)
+        metrics = {
+            "trainLoss": out.training_loss,
+            "steps": state.global_step,
+            "epochs": state.epoch,
+            "trainRuntimeSeconds": out.metrics.get("train_runtime"),
+            **{
+                k: report[k]
+                for k in ("evalLossBase", "evalLossAdapter", "perplexityBase", "perplexityAdapter")
+            },
+            "trainableParams": trainable,
+            "totalParams": total,
+        }
+        manifest = artifacts.build_manifest(
+            files=files,
+            identity={
+                "namespace": cfg.namespace,
+                "name": cfg.name,
+                "uid": cfg.uid,
+                "generation": cfg.generation,
+                "run": cfg.run,
+            },
+            base_model={
+                "name": resolved.name,
+                "revision": resolved.revision,
+                "ggufFile": resolved.gguf_file,
+            },
+            dataset={
+                "source": _dataset_source(cfg),
+                "format": spec.dataset.format,
+                "sha256": prepared.sha256,
+                "rows": prepared.rows,
+                "trainRows": len(prepared.train),
+                "evalRows": len(prepared.eval),
+            },
+            hyperparameters=hyperparameters(cfg),
+            metrics=metrics,
+        )
+        artifacts.upload_run(ctx.store, stage_dir, manifest)
+        weights = next(f for f in files if f.path == f"adapter/{artifacts.ADAPTER_WEIGHTS}")
+        result = {
+            "adapterUri": ctx.store.uri("adapter") + "/",
+            "mergedUri": ctx.store.uri("merged") + "/" if spec.output.merged_weights else None,
+            "manifestUri": ctx.store.uri(artifacts.MANIFEST),
+            "evalReportUri": ctx.store.uri("eval/report.json"),
+            "sizeBytes": sum(f.size for f in files if f.path.startswith("adapter/")),
+            "sha256": weights.sha256,
+            "evalLossBase": report["evalLossBase"],
+            "evalLossAdapter": report["evalLossAdapter"],
+            "perplexityBase": report["perplexityBase"],
+            "perplexityAdapter": report["perplexityAdapter"],
+        }
+        result = {k: v for k, v in result.items() if v is not None}
+        remaining.done("upload")
+        pub.update({"stage": "Done", "result": result, **remaining.fields()}, force=True)
+        return result
+
+
+def upload_size_estimate(trainable: int, total: int, output: Any) -> int:
+    """Bytes the run will upload: the adapter, and merged weights (16-bit) if asked."""
+    per = 4 if output.adapter_dtype == "float32" else 2
+    return trainable * per + (total * 2 if output.merged_weights else 0)
 
 
 def _dataset_source(cfg: TrainerConfig) -> str:
