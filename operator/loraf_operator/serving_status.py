@@ -111,7 +111,8 @@ def serving_status(
         "observedGeneration": gen,
         "conditions": conds.apply(old, [cond], gen),
         # The url only once its Service exists.
-        "url": None if any(m.startswith("Service ") for m in replicas.missing)
+        "url": None
+        if any(m.startswith("Service ") for m in replicas.missing)
         else build.service_url(sv),
         "readyReplicas": ready,
         "adapters": adapter_states(sv, replicas.reports if cond.status == "True" else []),

@@ -28,6 +28,7 @@ from tests.e2e.helpers import (
     get,
     healthy,
     model_ids,
+    namespace_state,
     serving_pods,
     wait_for,
 )
@@ -92,6 +93,7 @@ def test_vllm_serves_finetunes_at_runtime_refuses_a_tampered_adapter_and_survive
     )
     assert exited["status"] == "False" and "--max-model-len" in exited["message"], exited
     cluster.kubectl("delete", "loraserving", "broken", "-n", namespace, "--wait=false")
+    progress = namespace_state(cluster, namespace)
     pod = wait_for("vLLM pod Running", lambda: running_pod(cluster, namespace), stall=600)
     wait_for("vLLM healthy", lambda: healthy(port), stall=900, every=2)
     base = serving["spec"]["baseModel"]
@@ -102,7 +104,8 @@ def test_vllm_serves_finetunes_at_runtime_refuses_a_tampered_adapter_and_survive
     wait_for(
         "first fine-tune Succeeded",
         lambda: cond(get(cluster, namespace, "first"), "Succeeded").get("status") == "True",
-        stall=900,
+        seen=progress,  # every training step, condition and pod change counts
+        stall=600,
     )
     wait_for("first adapter served", lambda: "first" in model_ids(port), stall=300, every=1)
     score = {m: sum(domain_score(chat(port, m, p)) for p in HELD_OUT) for m in ("first", base_name)}
@@ -113,7 +116,8 @@ def test_vllm_serves_finetunes_at_runtime_refuses_a_tampered_adapter_and_survive
     wait_for(
         "second fine-tune Succeeded",
         lambda: cond(get(cluster, namespace, "second"), "Succeeded").get("status") == "True",
-        stall=900,
+        seen=progress,  # every training step, condition and pod change counts
+        stall=600,
     )
     wait_for("second adapter served", lambda: "second" in model_ids(port), stall=300, every=1)
     assert [p["metadata"]["uid"] for p in serving_pods(cluster, namespace, "shared")] == [
