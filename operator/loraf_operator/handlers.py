@@ -2,16 +2,19 @@
 
 - LoRAFineTune create/update(spec)/resume -> `Reconciler.reconcile` (start/stop runs).
 - Job and Pod events (label app.kubernetes.io/managed-by=loraf) -> `Reconciler.sync`.
-- No timers or daemons: kopf would put a finalizer on every LoRAFineTune for them, and a
-  finalizer makes resources undeletable while the operator is down. The safety net is the
-  watch re-list instead: every LORAF_STATUS_INTERVAL_SECONDS the watch streams end and
-  kopf lists again, which replays every Job and Pod through the handlers below.
+- No kopf timers or daemons: kopf would put a finalizer on every LoRAFineTune for them, and
+  a finalizer makes resources undeletable while the operator is down. The safety net is
+  the Reconciler's own resync task instead (started at startup): every unfinished run not
+  synced for LORAF_STATUS_INTERVAL_SECONDS is re-read from the apiserver and its status
+  re-derived, which repairs a transition whose status write failed.
 - In-memory indexes of LoRAFineTunes, run Jobs and run Pods, fed by the same watches, so
   following a run needs no extra reads.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -71,11 +74,13 @@ def register(cfg: Settings, registry: kopf.OperatorRegistry) -> None:
         # per successful handler; loraf's transition Events are posted explicitly.
         settings.posting.level = logging.WARNING
         settings.peering.mandatory = bool(cfg.peering)
-        # Re-list (and so re-sync every run) at this interval; see the module docstring.
-        settings.watching.server_timeout = int(cfg.status_interval_seconds)
-        settings.watching.client_timeout = int(cfg.status_interval_seconds) + 30
+        # Watch streams are renewed this often (kopf resumes them from the last
+        # resourceVersion: no re-list; the resync task is the safety net).
+        settings.watching.server_timeout = 300
+        settings.watching.client_timeout = 330
         settings.networking.request_timeout = 30
         memo.reconciler = Reconciler(await Kube.connect(), cfg)
+        memo.resync = asyncio.create_task(memo.reconciler.resync_forever(kw["finetunes"]))
         metrics.serve(cfg.metrics_port, cfg.bind_address)
 
     @kopf.on.login(registry=registry, id="login")
@@ -85,6 +90,11 @@ def register(cfg: Settings, registry: kopf.OperatorRegistry) -> None:
 
     @kopf.on.cleanup(registry=registry, id="cleanup")
     async def cleanup(**kw: Any) -> None:
+        task = getattr(kw["memo"], "resync", None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         rec = getattr(kw["memo"], "reconciler", None)
         if rec is not None:
             await rec.kube.close()

@@ -62,6 +62,8 @@ KINDS: dict[str, Kind] = {
     "ServiceAccount": Kind("/api/v1", "serviceaccounts"),
     "ConfigMap": Kind("/api/v1", "configmaps"),
     "Pod": Kind("/api/v1", "pods"),
+    "Secret": Kind("/api/v1", "secrets"),
+    "Event": Kind("/api/v1", "events"),
     "Role": Kind("/apis/rbac.authorization.k8s.io/v1", "roles"),
     "RoleBinding": Kind("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
     "Job": Kind("/apis/batch/v1", "jobs"),
@@ -133,6 +135,14 @@ class Kube:
             if e.status == 404:
                 return None
             raise
+
+    async def list(
+        self, kind: str, namespace: str, *, labels: str = "", fields: str = ""
+    ) -> list[Obj]:
+        """The items of a namespaced list (one page: callers select narrowly)."""
+        query = {k: v for k, v in (("labelSelector", labels), ("fieldSelector", fields)) if v}
+        got = await self.request("GET", path_of(kind, namespace), query=query or None)
+        return list(got.get("items") or [])
 
     async def create(self, obj: Obj) -> Obj:
         meta = obj["metadata"]

@@ -5,8 +5,10 @@
     python -m loraf_operator.rbac_rules --write   # regenerate
     python -m loraf_operator.rbac_rules --check   # fail when the committed file is stale
 
-Notably absent: Secrets (the operator only references them by name in the pod's env) and
-any write on `lorafinetunes` beyond `patch` (kopf's annotations; the spec is never written).
+Secrets: `get` only (no list/watch, no write): before creating a run's Job the operator
+checks that each referenced Secret exists and has the referenced keys; it reads key names,
+never copies a value. Notably absent: any write on `lorafinetunes` beyond `patch` (kopf's
+annotations; the spec is never written).
 """
 
 from __future__ import annotations
@@ -85,6 +87,20 @@ RULES: tuple[Rule, ...] = (
         ("get", "list", "watch"),
         "read the run's pod for precise reasons: Unschedulable, image pull errors, OOMKilled, "
         "exit codes and the trainer's termination message (read-only)",
+    ),
+    Rule(
+        ("",),
+        ("secrets",),
+        ("get",),
+        "check that the Secrets a spec references exist with their keys before creating the "
+        "run's Job (key names only; no value is copied); no list or watch",
+    ),
+    Rule(
+        ("",),
+        ("events",),
+        ("list",),
+        "read a run Job's FailedCreate events (a pod the Job controller cannot create: an "
+        "unknown PriorityClass, a ResourceQuota) to report them and end the run",
     ),
     Rule(
         ("",),

@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from typing import Any, cast
 
+import aiohttp
 import kopf
 from pydantic import ValidationError
 
 from . import metrics
 from .api.models import COND_FAILED, LoRAFineTune
 from .builders import build_run, child_name, config_map_name, run_spec_hash
-from .builders.labels import QUEUE_NAME, SPEC_HASH
+from .builders.labels import JOB_NAME, QUEUE_NAME, SPEC_HASH
 from .kube import ApiError, Kube
-from .run_tracking import job_deleted, observe
+from .run_tracking import creation_refused, job_deleted, observe
 from .runs import (
     Plan,
     append_history,
@@ -33,7 +36,9 @@ from .runs import (
     plan,
     result_for_run,
     run_of,
+    secret_wait_conditions,
     start_conditions,
+    waits_for_secret,
 )
 from .settings import Settings
 from .status import COND_SCHEDULED, apply, is_warning, now_iso, summary, transitions
@@ -45,6 +50,25 @@ Index = Mapping[Any, Iterable[Any]]
 # Child kinds in deletion order (the Job first: it is what consumes GPUs).
 _CHILD_KINDS = ("Job", "RoleBinding", "Role", "ServiceAccount", "ConfigMap")
 log = logging.getLogger(__name__)
+# Status writes are retried this often (seconds between attempts) on errors that a moment
+# can fix (RBAC being restored, apiserver overload, a dropped connection); what is still
+# failing after that is repaired by the periodic resync.
+_PATCH_RETRY_DELAYS = (0.5, 1.0, 2.0)
+
+
+def _transient(err: Exception) -> bool:
+    if isinstance(err, ApiError):
+        return err.status in (403, 409, 429) or err.status >= 500
+    return isinstance(err, aiohttp.ClientError | asyncio.TimeoutError | OSError)
+
+
+class SecretMissing(Exception):
+    """A Secret the spec references (or one of its keys) does not exist: no Job yet."""
+
+    def __init__(self, missing_key: bool, message: str) -> None:
+        super().__init__(message)
+        self.missing_key = missing_key
+        self.message = message
 
 
 def _first(index: Index | None, key: Any) -> Obj | None:
@@ -86,6 +110,7 @@ class Reconciler:
         self.settings = settings
         self._locks: defaultdict[Key, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._latest: dict[Key, Obj] = {}  # last status-patch response per object
+        self._synced_at: dict[Key, float] = {}  # monotonic time of the last good sync
 
     # -- state ------------------------------------------------------------------------------
 
@@ -101,15 +126,25 @@ class Reconciler:
     def forget(self, key: Key) -> None:
         self._latest.pop(key, None)
         self._locks.pop(key, None)
+        self._synced_at.pop(key, None)
         metrics.set_phase("/".join(key), None)
 
     async def _patch_status(self, body: Obj, patch: Obj) -> Obj:
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
-        resp = await self.kube.patch(
-            "LoRAFineTune", key[0], key[1], {"status": patch}, sub="status"
-        )
+        for delay in (*_PATCH_RETRY_DELAYS, None):
+            try:
+                resp = await self.kube.patch(
+                    "LoRAFineTune", key[0], key[1], {"status": patch}, sub="status"
+                )
+                break
+            except (TimeoutError, ApiError, aiohttp.ClientError, OSError) as e:
+                if delay is None or not _transient(e):
+                    raise
+                log.info("status patch of %s/%s failed (%s); retrying", key[0], key[1], e)
+                await asyncio.sleep(delay)
         self._latest[key] = resp
+        self._synced_at[key] = time.monotonic()
         metrics.set_phase("/".join(key), (resp.get("status") or {}).get("phase"))
         return resp
 
@@ -153,14 +188,24 @@ class Reconciler:
             elif p.action == "ensure":
                 try:
                     await self._ensure_children(ft, p.run, jobs)
+                except SecretMissing as e:
+                    await self._wait_for_secret(fresh, e)
+                    return
                 except ApiError as e:
                     if not e.refused:
                         raise
                     await self._refused(ft, fresh, p.run, e, {})
                     return
+                if waits_for_secret(status.get("conditions") or []):
+                    await self._secret_arrived(ft, fresh, p.run)
+                    return
                 await self._observed(fresh, gen)
             elif p.action == "sync":
-                await self._sync_suspend(ft, p.run, jobs)
+                try:
+                    await self._sync_suspend(ft, p.run, jobs)
+                except SecretMissing as e:
+                    await self._wait_for_secret(fresh, e)
+                    return
                 await self._observed(fresh, gen, run_generation=True)
             else:
                 await self._observed(fresh, gen, run_generation=True)
@@ -192,6 +237,7 @@ class Reconciler:
         job = _first(jobs, (ft.namespace, child_name(ft.name, run)))
         if job is not None and _owned_by(job, uid):
             return  # the Job is created last: everything before it exists
+        await self._check_secrets(ft)
         sa, role, binding, cm, job_obj = build_run(ft, run, self.settings.build_defaults)
         # In parallel where allowed: the RoleBinding needs its Role (the apiserver checks we
         # hold what it grants by reading the Role), and the Job goes last: it marks the
@@ -200,6 +246,71 @@ class Reconciler:
         await self._create_owned(binding, uid)
         if await self._create_owned(job_obj, uid):
             metrics.RUNS_STARTED.inc()
+
+    async def _check_secrets(self, ft: LoRAFineTune) -> None:
+        """Raise SecretMissing unless every Secret the spec references exists with its keys.
+
+        Only key names are looked at; no value leaves this function (none is logged,
+        compared or stored).
+        """
+        refs: list[tuple[str, tuple[str, ...], str]] = []
+        out = ft.spec.output.credentials_secret_ref
+        if out is not None:
+            s3_keys = (out.access_key_id_key, out.secret_access_key_key)
+            refs.append((out.name, s3_keys, "spec.output.credentialsSecretRef"))
+        tok = ft.spec.base_model.token_secret_ref
+        if tok is not None:
+            refs.append((tok.name, (tok.key,), "spec.baseModel.tokenSecretRef"))
+        for name, keys, where in refs:
+            secret = await self.kube.get("Secret", ft.namespace, name)
+            if secret is None:
+                raise SecretMissing(
+                    False,
+                    f"Secret {name} ({where}) does not exist in namespace {ft.namespace}; "
+                    "no Job is created until it does",
+                )
+            have = set(secret.get("data") or {}) | set(secret.get("stringData") or {})
+            del secret
+            missing = [k for k in keys if k not in have]
+            if missing:
+                raise SecretMissing(
+                    True,
+                    f"Secret {name} ({where}) has no key {', '.join(missing)}; "
+                    "no Job is created until it does",
+                )
+
+    async def _wait_for_secret(self, body: Obj, err: SecretMissing) -> None:
+        """The run waits (no Job) for a referenced Secret; patch only what changed."""
+        status = body.get("status") or {}
+        gen = int(body["metadata"].get("generation") or 0)
+        old = list(status.get("conditions") or [])
+        conds = apply(old, secret_wait_conditions(err.missing_key, err.message), gen)
+        phase, message = summary(conds)
+        patch: Obj = {}
+        if conds != old or phase != status.get("phase") or message != status.get("message"):
+            patch.update(conditions=conds, phase=phase, message=message)
+        if status.get("observedGeneration") != gen:
+            patch["observedGeneration"] = gen
+        if patch:
+            await self._patch_status(body, patch)
+            self._emit(body, old, conds)
+
+    async def _secret_arrived(self, ft: LoRAFineTune, body: Obj, run: int) -> None:
+        """The Secret a run waited for exists now and the run's Job was just created."""
+        status = body.get("status") or {}
+        gen = int(ft.metadata.get("generation") or 0)
+        conds = apply(status.get("conditions") or [], start_conditions(ft.spec.suspend), gen)
+        phase, message = summary(conds)
+        await self._patch_status(
+            body,
+            {"observedGeneration": gen, "conditions": conds, "phase": phase, "message": message},
+        )
+        kopf.event(
+            _ref(body),
+            type="Normal",
+            reason="RunStarted",
+            message=f"started run {run}: Job {child_name(ft.name, run)}",
+        )
 
     async def _create_owned(self, obj: Obj, uid: str) -> bool:
         """Create `obj`; True if created, False if ours already existed."""
@@ -253,8 +364,11 @@ class Reconciler:
             # so run 2 never shows run 1's 100 %, loss and ETA while it waits. The old run's
             # trainer can no longer write it back: its Role went with its children above.
             patch["progress"] = None
+        waiting: SecretMissing | None = None
         try:
             await self._ensure_children(ft, p.run, jobs)
+        except SecretMissing as e:
+            waiting = e
         except ApiError as e:
             if not e.refused:
                 raise
@@ -262,7 +376,12 @@ class Reconciler:
             return
         gen = int(ft.metadata.get("generation") or 0)
         old_conds = [c for c in status.get("conditions") or [] if c.get("type") != COND_SCHEDULED]
-        conds = apply(old_conds, start_conditions(ft.spec.suspend), gen, now)
+        wanted = (
+            start_conditions(ft.spec.suspend)
+            if waiting is None
+            else secret_wait_conditions(waiting.missing_key, waiting.message)
+        )
+        conds = apply(old_conds, wanted, gen, now)
         phase, message = summary(conds)
         patch.update(
             observedGeneration=gen,
@@ -279,6 +398,9 @@ class Reconciler:
             },
         )
         await self._patch_status(body, patch)
+        if waiting is not None:
+            self._emit(body, list(status.get("conditions") or []), conds)
+            return
         kopf.event(
             _ref(body),
             type="Normal",
@@ -388,30 +510,117 @@ class Reconciler:
             job_name = str(run["jobName"])
             job = _first(jobs, (namespace, job_name))
             run_pods = list((pods or {}).get((namespace, job_name)) or [])
-            gen = int(status.get("observedGeneration") or body["metadata"].get("generation") or 0)
-            now = now_iso()
             updates = observe(job, run_pods, conds)
             if job is None and deleted_job == job_name:
                 # Deleted before it finished (by hand, or by a controller): the run is over.
                 updates = job_deleted(job_name)
-            new = apply(conds, updates, gen, now)
-            phase, message = summary(new)
-            if new == conds and phase == status.get("phase") and message == status.get("message"):
-                return
-            patch: Obj = {"conditions": new, "phase": phase, "message": message}
-            if finished(new):
-                patch.update(self._finish(body, job, new, now))
+            await self._write_observed(key, body, job, updates)
+
+    async def _write_observed(
+        self, key: Key, body: Obj, job: Obj | None, updates: list[Any]
+    ) -> list[Obj]:
+        """Patch the conditions `updates` lead to (nothing when nothing changed)."""
+        status = body.get("status") or {}
+        conds = list(status.get("conditions") or [])
+        gen = int(status.get("observedGeneration") or body["metadata"].get("generation") or 0)
+        now = now_iso()
+        new = apply(conds, updates, gen, now)
+        phase, message = summary(new)
+        if new == conds and phase == status.get("phase") and message == status.get("message"):
+            self._synced_at[key] = time.monotonic()
+            return new
+        patch: Obj = {"conditions": new, "phase": phase, "message": message}
+        if finished(new):
+            patch.update(self._finish(body, job, new, now))
+        try:
+            await self._patch_status(body, patch)
+        except ApiError as e:
+            if e.status != 404:
+                raise
+            # Deleted meanwhile (a pod event can outlive its LoRAFineTune): nothing to
+            # report, and not an error worth a traceback.
+            log.debug("%s/%s is gone; its run's events are ignored", *key)
+            self._latest.pop(key, None)
+            return new
+        self._emit(body, conds, new)
+        return new
+
+    # -- periodic resync: repairs what a failed write or a missed event left behind -----------
+
+    async def resync_forever(self, finetunes: Index) -> None:
+        """Every unfinished run not synced for LORAF_STATUS_INTERVAL_SECONDS is re-read from
+        the apiserver (its LoRAFineTune, Job, pods and the Job's FailedCreate events) and
+        its status re-derived. Finished runs cost nothing; busy ones are skipped while
+        their own events keep them current."""
+        interval = max(1.0, float(self.settings.status_interval_seconds))
+        while True:
+            await asyncio.sleep(max(0.5, interval / 4))
+            await self.resync(finetunes)
+
+    async def resync(self, finetunes: Index | None) -> None:
+        due = time.monotonic() - float(self.settings.status_interval_seconds)
+        for key in list((finetunes or {}).keys()):
+            body = self.freshest(key, _first(finetunes, key))
+            if body is None or self._synced_at.get(key, 0.0) > due:
+                continue
+            status = body.get("status") or {}
+            if not run_of(status).get("number") or finished(status.get("conditions") or []):
+                continue
             try:
-                await self._patch_status(body, patch)
-            except ApiError as e:
-                if e.status != 404:
-                    raise
-                # Deleted meanwhile (a pod event can outlive its LoRAFineTune): nothing to
-                # report, and not an error worth a traceback.
-                log.debug("%s/%s is gone; its run's events are ignored", namespace, name)
-                self._latest.pop(key, None)
+                await self.resync_one(key)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # one object's trouble must not stop the others'
+                log.warning("resync of %s/%s failed: %s", key[0], key[1], e)
+
+    async def resync_one(self, key: Key) -> None:
+        ns, name = key
+        retry_start: Obj | None = None
+        async with self._locks[key]:
+            body = await self.kube.get("LoRAFineTune", ns, name)
+            if body is None:
+                self.forget(key)
                 return
-            self._emit(body, conds, new)
+            if _rv(body) >= _rv(self._latest.get(key)):
+                self._latest[key] = body
+            status = body.get("status") or {}
+            run = run_of(status)
+            conds = list(status.get("conditions") or [])
+            if not run.get("number") or finished(conds):
+                self._synced_at[key] = time.monotonic()
+                return
+            job_name = str(run.get("jobName") or child_name(name, int(run["number"])))
+            job = await self.kube.get("Job", ns, job_name)
+            if job is None and waits_for_secret(conds):
+                retry_start = body
+            else:
+                if job is None:
+                    run_pods: list[Obj] = []
+                    updates = job_deleted(job_name)
+                else:
+                    run_pods = await self.kube.list("Pod", ns, labels=f"{JOB_NAME}={job_name}")
+                    updates = observe(job, run_pods, conds)
+                    if not run_pods and not finished(apply(conds, updates, 0)):
+                        events = await self.kube.list(
+                            "Event",
+                            ns,
+                            fields=f"involvedObject.kind=Job,involvedObject.name={job_name}",
+                        )
+                        updates += creation_refused(
+                            job,
+                            run_pods,
+                            events,
+                            datetime.now(UTC),
+                            self.settings.pod_create_timeout_seconds,
+                        )
+                new = await self._write_observed(key, body, job, updates)
+                if job is not None and finished(new) and get_reason(new) == "PodCreationRefused":
+                    # Stop the Job controller's retries: the run is over.
+                    await self.kube.delete("Job", ns, job_name)
+        if retry_start is not None:
+            # The run waits for a Secret: try to create its children again (reconcile
+            # takes the lock itself).
+            await self.reconcile(retry_start, None, log)
 
     def _finish(self, body: Obj, job: Obj | None, conds: list[Obj], now: str) -> Obj:
         status = body.get("status") or {}
@@ -430,6 +639,12 @@ class Reconciler:
             if got is not None:
                 out["artifacts"], out["evaluation"] = got
         return out
+
+
+def get_reason(conds: list[Obj]) -> str:
+    """The Failed condition's reason ('' when not failed)."""
+    c = next((c for c in conds if c.get("type") == COND_FAILED), None)
+    return str(c.get("reason") or "") if c and c.get("status") == "True" else ""
 
 
 def phase_succeeded(conds: list[Obj]) -> bool:

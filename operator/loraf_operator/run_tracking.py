@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from .api.exitcodes import ExitCode, reason_for
@@ -288,6 +289,55 @@ def _pod_conditions(pod: Obj, note: str) -> list[Cond]:
     return [
         scheduled,
         Cond(COND_RUNNING, "False", "ContainerCreating", _join(f"pod {name} is starting", note)),
+    ]
+
+
+def _event_time(ev: Obj, *keys: str) -> datetime | None:
+    for k in keys:
+        raw = ev.get(k) or ((ev.get("metadata") or {}).get(k) if k == "creationTimestamp" else "")
+        if raw:
+            try:
+                return datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
+            except ValueError:
+                continue
+    return None
+
+
+def creation_refused(
+    job: Obj | None, pods: Sequence[Obj], events: Sequence[Obj], now: datetime, timeout: float
+) -> list[Cond]:
+    """The Job controller cannot create the run's pod (its `FailedCreate` events: an
+    unknown PriorityClass, a ResourceQuota, Pod Security): say why, and end the run Failed
+    (`PodCreationRefused`) once it has been refused for `timeout` seconds."""
+    if job is None or pods or bool((job.get("spec") or {}).get("suspend")):
+        return []
+    if any(_true(job, t) for t in ("Complete", "Failed", "FailureTarget", "Suspended")):
+        return []
+    uid = (job.get("metadata") or {}).get("uid")
+    mine = [
+        e
+        for e in events
+        if e.get("reason") == "FailedCreate"
+        and (not uid or (e.get("involvedObject") or {}).get("uid") == uid)
+    ]
+    if not mine:
+        return []
+    first = min(
+        _event_time(e, "firstTimestamp", "eventTime", "creationTimestamp") or now for e in mine
+    )
+    last = max(
+        mine,
+        key=lambda e: _event_time(e, "lastTimestamp", "eventTime", "creationTimestamp") or now,
+    )
+    why = str(last.get("message") or "the Job controller cannot create the pod")
+    if (now - first).total_seconds() >= timeout:
+        msg = f"the Job controller could not create the run's pod for {int(timeout)}s: {why}"
+        return _failed("PodCreationRefused", msg, pods, [])
+    until = (first + timedelta(seconds=timeout)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    msg = f"the Job controller cannot create the pod: {why} (the run fails at {until} unless fixed)"
+    return [
+        Cond(COND_SCHEDULED, "False", "FailedCreate", ""),
+        Cond(COND_RUNNING, "False", "FailedCreate", msg),
     ]
 
 

@@ -102,6 +102,37 @@ def start_conditions(suspend: bool) -> list[Cond]:
     return conds
 
 
+#: Reasons of a run that waits, with no Job, for a Secret its spec references.
+SECRET_WAIT_REASONS = ("SecretNotFound", "SecretKeyMissing")
+
+
+def secret_wait_conditions(missing_key: bool, message: str) -> list[Cond]:
+    """A run whose referenced Secret (or one of its keys) is missing: no Job (no GPU held)
+    until it exists; the operator re-checks every LORAF_STATUS_INTERVAL_SECONDS."""
+    if missing_key:
+        waiting = [
+            Cond(COND_SCHEDULED, "False", "SecretKeyMissing", ""),
+            Cond(COND_RUNNING, "False", "SecretKeyMissing", message),
+        ]
+    else:
+        waiting = [
+            Cond(COND_SCHEDULED, "False", "SecretNotFound", ""),
+            Cond(COND_RUNNING, "False", "SecretNotFound", message),
+        ]
+    return [
+        Cond(COND_VALIDATED, "True", "SpecValid", "the spec is valid"),
+        Cond(COND_SUCCEEDED, "False", "RunStarted", ""),
+        Cond(COND_FAILED, "False", "RunStarted", ""),
+        Cond(COND_SUSPENDED, "False", "NotSuspended", ""),
+        *waiting,
+    ]
+
+
+def waits_for_secret(conditions: Sequence[Condition]) -> bool:
+    c = get(conditions, COND_RUNNING) or {}
+    return c.get("status") == "False" and c.get("reason") in SECRET_WAIT_REASONS
+
+
 def invalid_conditions(message: str) -> list[Cond]:
     return [
         Cond(COND_VALIDATED, "False", "InvalidSpec", message),

@@ -1,9 +1,10 @@
 """Operator settings: environment variables, overridable by command-line flags.
 
 Each setting has an env var (LORAF_NAMESPACES, LORAF_TRAINER_IMAGE, LORAF_S3_ENDPOINT,
-LORAF_S3_REGION, LORAF_STATUS_INTERVAL_SECONDS, LORAF_METRICS_PORT, LORAF_HEALTH_PORT,
-LORAF_PEERING, LORAF_PRIORITY, LORAF_LOG_FORMAT) and a flag; the table with defaults and
-meanings is in docs/operations.md. Flags win over the environment.
+LORAF_S3_REGION, LORAF_STATUS_INTERVAL_SECONDS, LORAF_POD_CREATE_TIMEOUT_SECONDS,
+LORAF_METRICS_PORT, LORAF_HEALTH_PORT, LORAF_PEERING, LORAF_PRIORITY, LORAF_LOG_FORMAT)
+and a flag; the table with defaults and meanings is in docs/operations.md. Flags win over
+the environment.
 """
 
 from __future__ import annotations
@@ -27,7 +28,12 @@ class Settings:
     trainer_image: str = DEFAULT_TRAINER_IMAGE
     s3_endpoint: str | None = None
     s3_region: str | None = None
-    status_interval_seconds: float = 300.0
+    # Every unfinished run not synced for this long is re-read from the apiserver and its
+    # status re-derived (repairs a transition whose status write failed).
+    status_interval_seconds: float = 60.0
+    # How long the Job controller may fail to create a run's pod (FailedCreate events: an
+    # unknown PriorityClass, a ResourceQuota, Pod Security) before the run ends Failed.
+    pod_create_timeout_seconds: float = 180.0
     metrics_port: int = 8080
     health_port: int = 8081
     # Where the health and metrics endpoints listen (tests and sidecars: 127.0.0.1).
@@ -58,7 +64,11 @@ class Settings:
             s3_endpoint=env.get("LORAF_S3_ENDPOINT", "").strip() or None,
             s3_region=env.get("LORAF_S3_REGION", "").strip() or None,
             status_interval_seconds=float(
-                env.get("LORAF_STATUS_INTERVAL_SECONDS", "").strip() or 300
+                env.get("LORAF_STATUS_INTERVAL_SECONDS", "").strip() or base.status_interval_seconds
+            ),
+            pod_create_timeout_seconds=float(
+                env.get("LORAF_POD_CREATE_TIMEOUT_SECONDS", "").strip()
+                or base.pod_create_timeout_seconds
             ),
             metrics_port=_int(env, "LORAF_METRICS_PORT", 8080),
             health_port=_int(env, "LORAF_HEALTH_PORT", 8081),
@@ -96,8 +106,15 @@ def parser() -> argparse.ArgumentParser:
         "--status-interval",
         dest="status_interval_seconds",
         type=float,
-        help="seconds between watch re-lists that re-sync every run's status "
-        "(env LORAF_STATUS_INTERVAL_SECONDS)",
+        help="an unfinished run not synced for this many seconds is re-read and its status "
+        "re-derived (env LORAF_STATUS_INTERVAL_SECONDS; 60)",
+    )
+    p.add_argument(
+        "--pod-create-timeout",
+        dest="pod_create_timeout_seconds",
+        type=float,
+        help="seconds the Job controller may fail to create a run's pod before the run fails "
+        "PodCreationRefused (env LORAF_POD_CREATE_TIMEOUT_SECONDS; 180)",
     )
     p.add_argument(
         "--metrics-port", type=int, help="Prometheus port, 0 disables (env LORAF_METRICS_PORT)"

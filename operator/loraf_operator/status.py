@@ -57,6 +57,10 @@ WARNING_REASONS = frozenset(
         "PodFailed",
         "JobFailed",
         "JobDeleted",
+        "SecretNotFound",
+        "SecretKeyMissing",
+        "FailedCreate",
+        "PodCreationRefused",
     }
 )
 

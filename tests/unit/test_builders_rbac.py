@@ -97,9 +97,12 @@ def test_operator_cluster_role_is_generated_and_current() -> None:
     assert committed == rbac_rules.cluster_role()
 
 
-def test_operator_rules_never_touch_secrets_or_spec_writes() -> None:
+def test_operator_rules_read_secrets_only_by_name_and_never_write_spec() -> None:
+    secret_rules = [r for r in rbac_rules.RULES if "secrets" in r.resources]
+    # One rule, read-only and by name: no list/watch (that would hand every value in the
+    # namespace to the operator), no write.
+    assert [(r.resources, r.verbs) for r in secret_rules] == [(("secrets",), ("get",))]
     for rule in rbac_rules.RULES:
-        assert "secrets" not in rule.resources
         assert "*" not in rule.verbs and "*" not in rule.resources
         if "lorafinetunes" in rule.resources:
             assert not {"update", "create", "delete"} & set(rule.verbs)

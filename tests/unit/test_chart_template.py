@@ -150,11 +150,14 @@ def test_cluster_role_is_the_rule_set() -> None:
     ]
 
 
-def test_no_rule_touches_secrets_or_writes_the_spec() -> None:
+def test_secrets_only_get_and_no_rule_writes_the_spec() -> None:
     for values in ({}, NAMESPACED):
         for o in render(values):
             for rule in o.get("rules", []):
-                assert "secrets" not in rule["resources"] and "*" not in rule["resources"]
+                assert "*" not in rule["resources"]
+                if "secrets" in rule["resources"]:
+                    # Read by name only (referenced Secrets exist with their keys).
+                    assert rule["resources"] == ["secrets"] and rule["verbs"] == ["get"]
                 assert "*" not in rule["verbs"]
                 if "lorafinetunes" in rule["resources"]:
                     assert not {"update", "create", "delete"} & set(rule["verbs"])
