@@ -21,7 +21,7 @@ import kopf
 from pydantic import ValidationError
 
 from . import metrics
-from .api.models import COND_FAILED, LoRAFineTune
+from .api.models import COND_FAILED, GROUP, VERSION, LoRAFineTune
 from .builders import build_run, child_name, config_map_name, run_spec_hash
 from .builders.labels import JOB_NAME, QUEUE_NAME, SPEC_HASH
 from .kube import ApiError, Kube
@@ -111,6 +111,7 @@ class Reconciler:
         self._locks: defaultdict[Key, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._latest: dict[Key, Obj] = {}  # last status-patch response per object
         self._synced_at: dict[Key, float] = {}  # monotonic time of the last good sync
+        self._tasks: set[asyncio.Task[None]] = set()  # Events posted from the resync
 
     # -- state ------------------------------------------------------------------------------
 
@@ -148,6 +149,50 @@ class Reconciler:
         metrics.set_phase("/".join(key), (resp.get("status") or {}).get("phase"))
         return resp
 
+    def _event(self, body: Obj, *, type: str, reason: str, message: str) -> None:
+        """A Kubernetes Event on the LoRAFineTune: kopf's poster inside kopf's handlers;
+        from the resync task (outside them) posted through our own client."""
+        try:
+            kopf.event(_ref(body), type=type, reason=reason, message=message)
+            return
+        except LookupError:
+            pass  # no kopf event queue in this task's context
+        task = asyncio.create_task(self._post_event(body, type, reason, message))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _post_event(self, body: Obj, type_: str, reason_: str, message: str) -> None:
+        meta = body["metadata"]
+        now = now_iso()
+        event: Obj = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": body.get("apiVersion") or f"{GROUP}/{VERSION}",
+                "kind": "LoRAFineTune",
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+            },
+            "type": type_,
+            "reason": reason_,
+            "message": message[:1024],
+            "source": {"component": "loraf-operator"},
+            "reportingComponent": "loraf-operator",
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            await self.kube.create(event)
+        except Exception as e:  # an Event is news, never worth failing a sync for
+            log.warning("could not post event %s on %s/%s: %s", reason_, *self._key(body), e)
+
+    @staticmethod
+    def _key(body: Obj) -> Key:
+        return (body["metadata"]["namespace"], body["metadata"]["name"])
+
     def _emit(self, body: Obj, old: list[Obj], new: list[Obj]) -> None:
         changed = transitions(old, new)
         failed_now = any(c["type"] == COND_FAILED and c["status"] == "True" for c in changed)
@@ -160,7 +205,7 @@ class Reconciler:
                 continue  # a failure is one Warning: the Failed condition says it all
             kind = "Warning" if is_warning(c) else "Normal"
             msg = f"{c['type']}={c['status']}" + (f": {c['message']}" if c.get("message") else "")
-            kopf.event(_ref(body), type=kind, reason=c["reason"] or c["type"], message=msg[:1024])
+            self._event(body, type=kind, reason=c["reason"] or c["type"], message=msg[:1024])
 
     # -- reconcile (create / update / resume) --------------------------------------------------
 
@@ -305,8 +350,8 @@ class Reconciler:
             body,
             {"observedGeneration": gen, "conditions": conds, "phase": phase, "message": message},
         )
-        kopf.event(
-            _ref(body),
+        self._event(
+            body,
             type="Normal",
             reason="RunStarted",
             message=f"started run {run}: Job {child_name(ft.name, run)}",
@@ -358,7 +403,7 @@ class Reconciler:
             if used:
                 patch["gpuHours"] = round(float(status.get("gpuHours") or 0) + used, 4)
             msg = f"spec changed: stopped run {p.stop}"
-            kopf.event(_ref(body), type="Normal", reason="RunStopped", message=msg)
+            self._event(body, type="Normal", reason="RunStopped", message=msg)
         if status.get("progress") is not None:
             # The one write of status.progress by the operator: a new run starts with none,
             # so run 2 never shows run 1's 100 %, loss and ETA while it waits. The old run's
@@ -401,8 +446,8 @@ class Reconciler:
         if waiting is not None:
             self._emit(body, list(status.get("conditions") or []), conds)
             return
-        kopf.event(
-            _ref(body),
+        self._event(
+            body,
             type="Normal",
             reason="RunStarted",
             message=f"started run {p.run}: Job {child_name(ft.name, p.run)}",

@@ -53,7 +53,26 @@ def manifest(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
     }
 
 
-def apply(cluster: Any, obj: dict[str, Any]) -> None:
+def ensure_s3_secret(cluster: Any, ns: str, name: str = "s3-creds") -> None:
+    """The Secret manifest() references (the operator creates no Job without it)."""
+    if cluster.kubectl("get", "secret", name, "-n", ns, check=False).returncode != 0:
+        cluster.kubectl(
+            "create",
+            "secret",
+            "generic",
+            name,
+            "-n",
+            ns,
+            "--from-literal=AWS_ACCESS_KEY_ID=id",
+            "--from-literal=AWS_SECRET_ACCESS_KEY=x",
+        )
+
+
+def apply(cluster: Any, obj: dict[str, Any], secret: bool = True) -> None:
+    """kubectl apply; with `secret`, first the S3 Secret the manifest references."""
+    ref = ((obj.get("spec") or {}).get("output") or {}).get("credentialsSecretRef")
+    if secret and ref:
+        ensure_s3_secret(cluster, obj["metadata"]["namespace"], ref["name"])
     cluster.kubectl("apply", "-f", "-", input=json.dumps(obj))
 
 
@@ -235,15 +254,6 @@ def test_op_run_service_account_is_least_privilege(
             cluster.kubectl("get", "job", j, "-n", ns, check=False).returncode == 0
             for j in ("mine-r1", "other-r1")
         ),
-    )
-    cluster.kubectl(
-        "create",
-        "secret",
-        "generic",
-        "s3-creds",
-        "-n",
-        ns,
-        "--from-literal=AWS_SECRET_ACCESS_KEY=x",
     )
     token = cluster.kubectl("create", "token", "mine-r1", "-n", ns).stdout.strip()
     as_sa = ("--token=" + token, "--kubeconfig=" + cluster.kubeconfig)
@@ -503,6 +513,7 @@ def test_restart_mid_reconcile_no_duplicate_job(
     ns = namespace
     op = start_operator(cluster, namespaces=[ns])
     names = [f"r{i}" for i in range(6)]
+    ensure_s3_secret(cluster, ns)
     try:
         cluster.kubectl(
             "apply",
