@@ -54,6 +54,20 @@ log = logging.getLogger(__name__)
 # can fix (RBAC being restored, apiserver overload, a dropped connection); what is still
 # failing after that is repaired by the periodic resync.
 _PATCH_RETRY_DELAYS = (0.5, 1.0, 2.0)
+# A status patch that would change only condition messages waits until this long after the
+# object's previous patch (issue 16: a waiting message re-patched about once a second).
+MESSAGE_THROTTLE_SECONDS = 5.0
+
+
+def message_only_change(old: list[Obj], new: list[Obj]) -> bool:
+    """Whether `new` differs from `old` only in condition messages (same types, statuses,
+    reasons): nothing a client waits for (`kubectl wait`, Argo CD) changed."""
+
+    def shape(conds: list[Obj]) -> list[tuple[Any, ...]]:
+        keys = ("type", "status", "reason", "observedGeneration")
+        return [tuple(c.get(k) for k in keys) for c in conds]
+
+    return old != new and shape(old) == shape(new)
 
 
 def _transient(err: Exception) -> bool:
@@ -111,7 +125,9 @@ class Reconciler:
         self._locks: defaultdict[Key, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._latest: dict[Key, Obj] = {}  # last status-patch response per object
         self._synced_at: dict[Key, float] = {}  # monotonic time of the last good sync
-        self._tasks: set[asyncio.Task[None]] = set()  # Events posted from the resync
+        self._tasks: set[asyncio.Task[None]] = set()  # Events posted, deferred syncs
+        self._patched_at: dict[Key, float] = {}  # monotonic time of the last status patch
+        self._pending: set[Key] = set()  # keys with a deferred (throttled) sync
 
     # -- state ------------------------------------------------------------------------------
 
@@ -128,6 +144,7 @@ class Reconciler:
         self._latest.pop(key, None)
         self._locks.pop(key, None)
         self._synced_at.pop(key, None)
+        self._patched_at.pop(key, None)
         metrics.set_phase("/".join(key), None)
 
     async def _patch_status(self, body: Obj, patch: Obj) -> Obj:
@@ -145,7 +162,7 @@ class Reconciler:
                 log.info("status patch of %s/%s failed (%s); retrying", key[0], key[1], e)
                 await asyncio.sleep(delay)
         self._latest[key] = resp
-        self._synced_at[key] = time.monotonic()
+        self._synced_at[key] = self._patched_at[key] = time.monotonic()
         metrics.set_phase("/".join(key), (resp.get("status") or {}).get("phase"))
         return resp
 
@@ -574,6 +591,12 @@ class Reconciler:
         if new == conds and phase == status.get("phase") and message == status.get("message"):
             self._synced_at[key] = time.monotonic()
             return new
+        wait = self._throttled(key, conds, new)
+        if wait > 0:
+            # Only a message moved (a waiting pod's kubelet message, a scheduler count): one
+            # patch per MESSAGE_THROTTLE_SECONDS at most; the newest message follows then.
+            self._later(key, wait)
+            return conds
         patch: Obj = {"conditions": new, "phase": phase, "message": message}
         if finished(new):
             patch.update(self._finish(body, job, new, now))
@@ -589,6 +612,30 @@ class Reconciler:
             return new
         self._emit(body, conds, new)
         return new
+
+    def _throttled(self, key: Key, old: list[Obj], new: list[Obj]) -> float:
+        """Seconds to hold back a patch that changes only condition messages (0: send)."""
+        if not message_only_change(old, new):
+            return 0.0
+        return self._patched_at.get(key, 0.0) + MESSAGE_THROTTLE_SECONDS - time.monotonic()
+
+    def _later(self, key: Key, delay: float) -> None:
+        """Re-sync `key` (re-read from the apiserver) once, in `delay` seconds."""
+        if key in self._pending:
+            return
+
+        async def run() -> None:
+            await asyncio.sleep(delay)
+            self._pending.discard(key)
+            try:
+                await self.resync_one(key)
+            except Exception as e:  # the periodic resync tries again
+                log.warning("deferred sync of %s/%s failed: %s", key[0], key[1], e)
+
+        self._pending.add(key)
+        task = asyncio.create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # -- periodic resync: repairs what a failed write or a missed event left behind -----------
 

@@ -323,3 +323,46 @@ def test_a_failed_run_keeps_no_scheduled_unknown() -> None:
     conds = apply(conds, observe(final, [failed(1)], conds), 1)
     sched = next(c for c in conds if c["type"] == "Scheduled")
     assert sched["status"] == "True" and "retry" not in sched["message"], sched
+
+
+# -- pod creation refused (the Job's FailedCreate events) --------------------------------------
+
+
+def _failed_create(uid: str, first: str, last: str, message: str) -> Obj:
+    return {
+        "reason": "FailedCreate",
+        "type": "Warning",
+        "involvedObject": {"kind": "Job", "name": "demo-r1", "uid": uid},
+        "firstTimestamp": first,
+        "lastTimestamp": last,
+        "message": message,
+    }
+
+
+def test_creation_refused_waits_then_fails() -> None:
+    from datetime import UTC, datetime
+
+    from loraf_operator.run_tracking import creation_refused
+
+    j = {**job(), "metadata": {"name": "demo-r1", "uid": "u1"}}
+    evs = [
+        _failed_create("u1", "2026-01-01T00:00:00Z", "2026-01-01T00:00:00Z", "old"),
+        _failed_create("u1", "2026-01-01T00:00:05Z", "2026-01-01T00:01:00Z", "no PriorityClass"),
+        _failed_create("other-uid", "2025-01-01T00:00:00Z", "2026-01-01T00:02:00Z", "stranger"),
+    ]
+    at = datetime(2026, 1, 1, 0, 1, 0, tzinfo=UTC)
+    waiting = {c.type: c for c in creation_refused(j, [], evs, at, 180)}
+    assert waiting["Running"].reason == "FailedCreate" and waiting["Running"].status == "False"
+    assert "no PriorityClass" in waiting["Running"].message  # the newest event of this Job
+    assert "2026-01-01T00:03:00Z" in waiting["Running"].message  # first event + timeout
+    assert waiting["Scheduled"].reason == "FailedCreate"
+    later = datetime(2026, 1, 1, 0, 3, 0, tzinfo=UTC)
+    failed = {c.type: c for c in creation_refused(j, [], evs, later, 180)}
+    assert failed["Failed"].status == "True" and failed["Failed"].reason == "PodCreationRefused"
+    assert "no PriorityClass" in failed["Failed"].message
+    # A pod exists, the Job is suspended or finished, or the events are another Job's: nothing.
+    assert creation_refused(j, [pod()], evs, later, 180) == []
+    assert creation_refused({**j, "spec": {"suspend": True}}, [], evs, later, 180) == []
+    assert creation_refused(j, [], evs[2:], later, 180) == []
+    done = {**job(("Complete", "", "")), "metadata": {"name": "demo-r1", "uid": "u1"}}
+    assert creation_refused(done, [], evs, later, 180) == []

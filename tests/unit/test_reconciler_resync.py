@@ -1,0 +1,103 @@
+"""Status writes are retried on transient errors, and message-only changes are throttled."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from loraf_operator import reconciler as rmod
+from loraf_operator.kube import ApiError
+from loraf_operator.reconciler import Reconciler, message_only_change
+from loraf_operator.settings import Settings
+
+FORBIDDEN = '{"reason": "Forbidden", "message": "user cannot patch resource \\"x\\""}'
+
+
+class FakeKube:
+    def __init__(self, failures: int = 0) -> None:
+        self.failures = failures
+        self.patches: list[Any] = []
+        self.status: dict[str, Any] = {"run": {"number": 1, "jobName": "ft-r1"}}
+
+    async def patch(self, kind: str, ns: str, name: str, patch: Any, sub: Any = None) -> Any:
+        if self.failures:
+            self.failures -= 1
+            raise ApiError(403, FORBIDDEN, "PATCH", "/x")
+        self.patches.append(patch)
+        self.status = {**self.status, **patch["status"]}
+        rv = str(10 + len(self.patches))
+        meta = {"namespace": ns, "name": name, "uid": "u", "generation": 1, "resourceVersion": rv}
+        return {"metadata": meta, "status": self.status}
+
+    async def get(self, *a: Any) -> Any:
+        return None
+
+    async def create(self, obj: Any) -> Any:
+        return obj  # Events
+
+
+def ft(conds: list[Any] | None = None) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "namespace": "ns",
+            "name": "ft",
+            "uid": "u",
+            "generation": 1,
+            "resourceVersion": "1",
+        },
+        "spec": {},
+        "status": {"run": {"number": 1, "jobName": "ft-r1"}, "conditions": conds or []},
+    }
+
+
+JOB = {"metadata": {"name": "ft-r1"}, "spec": {}, "status": {}}
+
+
+def pending_pod(message: str) -> dict[str, Any]:
+    cond = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+            "message": message}  # fmt: skip
+    return {"metadata": {"name": "ft-r1-a", "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {}, "status": {"phase": "Pending", "conditions": [cond]}}  # fmt: skip
+
+
+def test_status_write_is_retried_on_a_transient_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rmod, "_PATCH_RETRY_DELAYS", (0.0, 0.0, 0.0))
+    kube = FakeKube(failures=2)
+    rec = Reconciler(kube, Settings())  # type: ignore[arg-type]
+    asyncio.run(rec.sync("ns", "ft", {("ns", "ft"): [ft()]}, {("ns", "ft-r1"): [JOB]}, {}))
+    assert len(kube.patches) == 1  # two 403s (RBAC being restored), then it went through
+
+
+def test_status_write_gives_up_after_its_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rmod, "_PATCH_RETRY_DELAYS", (0.0, 0.0, 0.0))
+    kube = FakeKube(failures=10)
+    rec = Reconciler(kube, Settings())  # type: ignore[arg-type]
+    with pytest.raises(ApiError):
+        asyncio.run(rec.sync("ns", "ft", {("ns", "ft"): [ft()]}, {("ns", "ft-r1"): [JOB]}, {}))
+    assert kube.failures == 6 and not kube.patches  # 4 attempts; the resync repairs it later
+
+
+def test_message_only_changes_are_throttled() -> None:
+    kube = FakeKube()
+    rec = Reconciler(kube, Settings())  # type: ignore[arg-type]
+
+    async def go() -> None:
+        fts = {("ns", "ft"): [ft()]}
+        jobs = {("ns", "ft-r1"): [JOB]}
+        await rec.sync("ns", "ft", fts, jobs, {("ns", "ft-r1"): [pending_pod("0/3 nodes")]})
+        assert len(kube.patches) == 1
+        await rec.sync("ns", "ft", fts, jobs, {("ns", "ft-r1"): [pending_pod("0/4 nodes")]})
+        assert len(kube.patches) == 1  # only the scheduler's message moved: held back
+        assert ("ns", "ft") in rec._pending  # ... and re-synced once the throttle allows
+
+    asyncio.run(go())
+
+
+def test_message_only_change() -> None:
+    a = [{"type": "Running", "status": "False", "reason": "Pending", "message": "x"}]
+    b = [{**a[0], "message": "y"}]
+    c = [{**a[0], "reason": "Unschedulable"}]
+    assert message_only_change(a, b)
+    assert not message_only_change(a, a) and not message_only_change(a, c)
