@@ -200,3 +200,18 @@ def test_check_detects_stale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert crdgen.main(["--check"]) == 1
     assert crdgen.main([]) == 0  # writes it
     assert crdgen.main(["--check"]) == 0
+
+
+def test_kubectl_explain_shows_defaults_bounds_and_int_or_string() -> None:
+    """`kubectl explain` prints only descriptions: defaults and bounds go into them (CRD only;
+    docs/api.md has its own columns)."""
+    from loraf_operator.api.crdgen import finetune_crd
+
+    spec = finetune_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    props = spec["properties"]
+    rank = props["lora"]["properties"]["r"]
+    assert f"Default: {rank['default']}." in rank["description"]
+    assert "Bounds: minimum" in rank["description"]
+    memory = props["resources"]["properties"]["memory"]
+    assert "integer or string" in memory["description"]
+    assert "Default:" not in spec.get("description", "")  # objects get no suffix

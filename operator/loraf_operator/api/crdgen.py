@@ -141,6 +141,46 @@ def _column(name: str, type_: str, path: str, description: str, priority: int = 
     return col
 
 
+def _explain_bounds(s: Schema) -> list[str]:
+    parts = []
+    for key, word in (("minimum", "minimum"), ("maximum", "maximum")):
+        if key in s:
+            strict = s.get("exclusiveMinimum" if key == "minimum" else "exclusiveMaximum")
+            parts.append(f"{word} {s[key]}" + (" (exclusive)" if strict else ""))
+    for key, word in (
+        ("minItems", "at least {} items"),
+        ("maxItems", "at most {} items"),
+    ):
+        if key in s:
+            parts.append(word.format(s[key]))
+    return parts
+
+
+def explained(node: Schema) -> Schema:
+    """`node` with each field's default, bounds and int-or-string type appended to its
+    description: `kubectl explain` prints descriptions, not defaults or bounds, and shows an
+    int-or-string field (cpu, memory) as `<Object>`."""
+    out = dict(node)
+    if isinstance(out.get("properties"), dict):
+        out["properties"] = {k: explained(v) for k, v in out["properties"].items()}
+    for key in ("items", "additionalProperties"):
+        if isinstance(out.get(key), dict):
+            out[key] = explained(out[key])
+    if not out.get("description") or "properties" in out:
+        return out
+    extra: list[str] = []
+    if out.get("x-kubernetes-int-or-string"):
+        extra.append("Type: integer or string (a Kubernetes quantity such as 8 or 32Gi).")
+    if "default" in out and not isinstance(out["default"], dict | list):
+        extra.append(f"Default: {json.dumps(out['default'])}.")
+    bounds = _explain_bounds(out)
+    if bounds:
+        extra.append(f"Bounds: {', '.join(bounds)}.")
+    if extra:
+        out["description"] = f"{str(out['description']).rstrip()} {' '.join(extra)}"
+    return out
+
+
 def _crd(
     *,
     kind: str,
@@ -159,7 +199,7 @@ def _crd(
             "apiVersion": {"type": "string", "description": "loraf.dev/v1alpha1"},
             "kind": {"type": "string", "description": kind},
             "metadata": {"type": "object"},
-            "spec": structural(spec),
+            "spec": explained(structural(spec)),
             "status": structural(status),
         },
         "required": ["spec"],
