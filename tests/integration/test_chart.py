@@ -129,7 +129,21 @@ def reconcile_once(cluster: Any, rel: Release, name: str) -> tuple[dict[str, Any
 
     Returns the object as the apiserver stored it at apply time, and after the reconcile.
     """
-    manifest = json.dumps(finetune(name, rel.watched))
+    ft = finetune(name, rel.watched)
+    manifest = json.dumps(ft)
+    # The Secret the example references: the operator creates no Job without it.
+    secret = ft["spec"]["output"]["credentialsSecretRef"]["name"]
+    if cluster.kubectl("get", "secret", secret, "-n", rel.watched, check=False).returncode:
+        cluster.kubectl(
+            "create",
+            "secret",
+            "generic",
+            secret,
+            "-n",
+            rel.watched,
+            "--from-literal=AWS_ACCESS_KEY_ID=id",
+            "--from-literal=AWS_SECRET_ACCESS_KEY=x",
+        )
     handle = start_operator(cluster, namespaces=[rel.watched], env={"KUBECONFIG": rel.kubeconfig})
     try:
         stored = json.loads(
@@ -241,14 +255,17 @@ def test_chart_identity_is_denied_what_it_must_not_do(cluster: Any, setup: Setup
         ns = rel.watched
         assert can_i(cluster, rel, "create", "jobs.batch", "-n", ns)
         assert can_i(cluster, rel, "patch", "lorafinetunes.loraf.dev/status", "-n", ns)
-        for verb in ("get", "list", "watch"):
+        # Secrets: `get` by name only (referenced Secrets exist with their keys); no
+        # list/watch (every value in the namespace), no write.
+        assert can_i(cluster, rel, "get", "secrets", "-n", ns)
+        for verb in ("list", "watch", "create", "update", "patch", "delete"):
             assert not can_i(cluster, rel, verb, "secrets", "-n", ns), verb
         for verb in ("update", "create", "delete"):
             assert not can_i(cluster, rel, verb, "lorafinetunes.loraf.dev", "-n", ns), verb
         assert not can_i(cluster, rel, "create", "pods", "-n", ns)
         assert not can_i(cluster, rel, "escalate", "roles", "-n", ns)
         assert not can_i(cluster, rel, "create", "clusterroles")
-        # A real request, not only the review: reading a Secret is refused.
+        # A real request, not only the review: listing Secrets is refused.
         res = cluster.kubectl("get", "secrets", "-n", ns, kubeconfig=rel.kubeconfig, check=False)
         assert res.returncode != 0 and "forbidden" in res.stderr.lower(), res.stderr
     rel = setup.namespaced
