@@ -647,7 +647,12 @@ class Reconciler:
         interval = max(1.0, float(self.settings.status_interval_seconds))
         while True:
             await asyncio.sleep(max(0.5, interval / 4))
-            await self.resync(finetunes)
+            try:
+                await self.resync(finetunes)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # never let the safety net die
+                log.exception("resync pass failed")
 
     async def resync(self, finetunes: Index | None) -> None:
         due = time.monotonic() - float(self.settings.status_interval_seconds)
