@@ -14,7 +14,7 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from .checkpoints import Preemption, upload_checkpoint
+from .checkpoints import Preemption, upload_checkpoint, write_ledger
 from .status_reporter import StatusPublisher, eta_seconds, format_eta
 from .storage import Store
 
@@ -125,11 +125,15 @@ class ProgressCallback(TrainerCallback):
 
 
 class CheckpointCallback(TrainerCallback):
-    """Saves on a time budget and on SIGTERM; ships each saved checkpoint to the store.
+    """Saves on a time budget, at the last step and on SIGTERM; ships each saved
+    checkpoint to the store.
 
     The Trainer writes checkpoint-<k>/ (adapter, optimizer, scheduler, RNG states and
-    trainer_state.json, which records the data position); on_save copies it to
-    checkpoints/step-<k>/ and writes the completion marker last."""
+    trainer_state.json, which records the data position); on_save adds the run ledger
+    (training time so far, over every process), copies it to checkpoints/step-<k>/ and
+    writes the completion marker last. The last step is always stored, so a run whose
+    upload failed resumes there and only uploads. Every save is preceded by a log entry,
+    so the saved log history covers each step up to the checkpoint (the run's loss)."""
 
     def __init__(
         self,
@@ -137,18 +141,21 @@ class CheckpointCallback(TrainerCallback):
         preemption: Preemption,
         checkpoint_minutes: float | None,
         keep: int = 2,
+        prior_runtime_s: float = 0.0,
     ) -> None:
         self.store = store
         self.preemption = preemption
         self.interval_s = checkpoint_minutes * 60 if checkpoint_minutes else None
         self.keep = keep
+        self.prior_runtime_s = prior_runtime_s
+        self._t0 = time.monotonic()
         self._last_save = time.monotonic()
         self.saved_steps: list[int] = []
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
-        self._last_save = time.monotonic()
+        self._t0 = self._last_save = time.monotonic()
 
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
@@ -159,6 +166,10 @@ class CheckpointCallback(TrainerCallback):
             control.should_training_stop = True
         elif self.interval_s and time.monotonic() - self._last_save >= self.interval_s:
             control.should_save = True
+        if state.max_steps and state.global_step >= state.max_steps:
+            control.should_save = True
+        if control.should_save:
+            control.should_log = True
 
     def on_save(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
@@ -168,6 +179,7 @@ class CheckpointCallback(TrainerCallback):
         if not local.is_dir():
             log.warning("checkpoint folder %s missing after save", local)
             return
+        write_ledger(local, self.prior_runtime_s + time.monotonic() - self._t0)
         upload_checkpoint(self.store, local, step, keep=self.keep)
         self.saved_steps.append(step)
         self._last_save = time.monotonic()

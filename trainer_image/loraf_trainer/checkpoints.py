@@ -14,8 +14,10 @@ import logging
 import re
 import signal
 import threading
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from .errors import Preempted
 from .storage import Store, local_files, put_dir
@@ -23,7 +25,63 @@ from .storage import Store, local_files, put_dir
 log = logging.getLogger(__name__)
 
 MARKER = "COMPLETE"
+LEDGER = "loraf-run.json"  # what the Trainer's own state lacks: time trained before this save
+TRAINER_STATE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def trainer_state(checkpoint: Path) -> dict[str, Any]:
+    """The checkpoint's trainer_state.json (global_step, max_steps, epoch, log_history)."""
+    return read_json(checkpoint / TRAINER_STATE)
+
+
+def training_complete(state: Mapping[str, Any]) -> bool:
+    """Whether a checkpoint's state is the end of training: resuming from it must run no
+    step (the Trainer would run one more when max_steps is not a whole number of epochs)."""
+    max_steps = int(state.get("max_steps") or 0)
+    return max_steps > 0 and int(state.get("global_step") or 0) >= max_steps
+
+
+def prior_runtime_seconds(checkpoint: Path | None) -> float:
+    """Training seconds spent by earlier processes up to this checkpoint."""
+    if checkpoint is None:
+        return 0.0
+    return float(read_json(checkpoint / LEDGER).get("trainRuntimeSeconds") or 0.0)
+
+
+def write_ledger(checkpoint: Path, runtime_seconds: float) -> None:
+    (checkpoint / LEDGER).write_text(json.dumps({"trainRuntimeSeconds": round(runtime_seconds, 3)}))
+
+
+def run_train_loss(log_history: Sequence[Mapping[str, Any]]) -> float | None:
+    """Mean training loss per step over the whole run, from the Trainer's log history
+    (restored from the checkpoint on resume, so it spans every process). Each `loss`
+    entry is the mean since the previous one, so entries are weighted by their steps."""
+    total = 0.0
+    steps = 0
+    prev = 0
+    for entry in log_history:
+        if "loss" not in entry or "step" not in entry:
+            continue
+        step = int(entry["step"])
+        if step <= prev:
+            continue
+        try:
+            loss = float(entry["loss"])
+        except (TypeError, ValueError):
+            continue
+        total += loss * (step - prev)
+        steps += step - prev
+        prev = step
+    return total / steps if steps else None
 
 
 def complete_checkpoints(store: Store) -> list[int]:

@@ -28,7 +28,14 @@ from . import (
     oom_recovery,
     optimizations,
 )
-from .checkpoints import Preemption, fetch_latest_checkpoint
+from .checkpoints import (
+    Preemption,
+    fetch_latest_checkpoint,
+    prior_runtime_seconds,
+    run_train_loss,
+    trainer_state,
+    training_complete,
+)
 from .errors import ConfigInvalid, Preempted
 from .sources import load_rows
 from .status_reporter import StatusPublisher
@@ -232,6 +239,31 @@ def train_or_fail(trainer: Any, resume: Path | None) -> Any:
         ) from e
 
 
+def restore_finished(trainer: Any, checkpoint: Path) -> None:
+    """Load a final checkpoint's adapter weights and state without training a step."""
+    from peft import set_peft_model_state_dict
+    from peft.utils import load_peft_weights
+    from transformers import TrainerState
+
+    set_peft_model_state_dict(trainer.model, load_peft_weights(str(checkpoint), device="cpu"))
+    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+
+
+def run_metrics(state: Any, out: Any, prior_runtime_s: float) -> dict[str, Any]:
+    """Steps, loss and training time of the whole run, over every process that trained
+    it (a resumed process's TrainOutput covers only its own steps)."""
+    loss = run_train_loss(state.log_history)
+    if loss is None and out is not None:
+        loss = out.training_loss
+    runtime = prior_runtime_s + (float(out.metrics.get("train_runtime") or 0.0) if out else 0.0)
+    return {
+        "trainLoss": loss,
+        "steps": state.global_step,
+        "epochs": state.epoch,
+        "trainRuntimeSeconds": round(runtime, 3),
+    }
+
+
 def hyperparameters(cfg: TrainerConfig) -> dict[str, Any]:
     spec = cfg.spec
     q = spec.effective_quantization
@@ -289,7 +321,10 @@ def run(ctx: RunContext) -> dict[str, Any]:
     trainer_dir = ctx.work_dir / "trainer"
     trainer_dir.mkdir(parents=True, exist_ok=True)
     resume = fetch_latest_checkpoint(ctx.store, trainer_dir)
-    ckpt_cb = CheckpointCallback(ctx.store, ctx.preemption, spec.training.checkpoint_minutes)
+    prior_runtime = prior_runtime_seconds(resume)
+    ckpt_cb = CheckpointCallback(
+        ctx.store, ctx.preemption, spec.training.checkpoint_minutes, prior_runtime_s=prior_runtime
+    )
 
     def on_oom(split: int, retries: int) -> None:
         pub.update({"oomRetries": retries, "plan": decision.status(split)}, force=True)
@@ -311,7 +346,28 @@ def run(ctx: RunContext) -> dict[str, Any]:
     ctx.preemption.deferred = True
     if ctx.preemption.requested:
         raise Preempted("SIGTERM received before training started; nothing to checkpoint")
-    out = train_or_fail(trainer, resume)
+    if resume is not None and training_complete(trainer_state(resume)):
+        restore_finished(trainer, resume)
+        log.info(
+            "training already complete at step %d of %d (checkpoint step-%d): "
+            "evaluating and uploading only",
+            trainer.state.global_step,
+            trainer.state.max_steps,
+            trainer.state.global_step,
+        )
+        pub.update(
+            {
+                "step": trainer.state.global_step,
+                "totalSteps": trainer.state.max_steps,
+                "epoch": round(trainer.state.epoch or 0.0, 4),
+                "percent": 100.0,
+                "etaSeconds": 0.0,
+            },
+            force=True,
+        )
+        out = None
+    else:
+        out = train_or_fail(trainer, resume)
     optimizations.release_compiled(trainer.model, decision)
     state = trainer.state
     if ctx.preemption.requested and state.global_step < state.max_steps:
@@ -352,10 +408,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     )
     files = artifacts.describe_files(stage_dir)
     metrics = {
-        "trainLoss": out.training_loss,
-        "steps": state.global_step,
-        "epochs": state.epoch,
-        "trainRuntimeSeconds": out.metrics.get("train_runtime"),
+        **run_metrics(state, out, prior_runtime),
         **{
             k: report[k]
             for k in ("evalLossBase", "evalLossAdapter", "perplexityBase", "perplexityAdapter")
