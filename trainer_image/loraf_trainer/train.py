@@ -36,10 +36,10 @@ from .checkpoints import (
     trainer_state,
     training_complete,
 )
-from .errors import ConfigInvalid, Preempted
+from .errors import ConfigInvalid, DatasetInvalid, ModelInvalid, Preempted
 from .sources import load_rows
 from .status_reporter import StatusPublisher
-from .storage import Store, s3_client
+from .storage import Retry, Store, check_readable, s3_client
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +53,50 @@ class RunContext:
     preemption: Preemption
     interactive: bool = False  # progress bar (loraf run) instead of log lines (pod)
     max_new_tokens: int = 48
+    retry: Retry = field(default_factory=Retry)  # S3 outages (storage_retry), as the store
     _s3: Any = field(default=None, repr=False)
 
     def s3(self) -> Any:
         """S3 client for inputs (model, dataset), with spec.output's endpoint/region."""
         if self._s3 is None:
             out = self.cfg.spec.output
-            self._s3 = s3_client(out.endpoint, out.region)
+            self._s3 = s3_client(out.endpoint, out.region, out.retry, notify=self.retry.note)
         return self._s3
+
+
+def storage_retry(cfg: TrainerConfig, publisher: StatusPublisher) -> Retry:
+    """The run's S3 outage policy (spec.output.retry); each failure shows in
+    status.progress.storageError until S3 answers again."""
+
+    def on_error(message: str, failures: int) -> None:
+        publisher.update({"storageError": message, "storageRetries": failures}, force=True)
+
+    def on_recovered() -> None:
+        publisher.update({"storageError": None}, force=True)
+
+    return Retry(
+        timeout_s=cfg.spec.output.retry.timeout_seconds,
+        on_error=on_error,
+        on_recovered=on_recovered,
+    )
+
+
+def check_storage(ctx: RunContext) -> None:
+    """Before any data or model is loaded: the output can be listed and written, and
+    every S3 input's bucket can be read. Wrong keys fail here (exit 77, whichever input
+    would have touched S3 first); an outage is retried (then exit 69)."""
+    spec = ctx.cfg.spec
+    ctx.store.check_access()
+    inputs: list[tuple[str, type[Exception]]] = []
+    if spec.dataset.s3:
+        inputs.append((spec.dataset.s3, DatasetInvalid))
+    if spec.dataset.eval is not None and spec.dataset.eval.s3:
+        inputs.append((spec.dataset.eval.s3, DatasetInvalid))
+    if spec.base_model.s3:
+        inputs.append((spec.base_model.s3, ModelInvalid))
+    for uri, missing in inputs:
+        if not check_readable(ctx.s3(), uri, ctx.retry):
+            raise missing(f"cannot read {uri}: NoSuchBucket")
 
 
 def check_config(cfg: TrainerConfig) -> None:
@@ -78,8 +114,12 @@ def load_dataset(ctx: RunContext) -> data.Prepared:
     seed = ctx.cfg.spec.training.seed
     columns = ds.columns.model_dump(exclude_none=True) if ds.columns else {}
     s3 = ctx.s3() if ds.s3 or (ds.eval and ds.eval.s3) else None
-    rows = load_rows(ds, ds.file_format, ctx.work_dir, s3)
-    eval_rows = load_rows(ds.eval, ds.file_format, ctx.work_dir / "eval", s3) if ds.eval else None
+    rows = load_rows(ds, ds.file_format, ctx.work_dir, s3, ctx.retry)
+    eval_rows = (
+        load_rows(ds.eval, ds.file_format, ctx.work_dir / "eval", s3, ctx.retry)
+        if ds.eval
+        else None
+    )
     prepared = data.prepare(
         rows, ds.format, columns, ds.eval_fraction, eval_rows, seed=seed, max_rows=ds.max_rows
     )
@@ -280,6 +320,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     spec = cfg.spec
     pub.update({"runNumber": cfg.run, "stage": "Validating"}, force=True)
     check_config(cfg)
+    check_storage(ctx)
     prepared = load_dataset(ctx)
 
     # -- model
@@ -291,7 +332,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
             spec.resources.gpus,
         )
     bm = spec.base_model
-    resolved = model_loading.resolve_source(bm, ctx.s3() if bm.s3 else None)
+    resolved = model_loading.resolve_source(bm, ctx.s3() if bm.s3 else None, ctx.retry)
     base_path = model_loading.materialize(resolved, bm.trust_remote_code)
     tokenizer = model_loading.load_tokenizer(base_path, bm.trust_remote_code)
     model, decision = prepare_model(cfg, base_path, device)
