@@ -150,16 +150,48 @@ class CheckpointCallback(TrainerCallback):
         self.prior_runtime_s = prior_runtime_s
         self._t0 = time.monotonic()
         self._last_save = time.monotonic()
+        self._save_started: float | None = None
         self.saved_steps: list[int] = []
+        self.stored_step: int | None = None
+
+    def save_now(self, trainer: Any) -> int | None:
+        """After an interrupted step: checkpoint the last completed step unless it is
+        stored already. The weights and optimizer are those of that step (the
+        interruption never falls inside the optimizer update); the partial gradients are
+        not saved. Returns the stored step."""
+        state = trainer.state
+        if state.global_step > 0 and state.global_step != self.stored_step:
+            self._save_started = time.monotonic()
+            trainer._save_checkpoint(trainer.model, trial=None)
+            self.on_save(trainer.args, state, trainer.control)
+        return self.stored_step
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
         self._t0 = self._last_save = time.monotonic()
+        self.stored_step = state.global_step or None  # a resumed run's checkpoint is stored
+
+    # The preemption may interrupt a step (SIGALRM), never the optimizer update itself.
+    def on_step_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        self.preemption.in_step = True
+
+    def on_pre_optimizer_step(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        self.preemption.in_optimizer_step = True
+
+    def on_optimizer_step(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        self.preemption.in_optimizer_step = False
 
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
+        self.preemption.in_step = False
         if self.preemption.requested:
             log.warning("SIGTERM: saving a checkpoint at step %d and stopping", state.global_step)
             control.should_save = True
@@ -170,6 +202,7 @@ class CheckpointCallback(TrainerCallback):
             control.should_save = True
         if control.should_save:
             control.should_log = True
+            self._save_started = time.monotonic()
 
     def on_save(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
@@ -182,7 +215,11 @@ class CheckpointCallback(TrainerCallback):
         write_ledger(local, self.prior_runtime_s + time.monotonic() - self._t0)
         upload_checkpoint(self.store, local, step, keep=self.keep)
         self.saved_steps.append(step)
+        self.stored_step = step
         self._last_save = time.monotonic()
+        if self._save_started is not None:  # what a save costs, for the SIGTERM plan
+            self.preemption.save_estimate_s = self._last_save - self._save_started
+            self._save_started = None
         log.info(
             "checkpoint step-%d stored at %s", step, self.store.uri(f"checkpoints/step-{step}")
         )

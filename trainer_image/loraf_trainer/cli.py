@@ -52,7 +52,8 @@ def _execute(build: Any) -> int:
     """Run `build()` → RunContext, then the training; map failures to exit codes."""
     from .checkpoints import Preemption
 
-    preemption = Preemption()
+    # The grace period comes from the config (run() sets it once parsed).
+    preemption = Preemption(on_deadline=write_termination_message)
     preemption.install()
     ctx = None
     try:
@@ -60,11 +61,21 @@ def _execute(build: Any) -> int:
         from .train import run
 
         result = run(ctx)
+        preemption.cancel()  # done: no forced exit
         print(json.dumps({"result": result}, indent=2))
         return int(ExitCode.OK)
     except TrainerError as e:
         log.error("%s", e.message)
         write_termination_message(e.message)
+        if e.exit_code == ExitCode.PREEMPTED and preemption.received_at is not None:
+            # SIGTERM: the grace period is running out. Skip the interpreter's teardown
+            # (freeing the model and torch can take seconds): the work is checkpointed.
+            if ctx is not None:
+                ctx.publisher.close(timeout=1.0)
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            preemption.exit_fn(int(e.exit_code))
         return int(e.exit_code)
     except Exception as e:  # unexpected: counted against the Job's backoffLimit
         traceback.print_exc()

@@ -379,6 +379,14 @@ def check_readable(client: Any, uri: str, retry: Retry = NO_RETRY) -> bool:
     src = S3Uri.parse(uri)
 
     def attempt() -> bool:
+        if src.key and not uri.endswith("/"):
+            # An object: HEAD it (a policy may allow GetObject without ListBucket).
+            try:
+                client.head_object(Bucket=src.bucket, Key=src.key)
+                return True
+            except ClientError as e:
+                if classify(e) != "missing":
+                    raise
         try:
             client.list_objects_v2(Bucket=src.bucket, Prefix=src.key, MaxKeys=1)
         except ClientError as e:

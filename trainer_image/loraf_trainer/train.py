@@ -30,6 +30,7 @@ from . import (
 )
 from .checkpoints import (
     Preemption,
+    StepInterrupted,
     fetch_latest_checkpoint,
     prior_runtime_seconds,
     run_train_loss,
@@ -318,6 +319,7 @@ def hyperparameters(cfg: TrainerConfig) -> dict[str, Any]:
 def run(ctx: RunContext) -> dict[str, Any]:
     cfg, pub = ctx.cfg, ctx.publisher
     spec = cfg.spec
+    ctx.preemption.grace_s = spec.resources.termination_grace_period_seconds
     pub.update({"runNumber": cfg.run, "stage": "Validating"}, force=True)
     check_config(cfg)
     check_storage(ctx)
@@ -408,7 +410,14 @@ def run(ctx: RunContext) -> dict[str, Any]:
         )
         out = None
     else:
-        out = train_or_fail(trainer, resume)
+        try:
+            out = train_or_fail(trainer, resume)
+        except StepInterrupted as e:
+            saved = ckpt_cb.save_now(trainer)
+            raise Preempted(
+                f"SIGTERM at step {trainer.state.global_step}/{trainer.state.max_steps}: {e}; "
+                + (f"checkpoint step-{saved} stored" if saved else "no checkpoint yet")
+            ) from e
     optimizations.release_compiled(trainer.model, decision)
     state = trainer.state
     if ctx.preemption.requested and state.global_step < state.max_steps:
