@@ -132,3 +132,46 @@ def test_other_errors_pass_through_unretried() -> None:
     with pytest.raises(ClientError):
         make_retry(600, t, events).call("x", op)
     assert t.sleeps == []
+
+
+def test_storage_retry_reports_in_status_and_clears_on_recovery() -> None:
+    from loraf_operator.api.trainer_config import TrainerConfig
+    from loraf_trainer.status_reporter import StatusPublisher
+    from loraf_trainer.train import storage_retry
+
+    cfg = TrainerConfig.model_validate(
+        {
+            "namespace": "ns",
+            "name": "ft",
+            "uid": "u",
+            "generation": 1,
+            "run": 1,
+            "spec": {
+                "baseModel": {"huggingFace": "org/m"},
+                "dataset": {"s3": "s3://bkt/d.jsonl", "format": "alpaca"},
+                "training": {"maxSteps": 1},
+                "output": {"s3": "s3://bkt/o", "retry": {"timeoutSeconds": 60}},
+            },
+        }
+    )
+    pub = StatusPublisher(None)
+    retry = storage_retry(cfg, pub)
+    assert retry.timeout_s == 60
+    t = FakeTime()
+    retry.clock, retry.sleep = t.clock, t.sleep
+    seen: list[Any] = []
+    calls = iter([ReadTimeoutError(endpoint_url="u"), None])
+
+    def op() -> None:
+        exc = next(calls)
+        if exc is not None:
+            raise exc
+        seen.append(dict(pub.last))  # what status showed while it retried
+
+    retry.call("uploading 3 file(s) to s3://bkt/o/run-1", op)
+    assert "S3 unavailable while uploading" in seen[0]["storageError"]
+    assert seen[0]["storageRetries"] == 1
+    assert pub.last["storageError"] is None  # cleared: JSON null removes it in the merge patch
+    # A timed-out request inside botocore is reported at once, too.
+    retry.note("S3 PutObject attempt 1 timed out: ReadTimeoutError")
+    assert str(pub.last["storageError"]).startswith("S3 PutObject attempt 1 timed out")
