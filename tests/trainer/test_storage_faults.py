@@ -34,12 +34,13 @@ BUCKET = "faults"
 EVALUATED = "eval loss base"
 
 
-def _spec(retry: dict[str, Any], merged: bool = False, **over: Any) -> dict[str, Any]:
+def _spec(
+    retry: dict[str, Any], merged: bool = False, dataset: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return make_spec(
         training={"maxSteps": MAX_STEPS, "evalPrompts": 0},
-        dataset={"maxRows": 40},
+        dataset={"maxRows": 40, **(dataset or {})},
         output={"s3": f"s3://{BUCKET}/ft", "retry": retry, "mergedWeights": merged},
-        **over,
     )
 
 
