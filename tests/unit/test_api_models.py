@@ -10,7 +10,12 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from loraf_operator.api.exitcodes import FAIL_FAST_CODES, ExitCode, reason_for
+from loraf_operator.api.exitcodes import (
+    FAIL_FAST_CODES,
+    RETRIED_FREE_CODES,
+    ExitCode,
+    reason_for,
+)
 from loraf_operator.api.models import (
     LoRAFineTune,
     LoRAFineTuneSpec,
@@ -184,7 +189,10 @@ def test_exit_codes() -> None:
     assert ExitCode(65).reason == "DatasetInvalid" and ExitCode(66).reason == "ModelInvalid"
     assert ExitCode.PREEMPTED == 75 and reason_for(75) == "Preempted"
     assert reason_for(137) == "InfrastructureFailure"
-    assert FAIL_FAST_CODES == (64, 65, 66)
+    assert FAIL_FAST_CODES == (64, 65, 66, 77)
+    assert reason_for(77) == "StorageAccessDenied" and ExitCode(77).fail_fast
+    assert reason_for(69) == "StorageUnavailable" and not ExitCode(69).fail_fast
+    assert RETRIED_FREE_CODES == (69, 75)
 
 
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))

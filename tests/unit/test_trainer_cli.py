@@ -4,6 +4,7 @@ termination message. No torch is imported on these paths."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +46,23 @@ def trainer_config(**over: Any) -> TrainerConfig:
 
 
 @pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("LORAF_TERMINATION_LOG", str(tmp_path / "termination-log"))
     monkeypatch.setenv("LORAF_NO_STATUS", "1")
     monkeypatch.setenv("LORAF_PVC_ROOT", str(tmp_path / "pvc"))
     monkeypatch.setenv("LORAF_WORK_DIR", str(tmp_path / "work"))
-    return tmp_path
+    # The trainer checks it can write its output before reading any input: give it a
+    # (moto) bucket, so these tests reach the dataset checks.
+    moto = pytest.importorskip("moto", reason="moto is a dev dependency")
+    import boto3
+
+    for k in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "unit")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "unit")
+    with moto.mock_aws():
+        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="bucket")
+        yield tmp_path
 
 
 def write_config(tmp: Path, **over: object) -> Path:

@@ -52,7 +52,8 @@ def _execute(build: Any) -> int:
     """Run `build()` → RunContext, then the training; map failures to exit codes."""
     from .checkpoints import Preemption
 
-    preemption = Preemption()
+    # The grace period comes from the config (run() sets it once parsed).
+    preemption = Preemption(on_deadline=write_termination_message)
     preemption.install()
     ctx = None
     try:
@@ -60,11 +61,21 @@ def _execute(build: Any) -> int:
         from .train import run
 
         result = run(ctx)
+        preemption.cancel()  # done: no forced exit
         print(json.dumps({"result": result}, indent=2))
         return int(ExitCode.OK)
     except TrainerError as e:
         log.error("%s", e.message)
         write_termination_message(e.message)
+        if e.exit_code == ExitCode.PREEMPTED and preemption.received_at is not None:
+            # SIGTERM: the grace period is running out. Skip the interpreter's teardown
+            # (freeing the model and torch can take seconds): the work is checkpointed.
+            if ctx is not None:
+                ctx.publisher.close(timeout=1.0)
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            preemption.exit_fn(int(e.exit_code))
         return int(e.exit_code)
     except Exception as e:  # unexpected: counted against the Job's backoffLimit
         traceback.print_exc()
@@ -97,7 +108,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     def build(preemption: Any) -> Any:
         from .status_reporter import KubeSink, StatusPublisher
         from .storage import open_store
-        from .train import RunContext
+        from .train import RunContext, storage_retry
 
         cfg = _load_config(args.config)
         out = cfg.spec.output
@@ -107,12 +118,15 @@ def cmd_train(args: argparse.Namespace) -> int:
                 sink = KubeSink(cfg.namespace, cfg.name, cfg.uid or None)
             except Exception as e:  # never fail a run because status cannot be written
                 log.warning("status reporting disabled: %s", e)
+        publisher = StatusPublisher(sink, cfg.spec.training.status_interval_seconds)
+        retry = storage_retry(cfg, publisher)
         return RunContext(
             cfg=cfg,
-            store=open_store(cfg.run_prefix(), out.endpoint, out.region),
+            store=open_store(cfg.run_prefix(), out.endpoint, out.region, retry, out.retry),
             work_dir=_work_dir(args.work_dir),
-            publisher=StatusPublisher(sink, cfg.spec.training.status_interval_seconds),
+            publisher=publisher,
             preemption=preemption,
+            retry=retry,
         )
 
     return _execute(build)
@@ -151,7 +165,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         from .status_reporter import StatusPublisher
         from .storage import open_store
-        from .train import RunContext
+        from .train import RunContext, storage_retry
 
         obj = _read_manifest(args.manifest)
         obj.setdefault("metadata", {}).setdefault("namespace", "default")
@@ -165,9 +179,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise ConfigInvalid(f"{args.manifest}: invalid at {loc}: {first['msg']}") from e
         out = probe.spec.output
         root = (args.output or out.s3).rstrip("/")
+        publisher = StatusPublisher(None)
+        retry = storage_retry(probe, publisher)
 
         def store_for(n: int) -> Any:
-            return open_store(f"{root}/run-{n}", out.endpoint, out.region)
+            return open_store(f"{root}/run-{n}", out.endpoint, out.region, retry, out.retry)
 
         run_no = args.run or next_run_number(store_for)
         cfg = TrainerConfig.for_resource(obj, run=run_no)
@@ -176,9 +192,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             cfg=cfg,
             store=store_for(run_no),
             work_dir=_work_dir(args.work_dir),
-            publisher=StatusPublisher(None),
+            publisher=publisher,
             preemption=preemption,
             interactive=True,
+            retry=retry,
         )
 
     return _execute(build)

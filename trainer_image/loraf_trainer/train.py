@@ -28,11 +28,19 @@ from . import (
     oom_recovery,
     optimizations,
 )
-from .checkpoints import Preemption, fetch_latest_checkpoint
-from .errors import ConfigInvalid, Preempted
+from .checkpoints import (
+    Preemption,
+    StepInterrupted,
+    fetch_latest_checkpoint,
+    prior_runtime_seconds,
+    run_train_loss,
+    trainer_state,
+    training_complete,
+)
+from .errors import ConfigInvalid, DatasetInvalid, ModelInvalid, Preempted
 from .sources import load_rows
 from .status_reporter import Remaining, StatusPublisher, Ticker
-from .storage import Store, s3_client
+from .storage import Retry, Store, check_readable, s3_client
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +54,50 @@ class RunContext:
     preemption: Preemption
     interactive: bool = False  # progress bar (loraf run) instead of log lines (pod)
     max_new_tokens: int = 48
+    retry: Retry = field(default_factory=Retry)  # S3 outages (storage_retry), as the store
     _s3: Any = field(default=None, repr=False)
 
     def s3(self) -> Any:
         """S3 client for inputs (model, dataset), with spec.output's endpoint/region."""
         if self._s3 is None:
             out = self.cfg.spec.output
-            self._s3 = s3_client(out.endpoint, out.region)
+            self._s3 = s3_client(out.endpoint, out.region, out.retry, notify=self.retry.note)
         return self._s3
+
+
+def storage_retry(cfg: TrainerConfig, publisher: StatusPublisher) -> Retry:
+    """The run's S3 outage policy (spec.output.retry); each failure shows in
+    status.progress.storageError until S3 answers again."""
+
+    def on_error(message: str, failures: int) -> None:
+        publisher.update({"storageError": message, "storageRetries": failures}, force=True)
+
+    def on_recovered() -> None:
+        publisher.update({"storageError": None}, force=True)
+
+    return Retry(
+        timeout_s=cfg.spec.output.retry.timeout_seconds,
+        on_error=on_error,
+        on_recovered=on_recovered,
+    )
+
+
+def check_storage(ctx: RunContext) -> None:
+    """Before any data or model is loaded: the output can be listed and written, and
+    every S3 input's bucket can be read. Wrong keys fail here (exit 77, whichever input
+    would have touched S3 first); an outage is retried (then exit 69)."""
+    spec = ctx.cfg.spec
+    ctx.store.check_access()
+    inputs: list[tuple[str, type[Exception]]] = []
+    if spec.dataset.s3:
+        inputs.append((spec.dataset.s3, DatasetInvalid))
+    if spec.dataset.eval is not None and spec.dataset.eval.s3:
+        inputs.append((spec.dataset.eval.s3, DatasetInvalid))
+    if spec.base_model.s3:
+        inputs.append((spec.base_model.s3, ModelInvalid))
+    for uri, missing in inputs:
+        if not check_readable(ctx.s3(), uri, ctx.retry):
+            raise missing(f"cannot read {uri}: NoSuchBucket")
 
 
 def load_dataset(ctx: RunContext) -> data.Prepared:
@@ -61,8 +105,12 @@ def load_dataset(ctx: RunContext) -> data.Prepared:
     seed = ctx.cfg.spec.training.seed
     columns = ds.columns.model_dump(exclude_none=True) if ds.columns else {}
     s3 = ctx.s3() if ds.s3 or (ds.eval and ds.eval.s3) else None
-    rows = load_rows(ds, ds.file_format, ctx.work_dir, s3)
-    eval_rows = load_rows(ds.eval, ds.file_format, ctx.work_dir / "eval", s3) if ds.eval else None
+    rows = load_rows(ds, ds.file_format, ctx.work_dir, s3, ctx.retry)
+    eval_rows = (
+        load_rows(ds.eval, ds.file_format, ctx.work_dir / "eval", s3, ctx.retry)
+        if ds.eval
+        else None
+    )
     prepared = data.prepare(
         rows, ds.format, columns, ds.eval_fraction, eval_rows, seed=seed, max_rows=ds.max_rows
     )
@@ -222,6 +270,31 @@ def train_or_fail(trainer: Any, resume: Path | None) -> Any:
         ) from e
 
 
+def restore_finished(trainer: Any, checkpoint: Path) -> None:
+    """Load a final checkpoint's adapter weights and state without training a step."""
+    from peft import set_peft_model_state_dict
+    from peft.utils import load_peft_weights
+    from transformers import TrainerState
+
+    set_peft_model_state_dict(trainer.model, load_peft_weights(str(checkpoint), device="cpu"))
+    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+
+
+def run_metrics(state: Any, out: Any, prior_runtime_s: float) -> dict[str, Any]:
+    """Steps, loss and training time of the whole run, over every process that trained
+    it (a resumed process's TrainOutput covers only its own steps)."""
+    loss = run_train_loss(state.log_history)
+    if loss is None and out is not None:
+        loss = out.training_loss
+    runtime = prior_runtime_s + (float(out.metrics.get("train_runtime") or 0.0) if out else 0.0)
+    return {
+        "trainLoss": loss,
+        "steps": state.global_step,
+        "epochs": state.epoch,
+        "trainRuntimeSeconds": round(runtime, 3),
+    }
+
+
 def hyperparameters(cfg: TrainerConfig) -> dict[str, Any]:
     spec = cfg.spec
     q = spec.effective_quantization
@@ -236,7 +309,9 @@ def hyperparameters(cfg: TrainerConfig) -> dict[str, Any]:
 def run(ctx: RunContext) -> dict[str, Any]:
     cfg, pub = ctx.cfg, ctx.publisher
     spec = cfg.spec
+    ctx.preemption.grace_s = spec.resources.termination_grace_period_seconds
     pub.update({"runNumber": cfg.run, "stage": "Validating"}, force=True)
+    check_storage(ctx)
     prepared = load_dataset(ctx)
 
     # -- model
@@ -248,7 +323,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
             spec.resources.gpus,
         )
     bm = spec.base_model
-    resolved = model_loading.resolve_source(bm, ctx.s3() if bm.s3 else None)
+    resolved = model_loading.resolve_source(bm, ctx.s3() if bm.s3 else None, ctx.retry)
     base_path = model_loading.materialize(resolved, bm.trust_remote_code)
     tokenizer = model_loading.load_tokenizer(base_path, bm.trust_remote_code)
     model, decision = prepare_model(cfg, base_path, device)
@@ -278,7 +353,10 @@ def run(ctx: RunContext) -> dict[str, Any]:
     trainer_dir = ctx.work_dir / "trainer"
     trainer_dir.mkdir(parents=True, exist_ok=True)
     resume = fetch_latest_checkpoint(ctx.store, trainer_dir)
-    ckpt_cb = CheckpointCallback(ctx.store, ctx.preemption, spec.training.checkpoint_minutes)
+    prior_runtime = prior_runtime_seconds(resume)
+    ckpt_cb = CheckpointCallback(
+        ctx.store, ctx.preemption, spec.training.checkpoint_minutes, prior_runtime_s=prior_runtime
+    )
 
     def on_oom(split: int, retries: int) -> None:
         pub.update({"oomRetries": retries, "plan": decision.status(split)}, force=True)
@@ -306,7 +384,35 @@ def run(ctx: RunContext) -> dict[str, Any]:
     ctx.preemption.deferred = True
     if ctx.preemption.requested:
         raise Preempted("SIGTERM received before training started; nothing to checkpoint")
-    out = train_or_fail(trainer, resume)
+    if resume is not None and training_complete(trainer_state(resume)):
+        restore_finished(trainer, resume)
+        log.info(
+            "training already complete at step %d of %d (checkpoint step-%d): "
+            "evaluating and uploading only",
+            trainer.state.global_step,
+            trainer.state.max_steps,
+            trainer.state.global_step,
+        )
+        pub.update(
+            {
+                "step": trainer.state.global_step,
+                "totalSteps": trainer.state.max_steps,
+                "epoch": round(trainer.state.epoch or 0.0, 4),
+                "percent": 100.0,
+                "etaSeconds": 0.0,
+            },
+            force=True,
+        )
+        out = None
+    else:
+        try:
+            out = train_or_fail(trainer, resume)
+        except StepInterrupted as e:
+            saved = ckpt_cb.save_now(trainer)
+            raise Preempted(
+                f"SIGTERM at step {trainer.state.global_step}/{trainer.state.max_steps}: {e}; "
+                + (f"checkpoint step-{saved} stored" if saved else "no checkpoint yet")
+            ) from e
     optimizations.release_compiled(trainer.model, decision)
     state = trainer.state
     if ctx.preemption.requested and state.global_step < state.max_steps:
@@ -370,10 +476,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         )
         files = artifacts.describe_files(stage_dir)
         metrics = {
-            "trainLoss": out.training_loss,
-            "steps": state.global_step,
-            "epochs": state.epoch,
-            "trainRuntimeSeconds": out.metrics.get("train_runtime"),
+            **run_metrics(state, out, prior_runtime),
             **{
                 k: report[k]
                 for k in ("evalLossBase", "evalLossAdapter", "perplexityBase", "perplexityAdapter")

@@ -1033,6 +1033,16 @@ class Resources(BaseResources):
         max_length=MAX_NAME,
         pattern=DNS_SUBDOMAIN_PATTERN,
     )
+    termination_grace_period_seconds: int = Field(
+        default=120,
+        description="Seconds the training pod gets between SIGTERM (preemption, eviction, "
+        "suspend) and SIGKILL. The trainer plans its shutdown within it: it lets the "
+        "running step finish if there is time, else interrupts it, stores a checkpoint and "
+        "exits 75 (Preempted, retried without counting against backoffLimit) a margin "
+        "before the end. Leave room for one checkpoint upload.",
+        ge=1,
+        le=86400,
+    )
 
     @model_validator(mode="after")
     def _check_single_gpu(self) -> Resources:
@@ -1043,6 +1053,35 @@ class Resources(BaseResources):
 
 # ---------------------------------------------------------------------------------------------
 # spec: output, serving
+
+
+class StorageRetry(SpecModel):
+    """How the trainer rides out an unreachable S3 (connection errors, timeouts, 5xx)."""
+
+    timeout_seconds: int = Field(
+        default=900,
+        description="How long one S3 transfer (upload, download, listing) keeps retrying, "
+        "with exponential backoff, while S3 is unreachable; meanwhile status.progress."
+        "storageError says why. Then the trainer exits 69 (StorageUnavailable), which the Job "
+        "retries without counting it against backoffLimit; the retry resumes from the last "
+        "stored checkpoint (a finished run only evaluates and uploads). Wrong credentials are "
+        "never retried (exit 77, StorageAccessDenied). 0 gives up at the first failure.",
+        ge=0,
+        le=86400,
+    )
+    connect_timeout_seconds: float = Field(
+        default=10,
+        description="Seconds to wait for a connection to S3 before the attempt counts as failed.",
+        gt=0,
+        le=600,
+    )
+    read_timeout_seconds: float = Field(
+        default=60,
+        description="Seconds without a byte from S3 before a request counts as hung and is "
+        "retried (a hung server shows in the log and in status.progress.storageError).",
+        gt=0,
+        le=3600,
+    )
 
 
 class OutputSpec(SpecModel):
@@ -1069,6 +1108,11 @@ class OutputSpec(SpecModel):
     )
     adapter_dtype: DType = Field(
         default="bfloat16", description="Dtype of the saved adapter weights."
+    )
+    retry: StorageRetry = Field(
+        default_factory=StorageRetry,
+        description="Retries and timeouts of S3 transfers (inputs, checkpoints, artifacts).",
+        json_schema_extra=_OBJECT_DEFAULT,
     )
 
 
@@ -1338,6 +1382,14 @@ class Progress(StatusModel):
     )
     oom_retries: int | None = Field(
         default=None, description="Out-of-memory errors recovered by splitting micro-batches."
+    )
+    storage_error: str | None = Field(
+        default=None,
+        description="While S3 is unreachable: the last error and what the trainer is retrying "
+        "(cleared when S3 answers again).",
+    )
+    storage_retries: int | None = Field(
+        default=None, description="S3 transfer attempts that failed and were retried."
     )
     plan: TrainingPlan | None = Field(
         default=None, description="How the trainer runs the requested batch on this GPU."
