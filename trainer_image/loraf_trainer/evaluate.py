@@ -45,7 +45,12 @@ def generate(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int) -> st
 
 
 def generations(
-    model: Any, tokenizer: Any, examples: Sequence[Example], n: int, max_new_tokens: int = 64
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[Example],
+    n: int,
+    max_new_tokens: int = 64,
+    system_prompt: str | None = None,
 ) -> list[dict[str, Any]]:
     """Greedy answers of base and adapter for the first n held-out rows."""
     rows = []
@@ -55,7 +60,7 @@ def generations(
     model.config.use_cache = True
     try:
         for ex in list(examples)[:n]:
-            prompt = prompt_for_generation(ex, tokenizer)
+            prompt = prompt_for_generation(ex, tokenizer, system_prompt)
             adapted = generate(model, tokenizer, prompt, max_new_tokens)
             with model.disable_adapter():
                 base = generate(model, tokenizer, prompt, max_new_tokens)
