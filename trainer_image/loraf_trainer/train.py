@@ -400,7 +400,10 @@ def run(ctx: RunContext) -> dict[str, Any]:
         ctx.max_new_tokens,
         system_prompt=system,
     )
-    report = evaluate.build_report(losses, gens, len(prepared.eval))
+    history = evaluate.loss_history(state.log_history)
+    if losses["evalLossAdapter"] is not None:
+        history["eval"].append([state.global_step, losses["evalLossAdapter"]])
+    report = evaluate.build_report(losses, gens, len(prepared.eval), history)
     log.info("eval loss base %s → adapter %s", losses["evalLossBase"], losses["evalLossAdapter"])
 
     # -- artifacts
@@ -424,6 +427,9 @@ def run(ctx: RunContext) -> dict[str, Any]:
     (stage_dir / "eval" / "report.md").write_text(
         evaluate.report_markdown(report, f"{cfg.namespace}/{cfg.name} run {cfg.run}")
     )
+    svg = evaluate.loss_svg(report["lossHistory"])
+    if svg:
+        (stage_dir / "eval" / "loss.svg").write_text(svg)
     files = artifacts.describe_files(stage_dir)
     metrics = {
         "trainLoss": out.training_loss,
