@@ -55,10 +55,13 @@ def test_defaults() -> None:
     s = LoRAFineTuneSpec.model_validate(MINIMAL)
     assert s.method == "lora"
     assert s.lora.r == 16 and s.lora.alpha is None and s.lora.effective_alpha == 32
-    assert s.lora.dropout == 0.05 and s.lora.target_modules == ["all-linear"]
+    assert s.lora.dropout == 0.0 and s.lora.target_modules == ["all-linear"]
     assert s.quantization is None and s.effective_quantization is None
     assert s.effective_optimizer == "adamw_torch"
-    assert s.training.learning_rate == 2e-4 and s.training.scheduler == "cosine"
+    # unset: chosen by the trainer's defaults rule (loraf_trainer.hyperparams)
+    assert s.training.learning_rate is None and s.training.scheduler is None
+    assert s.training.warmup_ratio is None and s.training.per_device_batch_size is None
+    assert s.training.gradient_checkpointing is None and s.dataset.system_prompt is None
     assert s.training.checkpoint_minutes == 10 and s.training.seed == 42
     assert s.resources.gpus == 1 and s.resources.node_selector == {}
     assert s.dataset.eval_fraction == 0.1 and s.dataset.file_format == "auto"

@@ -145,6 +145,46 @@ def _read_manifest(path: str) -> dict[str, Any]:
     raise ConfigInvalid(f"{path} holds no LoRAFineTune")
 
 
+LOCAL_CLAIM = "local"  # placeholder claim of a plain local path (never mounted)
+
+
+def local_inputs(spec: dict[str, Any], base_dir: Path) -> tuple[dict[str, Any], Any]:
+    """`loraf run` only: plain local paths in a manifest (`baseModel.path`,
+    `dataset.path`, `dataset.eval.path`; relative to the manifest's folder) become
+    LocalInputs, with a placeholder PVC source so the spec still validates. A `.gguf`
+    file as baseModel.path sets ggufFile. Returns the rewritten spec and the inputs."""
+    from .train import LocalInputs
+
+    spec = {**spec}
+    found: dict[str, Path] = {}
+
+    def take(section: dict[str, Any] | None, key: str) -> dict[str, Any] | None:
+        if not isinstance(section, dict) or "path" not in section:
+            return section
+        section = {**section}
+        raw = section.pop("path")
+        if not isinstance(raw, str) or not raw:
+            raise ConfigInvalid(f"{key}.path must be a non-empty string")
+        path = (base_dir / Path(raw).expanduser()).resolve()
+        if not path.exists():
+            raise ConfigInvalid(f"{key}.path: {path} does not exist")
+        if key == "baseModel" and path.suffix == ".gguf" and path.is_file():
+            section.setdefault("ggufFile", path.name)
+            path = path.parent
+        found[key] = path
+        section["pvc"] = {"claimName": LOCAL_CLAIM, "path": path.name}
+        return section
+
+    spec["baseModel"] = take(spec.get("baseModel"), "baseModel")
+    ds = take(spec.get("dataset"), "dataset")
+    if isinstance(ds, dict) and isinstance(ds.get("eval"), dict):
+        ds["eval"] = take(ds["eval"], "dataset.eval")
+    spec["dataset"] = ds
+    return spec, LocalInputs(
+        model=found.get("baseModel"), data=found.get("dataset"), eval=found.get("dataset.eval")
+    )
+
+
 def next_run_number(store_for: Any) -> int:
     """The first run-<n> without a manifest: completed runs are never overwritten, an
     interrupted one is resumed."""
@@ -171,6 +211,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         obj.setdefault("metadata", {}).setdefault("namespace", "default")
         obj["metadata"].setdefault("name", Path(args.manifest).stem)
         obj["metadata"].setdefault("uid", "local")
+        spec, local = local_inputs(obj.get("spec") or {}, Path(args.manifest).resolve().parent)
+        if args.output and not spec.get("output"):
+            # --output is where artifacts go; spec.output.s3 is then never read
+            spec["output"] = {"s3": f"s3://loraf-local/{obj['metadata']['name']}"}
+        obj["spec"] = spec
         try:
             probe = TrainerConfig.for_resource(obj, run=1)
         except ValidationError as e:
@@ -196,6 +241,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             preemption=preemption,
             interactive=True,
             retry=retry,
+            local=local,
         )
 
     return _execute(build)

@@ -55,11 +55,19 @@ class ResolvedModel:
     revision: str | None
 
 
-def resolve_source(base_model: Any, s3_client: Any = None, retry: Any = None) -> ResolvedModel:
+def resolve_source(
+    base_model: Any, s3_client: Any = None, retry: Any = None, local: Path | None = None
+) -> ResolvedModel:
     """Make the model files available locally (downloading if needed); `retry` (a
-    storage.Retry) rides out an S3 outage."""
+    storage.Retry) rides out an S3 outage; `local`: a plain folder given to `loraf run`
+    instead of the spec's source."""
     gguf = base_model.gguf_file
     name = base_model.display_name
+    if local is not None:
+        name = str(local / gguf) if gguf else str(local)
+        if not local.exists():
+            raise ModelInvalid(f"base model path {local} does not exist")
+        return ResolvedModel(local, gguf, name, None)
     if base_model.pvc is not None:
         path = pvc_path(base_model.pvc.claim_name, base_model.pvc.path)
         if gguf is None and path.is_file() and path.suffix == ".gguf":

@@ -33,12 +33,18 @@ def _data_files(directory: Path) -> list[Path]:
 
 
 def load_rows(
-    source: Any, file_format: str, work_dir: Path, s3_client: Any = None, retry: Any = None
+    source: Any,
+    file_format: str,
+    work_dir: Path,
+    s3_client: Any = None,
+    retry: Any = None,
+    local: Path | None = None,
 ) -> list[Any]:
     """Raw rows of one DataSource (spec.dataset or spec.dataset.eval); `retry` (a
-    storage.Retry) rides out an S3 outage."""
-    if source.pvc is not None:
-        path = pvc_path(source.pvc.claim_name, source.pvc.path)
+    storage.Retry) rides out an S3 outage; `local`: a plain file or folder given to
+    `loraf run` instead of the source."""
+    if local is not None or source.pvc is not None:
+        path = local or pvc_path(source.pvc.claim_name, source.pvc.path)
         if path.is_dir():
             return _read_files(_data_files(path), file_format)
         if not path.exists():
