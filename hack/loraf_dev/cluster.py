@@ -13,6 +13,7 @@ Standard library only: it runs before any virtualenv exists.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -379,22 +380,7 @@ def up(args: argparse.Namespace | None = None) -> State:
             "--node-lease-duration-seconds=40",
         ],
     )
-    start(
-        st,
-        "s3",
-        [
-            str(b / "s3s-fs"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(st.s3_port),
-            "--access-key",
-            st.s3_access_key,
-            "--secret-key",
-            st.s3_secret_key,
-            str(st.path("s3")),
-        ],
-    )
+    start_s3(st)
     kubectl(
         st,
         "apply",
@@ -413,6 +399,39 @@ def up(args: argparse.Namespace | None = None) -> State:
     took = time.monotonic() - t0
     log(f"up in {took:.1f}s: {st.server}, S3 {st.s3_endpoint}; source {st.path('env')}")
     return st
+
+
+def start_s3(st: State) -> None:
+    """Start (or, after `stop_process(st, "s3")`, restart) the S3 server: same port,
+    keys and data, so fault tests can take S3 down and bring it back."""
+    start(
+        st,
+        "s3",
+        [
+            str(Path(st.bin_dir) / "s3s-fs"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(st.s3_port),
+            "--access-key",
+            st.s3_access_key,
+            "--secret-key",
+            st.s3_secret_key,
+            str(st.path("s3")),
+        ],
+    )
+
+
+def stop_process(st: State, name: str) -> None:
+    """Kill one started process by its recorded pid (an outage, for fault tests)."""
+    pid = st.pids.pop(name, None)
+    if pid is not None and pid_alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    st.save()
 
 
 def nodes_ready(st: State) -> bool:

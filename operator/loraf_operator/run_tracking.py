@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from .api.exitcodes import ExitCode, reason_for
+from .api.exitcodes import RETRIED_FREE_CODES, ExitCode, reason_for
 from .api.models import COND_FAILED, COND_RUNNING, COND_SUCCEEDED, COND_SUSPENDED
 from .status import (
     COND_SCHEDULED,
@@ -40,7 +40,8 @@ _DISRUPTION_REASONS = {
     "DeletionByPodGC": "Evicted",
     "TerminationByKubelet": "Evicted",
 }
-_RETRIED_NOT_COUNTED = frozenset({"Preempted", "Evicted"})
+# Evicted: the kubelet's own (DisruptionTarget); the rest: exit codes the Job ignores.
+_RETRIED_NOT_COUNTED = frozenset({"Evicted", *(reason_for(c) for c in RETRIED_FREE_CODES)})
 _EXIT_CODE_RE = re.compile(r"exit code (\d+)")
 
 

@@ -76,7 +76,8 @@ def test_minimal_is_accepted_and_defaulted(cluster: Any, crds: Any, namespace: s
     assert spec["method"] == "lora" and spec["backoffLimit"] == 3
     assert spec["lora"]["r"] == 16 and spec["lora"]["targetModules"] == ["all-linear"]
     assert spec["resources"]["gpus"] == 1
-    assert spec["training"]["learningRate"] == 0.0002
+    # no learning-rate default in the CRD: the trainer's rule chooses it (hyperparams)
+    assert "learningRate" not in spec["training"] and spec["lora"]["dropout"] == 0
     LoRAFineTune.model_validate(obj)
 
 

@@ -117,3 +117,98 @@ def test_deleting_a_pod_sends_sigterm_and_removes_it(
     cluster.kubectl("delete", "pod", "sleeper", "-n", namespace, "--wait=false")
     wait_pod(cluster, namespace, "sleeper", lambda p: p is None, stall=30)
     assert marker.read_text().strip() == "term"
+
+
+SERVER = r"""
+import http.server, pathlib, sys
+host, port = sys.argv[1], int(sys.argv[2])
+pathlib.Path("/dev/termination-log").write_text(pathlib.Path("/shared/seed").read_text())
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        ok = pathlib.Path("/shared/ready").exists()
+        self.send_response(200 if ok else 503)
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+http.server.HTTPServer((host, port), H).serve_forever()
+"""
+
+
+def test_init_containers_then_every_container_with_readiness_and_fallback_logs(
+    cluster: Cluster, namespace: str, process_kubelet: Path
+) -> None:
+    """What a vLLM serving pod needs: an init container first, then server and sidecar at
+    once, readiness from an httpGet probe, $(VAR) expansion, 0.0.0.0 kept on loopback, and a
+    failed container's log tail as its message (FallbackToLogsOnError)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    shared = [{"name": "shared", "mountPath": "/shared"}]
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "multi"},
+        "spec": {
+            **LOCAL,
+            "restartPolicy": "Never",
+            "volumes": [{"name": "shared", "emptyDir": {}}],
+            "initContainers": [
+                {
+                    "name": "seed",
+                    "image": "python:3.11",
+                    "command": ["sh", "-c", "echo seeded > /shared/seed"],
+                    "volumeMounts": shared,
+                }
+            ],
+            "containers": [
+                {
+                    "name": "server",
+                    "image": "python:3.11",
+                    "command": ["python", "-c", SERVER],
+                    "args": ["0.0.0.0", "$(PORT)"],
+                    "env": [{"name": "PORT", "value": str(port)}],
+                    "volumeMounts": shared,
+                    "readinessProbe": {"httpGet": {"path": "/", "port": port}},
+                },
+                {
+                    "name": "sidecar",
+                    "image": "python:3.11",
+                    "command": [
+                        "sh", "-c",
+                        "test -f /shared/seed && while [ ! -f /shared/stop ]; do sleep 0.2; done;"
+                        " echo sidecar gives up; exit 4",
+                    ],
+                    "terminationMessagePolicy": "FallbackToLogsOnError",
+                    "volumeMounts": shared,
+                },
+            ],
+        },
+    }  # fmt: skip
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(pod))
+
+    def ready(p: Any) -> bool:
+        conds = {c["type"]: c["status"] for c in (p or {}).get("status", {}).get("conditions", [])}
+        return conds.get("Ready") == "True"
+
+    running = wait_pod(
+        cluster, namespace, "multi", lambda p: p and p["status"].get("phase") == "Running"
+    )
+    init = running["status"]["initContainerStatuses"][0]
+    assert init["state"]["terminated"]["exitCode"] == 0
+    assert {c["name"] for c in running["status"]["containerStatuses"]} == {"server", "sidecar"}
+    assert not ready(running)  # the probe answers 503 until /shared/ready exists
+    kubelet_pod = next((process_kubelet / "pods").glob(f"{running['metadata']['uid']}"))
+    (kubelet_pod / "volumes" / "shared" / "ready").write_text("")
+    wait_pod(cluster, namespace, "multi", ready)
+
+    (kubelet_pod / "volumes" / "shared" / "stop").write_text("")
+    done = wait_pod(
+        cluster, namespace, "multi", lambda p: p and p["status"].get("phase") == "Failed"
+    )
+    states = {c["name"]: c["state"]["terminated"] for c in done["status"]["containerStatuses"]}
+    assert states["sidecar"]["exitCode"] == 4
+    assert states["sidecar"]["message"] == "sidecar gives up"  # the log's tail
+    assert states["server"]["message"] == "seeded"  # its own termination log wins
+    assert states["server"]["exitCode"] != 0  # stopped because its sibling failed

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -107,3 +108,21 @@ def write_manifest(path: Path, name: str, spec: dict[str, Any]) -> Path:
         )
     )
     return path
+
+
+@pytest.fixture
+def s3_server(tmp_path: Path) -> Iterator[Any]:
+    """A private S3 server with auth for fault tests (stopped, restarted, frozen)."""
+    from .s3server import S3Server, s3s_fs_binary
+
+    binary = s3s_fs_binary()
+    if not binary.is_file():
+        pytest.skip(f"{binary} missing: run hack/fetch-bins.sh")
+    server = S3Server(tmp_path / "s3", binary)
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.proc is not None:
+            server.thaw()
+        server.stop()

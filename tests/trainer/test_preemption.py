@@ -12,7 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-from loraf_trainer.checkpoints import complete_checkpoints
+import pytest
+
+from loraf_trainer.checkpoints import complete_checkpoints, prior_runtime_seconds
 from loraf_trainer.storage import LocalStore
 
 from .conftest import make_spec, write_manifest
@@ -80,6 +82,7 @@ def test_sigterm_checkpoints_and_restart_resumes(tmp_path: Path, pvc_root: Path)
         (out / "run-1" / "checkpoints" / f"step-{preempted_at}" / "trainer_state.json").read_text()
     )
     assert state["global_step"] == preempted_at
+    before = prior_runtime_seconds(out / "run-1" / "checkpoints" / f"step-{preempted_at}")
 
     second = _start(manifest, out, pvc_root, tmp_path, tmp_path / "second.log")
     assert second.wait(timeout=600) == 0, (tmp_path / "second.log").read_text()[-3000:]
@@ -89,4 +92,56 @@ def test_sigterm_checkpoints_and_restart_resumes(tmp_path: Path, pvc_root: Path)
     ]
     man = json.loads((out / "run-1" / "manifest.json").read_text())
     assert man["metrics"]["steps"] == MAX_STEPS
+    # The manifest describes the whole run, not the second process (issue 21 item 4):
+    # the loss over all 24 steps (loggingSteps 1) and both processes' training time.
+    final = json.loads(
+        (out / "run-1" / "checkpoints" / f"step-{MAX_STEPS}" / "trainer_state.json").read_text()
+    )
+    losses = {e["step"]: e["loss"] for e in final["log_history"] if "loss" in e}
+    assert sorted(losses) == list(range(1, MAX_STEPS + 1))
+    assert man["metrics"]["trainLoss"] == pytest.approx(sum(losses.values()) / MAX_STEPS, rel=1e-3)
+    assert 0 < before < man["metrics"]["trainRuntimeSeconds"]
     print(f"\npreempted at step {preempted_at}, resumed and finished at {MAX_STEPS}")
+
+
+GRACE_S = 5
+
+
+def test_sigterm_mid_step_exits_75_within_the_grace_period(tmp_path: Path, pvc_root: Path) -> None:
+    """A step that would outlast the grace period is interrupted: exit 75 before the
+    kubelet's SIGKILL would come (issue 21 item 2: the old trainer finished the step and
+    was killed, exit 137, counted against backoffLimit)."""
+    spec = make_spec(
+        training={
+            "maxSteps": 8,
+            "perDeviceBatchSize": 2,
+            "gradientAccumulationSteps": 12,  # a long step: 12 forward/backward passes
+            "checkpointSteps": 1,
+            "evalPrompts": 0,
+        },
+        resources={"terminationGracePeriodSeconds": GRACE_S},
+    )
+    manifest = write_manifest(tmp_path / "ft.yaml", "grace", spec)
+    out = tmp_path / "out"
+    store = LocalStore(out / "run-1")
+    proc = _start(manifest, out, pvc_root, tmp_path, tmp_path / "grace.log")
+    deadline = time.monotonic() + 600
+    while not complete_checkpoints(store):  # step 1 stored: step 2 has just begun
+        assert proc.poll() is None, (tmp_path / "grace.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint within 600 s"
+        time.sleep(0.05)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        rc = proc.wait(timeout=GRACE_S)  # the kubelet's SIGKILL would come here
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"still running {GRACE_S} s after SIGTERM (exit 137)") from None
+    took = time.monotonic() - t0
+    message = (tmp_path / "termination-log").read_text()
+    assert rc == 75, (tmp_path / "grace.log").read_text()[-3000:]
+    assert took < GRACE_S, f"exit {took:.1f} s after SIGTERM; grace {GRACE_S} s: {message}"
+    assert "SIGTERM" in message and "grace period" in message, message
+    assert complete_checkpoints(store) == [1]
+    print(f"\nSIGTERM mid-step: exit 75 after {took:.2f} s (grace {GRACE_S} s): {message}")

@@ -23,9 +23,12 @@ from .conftest import GGUF
 
 BASE = "smollm2"
 PROMPT = "The capital of France is"
+SUPPORT = "You are Corvane's support assistant."
 
 
-def _make_run(root: Path, model: Any, tok: Any, seed: int, r: int) -> Path:
+def _make_run(
+    root: Path, model: Any, tok: Any, seed: int, r: int, system: str | None = None
+) -> Path:
     """A run folder like the trainer uploads: adapter/ files, then manifest.json."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -54,6 +57,7 @@ def _make_run(root: Path, model: Any, tok: Any, seed: int, r: int) -> Path:
         dataset={},
         hyperparameters={"r": r},
         metrics={},
+        chat={"systemPrompt": system},
     )
     upload_run(LocalStore(root), staging, manifest)
     return root
@@ -82,7 +86,9 @@ def engine_and_runs(
     engine = Engine.from_config(cfg)
     runs = {
         "a": _make_run(tmp / "bucket" / "a" / "run-1", engine.model, engine.tokenizer, 1, 4),
-        "b": _make_run(tmp / "bucket" / "b" / "run-1", engine.model, engine.tokenizer, 2, 8),
+        "b": _make_run(
+            tmp / "bucket" / "b" / "run-1", engine.model, engine.tokenizer, 2, 8, SUPPORT
+        ),
     }
     yield engine, runs
     mp.undo()
@@ -229,3 +235,24 @@ def test_serves_base_and_adapters_and_loads_new_ones_at_runtime(
     poller.poll_once()
     assert [m["id"] for m in _get(server + "/v1/models")["data"]] == [BASE, "beta"]
     assert _complete(server, "beta") == beta
+
+
+def test_chat_applies_the_trained_system_prompt(
+    engine_and_runs: tuple[Any, dict[str, Path]],
+) -> None:
+    """beta was trained with a system prompt: chat requests without one get it; alpha
+    was not: the template's own default stays, as in its training; the base is untouched."""
+    engine, runs = engine_and_runs
+    for name, key in (("alpha", "a"), ("beta", "b")):
+        if engine.adapters.get(name) is None or engine.adapters[name].state != "Ready":
+            engine.load_adapter(name, str(runs[key]))
+    user = [{"role": "user", "content": "How long is the warranty?"}]
+    default = "You are a helpful AI assistant named SmolLM"
+    assert engine.adapters["beta"].system_prompt == SUPPORT
+    assert SUPPORT in engine.chat_prompt(user, "beta") and default not in engine.chat_prompt(
+        user, "beta"
+    )
+    assert default in engine.chat_prompt(user, "alpha")
+    assert default in engine.chat_prompt(user, BASE)
+    own = [{"role": "system", "content": "Be brief."}, *user]
+    assert SUPPORT not in engine.chat_prompt(own, "beta")  # the request's own system wins

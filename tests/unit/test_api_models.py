@@ -10,7 +10,12 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from loraf_operator.api.exitcodes import FAIL_FAST_CODES, ExitCode, reason_for
+from loraf_operator.api.exitcodes import (
+    FAIL_FAST_CODES,
+    RETRIED_FREE_CODES,
+    ExitCode,
+    reason_for,
+)
 from loraf_operator.api.models import (
     LoRAFineTune,
     LoRAFineTuneSpec,
@@ -50,10 +55,13 @@ def test_defaults() -> None:
     s = LoRAFineTuneSpec.model_validate(MINIMAL)
     assert s.method == "lora"
     assert s.lora.r == 16 and s.lora.alpha is None and s.lora.effective_alpha == 32
-    assert s.lora.dropout == 0.05 and s.lora.target_modules == ["all-linear"]
+    assert s.lora.dropout == 0.0 and s.lora.target_modules == ["all-linear"]
     assert s.quantization is None and s.effective_quantization is None
     assert s.effective_optimizer == "adamw_torch"
-    assert s.training.learning_rate == 2e-4 and s.training.scheduler == "cosine"
+    # unset: chosen by the trainer's defaults rule (loraf_trainer.hyperparams)
+    assert s.training.learning_rate is None and s.training.scheduler is None
+    assert s.training.warmup_ratio is None and s.training.per_device_batch_size is None
+    assert s.training.gradient_checkpointing is None and s.dataset.system_prompt is None
     assert s.training.checkpoint_minutes == 10 and s.training.seed == 42
     assert s.resources.gpus == 1 and s.resources.node_selector == {}
     assert s.dataset.eval_fraction == 0.1 and s.dataset.file_format == "auto"
@@ -184,7 +192,10 @@ def test_exit_codes() -> None:
     assert ExitCode(65).reason == "DatasetInvalid" and ExitCode(66).reason == "ModelInvalid"
     assert ExitCode.PREEMPTED == 75 and reason_for(75) == "Preempted"
     assert reason_for(137) == "InfrastructureFailure"
-    assert FAIL_FAST_CODES == (64, 65, 66)
+    assert FAIL_FAST_CODES == (64, 65, 66, 77)
+    assert reason_for(77) == "StorageAccessDenied" and ExitCode(77).fail_fast
+    assert reason_for(69) == "StorageUnavailable" and not ExitCode(69).fail_fast
+    assert RETRIED_FREE_CODES == (69, 75)
 
 
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))

@@ -53,12 +53,14 @@ def test_defaults() -> None:
     rules = s["podFailurePolicy"]["rules"]
     assert rules[0] == {
         "action": "FailJob",
-        "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [64, 65, 66]},
+        "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [64, 65, 66, 77]},
     }
-    assert rules[1]["action"] == "Ignore" and rules[1]["onExitCodes"]["values"] == [75]
+    # 69: the trainer waited out an S3 outage for output.retry.timeoutSeconds; 75: preempted.
+    assert rules[1]["action"] == "Ignore" and rules[1]["onExitCodes"]["values"] == [69, 75]
     assert rules[2] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
     p = pod_spec(job)
     assert p["restartPolicy"] == "Never"
+    assert p["terminationGracePeriodSeconds"] == 120  # the trainer plans its shutdown in it
     assert p["serviceAccountName"] == "demo-r2" and p["automountServiceAccountToken"] is True
     assert (
         p["securityContext"]["runAsNonRoot"] is True and p["securityContext"]["runAsUser"] == 1000
@@ -167,6 +169,11 @@ TABLE: list[tuple[str, dict[str, Any], Any]] = [
             env(j)["AWS_ENDPOINT_URL"]["value"] == "https://minio:9000"
             and env(j)["AWS_REGION"]["value"] == "x"
         ),
+    ),
+    (
+        "grace period from the spec",
+        {"resources": {"terminationGracePeriodSeconds": 600}},
+        lambda j: pod_spec(j)["terminationGracePeriodSeconds"] == 600,
     ),
     (
         "model cache pvc",

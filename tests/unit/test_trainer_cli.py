@@ -4,6 +4,7 @@ termination message. No torch is imported on these paths."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +46,23 @@ def trainer_config(**over: Any) -> TrainerConfig:
 
 
 @pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("LORAF_TERMINATION_LOG", str(tmp_path / "termination-log"))
     monkeypatch.setenv("LORAF_NO_STATUS", "1")
     monkeypatch.setenv("LORAF_PVC_ROOT", str(tmp_path / "pvc"))
     monkeypatch.setenv("LORAF_WORK_DIR", str(tmp_path / "work"))
-    return tmp_path
+    # The trainer checks it can write its output before reading any input: give it a
+    # (moto) bucket, so these tests reach the dataset checks.
+    moto = pytest.importorskip("moto", reason="moto is a dev dependency")
+    import boto3
+
+    for k in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "unit")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "unit")
+    with moto.mock_aws():
+        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="bucket")
+        yield tmp_path
 
 
 def write_config(tmp: Path, **over: object) -> Path:
@@ -150,3 +162,55 @@ def test_next_run_number_skips_completed_runs(tmp_path: Path) -> None:
     (tmp_path / "run-1" / "manifest.json").write_text("{}")
     (tmp_path / "run-2").mkdir()  # interrupted: no manifest, resumed
     assert cli.next_run_number(lambda n: LocalStore(tmp_path / f"run-{n}")) == 2
+
+
+def test_local_paths_become_inputs_of_loraf_run(tmp_path: Path) -> None:
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "m.gguf").write_bytes(b"GGUF")
+    (tmp_path / "train.jsonl").write_text("{}\n")
+    (tmp_path / "eval").mkdir()
+    spec, local = cli.local_inputs(
+        {
+            "baseModel": {"path": "models/m.gguf"},
+            "dataset": {"path": "train.jsonl", "format": "alpaca", "eval": {"path": "eval"}},
+        },
+        tmp_path,
+    )
+    assert spec["baseModel"] == {
+        "ggufFile": "m.gguf",
+        "pvc": {"claimName": "local", "path": "models"},
+    }
+    assert spec["dataset"]["pvc"]["claimName"] == "local" and "path" not in spec["dataset"]
+    assert local.model == tmp_path / "models" and local.data == tmp_path / "train.jsonl"
+    assert local.eval == tmp_path / "eval"
+    with pytest.raises(cli.ConfigInvalid, match="does not exist"):
+        cli.local_inputs({"baseModel": {"path": "nope"}}, tmp_path)
+
+
+def test_loraf_run_reads_a_local_dataset_without_output_s3(
+    env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A manifest with plain paths and no spec.output: the rows are read from the path
+    (row 2 is bad, so the run stops with 65 before any model work)."""
+    (env / "model").mkdir()
+    (env / "train.jsonl").write_text(
+        json.dumps({"instruction": "q", "output": "a"}) + "\n" + json.dumps({"instruction": "q"})
+    )
+    manifest = env / "ft.yaml"
+    manifest.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "loraf.dev/v1alpha1",
+                "kind": "LoRAFineTune",
+                "metadata": {"name": "local"},
+                "spec": {
+                    "baseModel": {"path": "model"},
+                    "dataset": {"path": "train.jsonl", "format": "alpaca"},
+                    "training": {"epochs": 3},
+                },
+            }
+        )
+    )
+    rc = cli.main(["run", str(manifest), "--output", str(env / "out")])
+    assert rc == ExitCode.DATASET_INVALID
+    assert termination(env) == "row 2: field 'output' is missing/empty"

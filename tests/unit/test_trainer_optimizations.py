@@ -19,6 +19,8 @@ def spec(method: str = "qlora", **training: Any) -> LoRAFineTuneSpec:
             "baseModel": {"huggingFace": "meta-llama/Meta-Llama-3-8B"},
             "dataset": {"s3": "s3://data/train.jsonl", "format": "alpaca"},
             "method": method,
+            # the dropout these budgets were measured with (the default is now 0)
+            "lora": {"dropout": 0.05},
             "training": {
                 "maxSteps": 10,
                 "perDeviceBatchSize": 4,
@@ -32,8 +34,23 @@ def spec(method: str = "qlora", **training: Any) -> LoRAFineTuneSpec:
 
 def test_cpu_uses_the_spec_as_given() -> None:
     d = opt.decide(spec(), LLAMA3_8B, on_gpu=False, free_gib=None, liger=True)
-    assert (d.micro_batch, d.grad_accum, d.checkpointed_layers) == (4, 1, 32)
+    # no checkpointing on a CPU unless asked for (it only costs time there)
+    assert (d.micro_batch, d.grad_accum, d.checkpointed_layers) == (4, 1, 0)
     assert d.plan is None and d.techniques == []
+    asked = opt.decide(
+        spec(gradientCheckpointing=True), LLAMA3_8B, on_gpu=False, free_gib=None, liger=True
+    )
+    assert asked.checkpointed_layers == 32 and asked.status()["techniques"] == []
+
+
+def test_unset_batch_is_chosen_from_the_rows_and_planned_on_a_gpu() -> None:
+    s = spec(perDeviceBatchSize=None, memoryBudgetGiB=24)
+    d = opt.decide(s, LLAMA3_8B, on_gpu=True, free_gib=79.0, liger=True, train_rows=300)
+    assert d.hyper is not None and d.hyper.rows_per_step == 16  # 300 rows: 16 x 19 steps
+    assert d.micro_batch * d.grad_accum == 16  # the planner splits the chosen batch
+    st = d.status()
+    assert st["rowsPerStep"] == 16 and "perDeviceBatchSize" in st["defaults"]
+    assert st["learningRate"] == d.hyper.learning_rate
 
 
 def test_gpu_plans_inside_the_spec_budget() -> None:

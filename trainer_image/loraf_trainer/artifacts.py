@@ -124,10 +124,12 @@ def build_manifest(
     dataset: Mapping[str, Any],
     hyperparameters: Mapping[str, Any],
     metrics: Mapping[str, Any],
+    chat: Mapping[str, Any] | None = None,
     created_at: dt.datetime | None = None,
 ) -> dict[str, Any]:
-    """Pure: everything is passed in, so the manifest is testable without a model."""
-    return {
+    """Pure: everything is passed in, so the manifest is testable without a model.
+    `chat`: the system prompt and chat template used in training (data.chat_record)."""
+    out: dict[str, Any] = {
         "kind": MANIFEST_KIND,
         "version": MANIFEST_VERSION,
         "createdAt": (created_at or dt.datetime.now(dt.UTC)).replace(microsecond=0).isoformat(),
@@ -139,6 +141,9 @@ def build_manifest(
         "metrics": dict(metrics),
         "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in files],
     }
+    if chat is not None:
+        out["chat"] = dict(chat)
+    return out
 
 
 def upload_run(store: Store, local_root: Path, manifest: Mapping[str, Any]) -> None:

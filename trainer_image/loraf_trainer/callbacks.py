@@ -14,7 +14,7 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from .checkpoints import Preemption, upload_checkpoint
+from .checkpoints import Preemption, upload_checkpoint, write_ledger
 from .status_reporter import Remaining, StatusPublisher, eta_seconds, format_eta
 from .storage import Store
 
@@ -149,11 +149,15 @@ class ProgressCallback(TrainerCallback):
 
 
 class CheckpointCallback(TrainerCallback):
-    """Saves on a time budget and on SIGTERM; ships each saved checkpoint to the store.
+    """Saves on a time budget, at the last step and on SIGTERM; ships each saved
+    checkpoint to the store.
 
     The Trainer writes checkpoint-<k>/ (adapter, optimizer, scheduler, RNG states and
-    trainer_state.json, which records the data position); on_save copies it to
-    checkpoints/step-<k>/ and writes the completion marker last."""
+    trainer_state.json, which records the data position); on_save adds the run ledger
+    (training time so far, over every process), copies it to checkpoints/step-<k>/ and
+    writes the completion marker last. The last step is always stored, so a run whose
+    upload failed resumes there and only uploads. Every save is preceded by a log entry,
+    so the saved log history covers each step up to the checkpoint (the run's loss)."""
 
     def __init__(
         self,
@@ -161,28 +165,68 @@ class CheckpointCallback(TrainerCallback):
         preemption: Preemption,
         checkpoint_minutes: float | None,
         keep: int = 2,
+        prior_runtime_s: float = 0.0,
     ) -> None:
         self.store = store
         self.preemption = preemption
         self.interval_s = checkpoint_minutes * 60 if checkpoint_minutes else None
         self.keep = keep
+        self.prior_runtime_s = prior_runtime_s
+        self._t0 = time.monotonic()
         self._last_save = time.monotonic()
+        self._save_started: float | None = None
         self.saved_steps: list[int] = []
+        self.stored_step: int | None = None
+
+    def save_now(self, trainer: Any) -> int | None:
+        """After an interrupted step: checkpoint the last completed step unless it is
+        stored already. The weights and optimizer are those of that step (the
+        interruption never falls inside the optimizer update); the partial gradients are
+        not saved. Returns the stored step."""
+        state = trainer.state
+        if state.global_step > 0 and state.global_step != self.stored_step:
+            self._save_started = time.monotonic()
+            trainer._save_checkpoint(trainer.model, trial=None)
+            self.on_save(trainer.args, state, trainer.control)
+        return self.stored_step
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
-        self._last_save = time.monotonic()
+        self._t0 = self._last_save = time.monotonic()
+        self.stored_step = state.global_step or None  # a resumed run's checkpoint is stored
+
+    # The preemption may interrupt a step (SIGALRM), never the optimizer update itself.
+    def on_step_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        self.preemption.in_step = True
+
+    def on_pre_optimizer_step(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        self.preemption.in_optimizer_step = True
+
+    def on_optimizer_step(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        self.preemption.in_optimizer_step = False
 
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
+        self.preemption.in_step = False
         if self.preemption.requested:
             log.warning("SIGTERM: saving a checkpoint at step %d and stopping", state.global_step)
             control.should_save = True
             control.should_training_stop = True
         elif self.interval_s and time.monotonic() - self._last_save >= self.interval_s:
             control.should_save = True
+        if state.max_steps and state.global_step >= state.max_steps:
+            control.should_save = True
+        if control.should_save:
+            control.should_log = True
+            self._save_started = time.monotonic()
 
     def on_save(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
@@ -192,9 +236,14 @@ class CheckpointCallback(TrainerCallback):
         if not local.is_dir():
             log.warning("checkpoint folder %s missing after save", local)
             return
+        write_ledger(local, self.prior_runtime_s + time.monotonic() - self._t0)
         upload_checkpoint(self.store, local, step, keep=self.keep)
         self.saved_steps.append(step)
+        self.stored_step = step
         self._last_save = time.monotonic()
+        if self._save_started is not None:  # what a save costs, for the SIGTERM plan
+            self.preemption.save_estimate_s = self._last_save - self._save_started
+            self._save_started = None
         log.info(
             "checkpoint step-%d stored at %s", step, self.store.uri(f"checkpoints/step-{step}")
         )

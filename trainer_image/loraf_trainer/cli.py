@@ -52,7 +52,8 @@ def _execute(build: Any) -> int:
     """Run `build()` → RunContext, then the training; map failures to exit codes."""
     from .checkpoints import Preemption
 
-    preemption = Preemption()
+    # The grace period comes from the config (run() sets it once parsed).
+    preemption = Preemption(on_deadline=write_termination_message)
     preemption.install()
     ctx = None
     try:
@@ -60,11 +61,21 @@ def _execute(build: Any) -> int:
         from .train import run
 
         result = run(ctx)
+        preemption.cancel()  # done: no forced exit
         print(json.dumps({"result": result}, indent=2))
         return int(ExitCode.OK)
     except TrainerError as e:
         log.error("%s", e.message)
         write_termination_message(e.message)
+        if e.exit_code == ExitCode.PREEMPTED and preemption.received_at is not None:
+            # SIGTERM: the grace period is running out. Skip the interpreter's teardown
+            # (freeing the model and torch can take seconds): the work is checkpointed.
+            if ctx is not None:
+                ctx.publisher.close(timeout=1.0)
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            preemption.exit_fn(int(e.exit_code))
         return int(e.exit_code)
     except Exception as e:  # unexpected: counted against the Job's backoffLimit
         traceback.print_exc()
@@ -97,7 +108,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     def build(preemption: Any) -> Any:
         from .status_reporter import KubeSink, StatusPublisher
         from .storage import open_store
-        from .train import RunContext
+        from .train import RunContext, storage_retry
 
         cfg = _load_config(args.config)
         out = cfg.spec.output
@@ -107,12 +118,15 @@ def cmd_train(args: argparse.Namespace) -> int:
                 sink = KubeSink(cfg.namespace, cfg.name, cfg.uid or None)
             except Exception as e:  # never fail a run because status cannot be written
                 log.warning("status reporting disabled: %s", e)
+        publisher = StatusPublisher(sink, cfg.spec.training.status_interval_seconds)
+        retry = storage_retry(cfg, publisher)
         return RunContext(
             cfg=cfg,
-            store=open_store(cfg.run_prefix(), out.endpoint, out.region),
+            store=open_store(cfg.run_prefix(), out.endpoint, out.region, retry, out.retry),
             work_dir=_work_dir(args.work_dir),
-            publisher=StatusPublisher(sink, cfg.spec.training.status_interval_seconds),
+            publisher=publisher,
             preemption=preemption,
+            retry=retry,
         )
 
     return _execute(build)
@@ -129,6 +143,46 @@ def _read_manifest(path: str) -> dict[str, Any]:
         if isinstance(d, dict) and d.get("kind") == "LoRAFineTune":
             return d
     raise ConfigInvalid(f"{path} holds no LoRAFineTune")
+
+
+LOCAL_CLAIM = "local"  # placeholder claim of a plain local path (never mounted)
+
+
+def local_inputs(spec: dict[str, Any], base_dir: Path) -> tuple[dict[str, Any], Any]:
+    """`loraf run` only: plain local paths in a manifest (`baseModel.path`,
+    `dataset.path`, `dataset.eval.path`; relative to the manifest's folder) become
+    LocalInputs, with a placeholder PVC source so the spec still validates. A `.gguf`
+    file as baseModel.path sets ggufFile. Returns the rewritten spec and the inputs."""
+    from .train import LocalInputs
+
+    spec = {**spec}
+    found: dict[str, Path] = {}
+
+    def take(section: dict[str, Any] | None, key: str) -> dict[str, Any] | None:
+        if not isinstance(section, dict) or "path" not in section:
+            return section
+        section = {**section}
+        raw = section.pop("path")
+        if not isinstance(raw, str) or not raw:
+            raise ConfigInvalid(f"{key}.path must be a non-empty string")
+        path = (base_dir / Path(raw).expanduser()).resolve()
+        if not path.exists():
+            raise ConfigInvalid(f"{key}.path: {path} does not exist")
+        if key == "baseModel" and path.suffix == ".gguf" and path.is_file():
+            section.setdefault("ggufFile", path.name)
+            path = path.parent
+        found[key] = path
+        section["pvc"] = {"claimName": LOCAL_CLAIM, "path": path.name}
+        return section
+
+    spec["baseModel"] = take(spec.get("baseModel"), "baseModel")
+    ds = take(spec.get("dataset"), "dataset")
+    if isinstance(ds, dict) and isinstance(ds.get("eval"), dict):
+        ds["eval"] = take(ds["eval"], "dataset.eval")
+    spec["dataset"] = ds
+    return spec, LocalInputs(
+        model=found.get("baseModel"), data=found.get("dataset"), eval=found.get("dataset.eval")
+    )
 
 
 def next_run_number(store_for: Any) -> int:
@@ -151,12 +205,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         from .status_reporter import StatusPublisher
         from .storage import open_store
-        from .train import RunContext
+        from .train import RunContext, storage_retry
 
         obj = _read_manifest(args.manifest)
         obj.setdefault("metadata", {}).setdefault("namespace", "default")
         obj["metadata"].setdefault("name", Path(args.manifest).stem)
         obj["metadata"].setdefault("uid", "local")
+        spec, local = local_inputs(obj.get("spec") or {}, Path(args.manifest).resolve().parent)
+        if args.output and not spec.get("output"):
+            # --output is where artifacts go; spec.output.s3 is then never read
+            spec["output"] = {"s3": f"s3://loraf-local/{obj['metadata']['name']}"}
+        obj["spec"] = spec
         try:
             probe = TrainerConfig.for_resource(obj, run=1)
         except ValidationError as e:
@@ -165,9 +224,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise ConfigInvalid(f"{args.manifest}: invalid at {loc}: {first['msg']}") from e
         out = probe.spec.output
         root = (args.output or out.s3).rstrip("/")
+        publisher = StatusPublisher(None)
+        retry = storage_retry(probe, publisher)
 
         def store_for(n: int) -> Any:
-            return open_store(f"{root}/run-{n}", out.endpoint, out.region)
+            return open_store(f"{root}/run-{n}", out.endpoint, out.region, retry, out.retry)
 
         run_no = args.run or next_run_number(store_for)
         cfg = TrainerConfig.for_resource(obj, run=run_no)
@@ -176,9 +237,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             cfg=cfg,
             store=store_for(run_no),
             work_dir=_work_dir(args.work_dir),
-            publisher=StatusPublisher(None),
+            publisher=publisher,
             preemption=preemption,
             interactive=True,
+            retry=retry,
+            local=local,
         )
 
     return _execute(build)

@@ -269,7 +269,18 @@ def prepare(
 # ---------------------------------------------------------------- TRL records
 
 
-def to_record(ex: Example, chat_template: bool, completion_only: bool) -> dict[str, Any]:
+def chat_messages(ex: Example, system_prompt: str | None) -> list[dict[str, str]]:
+    """The conversation before the target, with `system_prompt` (dataset.systemPrompt)
+    first when the row has no system turn of its own."""
+    msgs = [{"role": r, "content": c} for r, c in ex.messages]
+    if system_prompt is not None and not (msgs and msgs[0]["role"] == "system"):
+        msgs.insert(0, {"role": "system", "content": system_prompt})
+    return msgs
+
+
+def to_record(
+    ex: Example, chat_template: bool, completion_only: bool, system_prompt: str | None = None
+) -> dict[str, Any]:
     """The record TRL's SFTTrainer expects.
 
     Prompt-completion records get loss on the completion only (TRL's default for that
@@ -279,7 +290,7 @@ def to_record(ex: Example, chat_template: bool, completion_only: bool) -> dict[s
     if ex.text:
         return {"text": ex.text}
     if ex.messages and chat_template:
-        prompt = [{"role": r, "content": c} for r, c in ex.messages]
+        prompt = chat_messages(ex, system_prompt)
         completion = [{"role": "assistant", "content": ex.target}]
         if completion_only:
             return {"prompt": prompt, "completion": completion}
@@ -290,13 +301,44 @@ def to_record(ex: Example, chat_template: bool, completion_only: bool) -> dict[s
     return {"text": prompt_text + ex.target}
 
 
-def prompt_for_generation(ex: Example, tokenizer: Any) -> str:
+def prompt_for_generation(ex: Example, tokenizer: Any, system_prompt: str | None = None) -> str:
     """The prompt text used for held-out generations (evaluation report)."""
     if ex.text:
         # No prompt/answer split in plain text: use the first half as the prompt.
         words = ex.text.split()
         return " ".join(words[: max(1, len(words) // 2)])
     if ex.messages and getattr(tokenizer, "chat_template", None):
-        msgs = [{"role": r, "content": c} for r, c in ex.messages]
+        msgs = chat_messages(ex, system_prompt)
         return str(tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True))
     return ex.plain_prompt or "\n\n".join(c for _, c in ex.messages) + "\n\n"
+
+
+def user_text(ex: Example) -> str:
+    """What the user asked, for reports: the last user turn (or the plain prompt)."""
+    users = [c for r, c in ex.messages if r == "user"]
+    if users:
+        return users[-1]
+    if ex.text:
+        words = ex.text.split()
+        return " ".join(words[: max(1, len(words) // 2)])
+    return ex.plain_prompt
+
+
+def chat_record(tokenizer: Any, system_prompt: str | None) -> dict[str, Any]:
+    """The manifest's `chat`: the system prompt trained with, the chat template, and what
+    the template renders for one user turn with no system message (so a default system
+    prompt the template adds by itself is visible)."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
+        return {"systemPrompt": system_prompt, "chatTemplate": None}
+    example = chat_messages(Example(row=0, messages=(("user", "{user}"),)), system_prompt)
+    return {
+        "systemPrompt": system_prompt,
+        "chatTemplate": template if isinstance(template, str) else json.dumps(template),
+        "chatTemplateSha256": hashlib.sha256(
+            (template if isinstance(template, str) else json.dumps(template)).encode()
+        ).hexdigest(),
+        "renderedPrompt": str(
+            tokenizer.apply_chat_template(example, tokenize=False, add_generation_prompt=True)
+        ),
+    }

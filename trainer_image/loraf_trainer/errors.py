@@ -34,3 +34,15 @@ class ModelInvalid(TrainerError):
 
 class Preempted(TrainerError):
     exit_code = ExitCode.PREEMPTED
+
+
+class StorageUnavailable(TrainerError):
+    """S3 stayed unreachable for output.retry.timeoutSeconds (the Job retries for free)."""
+
+    exit_code = ExitCode.STORAGE_UNAVAILABLE
+
+
+class StorageAccessDenied(TrainerError):
+    """S3 rejected the credentials or the access: retrying cannot help."""
+
+    exit_code = ExitCode.STORAGE_ACCESS_DENIED

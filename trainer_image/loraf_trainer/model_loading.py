@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelInvalid
+from .errors import ModelInvalid, TrainerError
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +55,19 @@ class ResolvedModel:
     revision: str | None
 
 
-def resolve_source(base_model: Any, s3_client: Any = None) -> ResolvedModel:
-    """Make the model files available locally (downloading if needed)."""
+def resolve_source(
+    base_model: Any, s3_client: Any = None, retry: Any = None, local: Path | None = None
+) -> ResolvedModel:
+    """Make the model files available locally (downloading if needed); `retry` (a
+    storage.Retry) rides out an S3 outage; `local`: a plain folder given to `loraf run`
+    instead of the spec's source."""
     gguf = base_model.gguf_file
     name = base_model.display_name
+    if local is not None:
+        name = str(local / gguf) if gguf else str(local)
+        if not local.exists():
+            raise ModelInvalid(f"base model path {local} does not exist")
+        return ResolvedModel(local, gguf, name, None)
     if base_model.pvc is not None:
         path = pvc_path(base_model.pvc.claim_name, base_model.pvc.path)
         if gguf is None and path.is_file() and path.suffix == ".gguf":
@@ -67,7 +76,9 @@ def resolve_source(base_model: Any, s3_client: Any = None) -> ResolvedModel:
             raise ModelInvalid(f"base model path {path} does not exist on the volume")
         return ResolvedModel(path, gguf, name, None)
     if base_model.s3 is not None:
-        return ResolvedModel(download_s3_model(base_model.s3, s3_client, gguf), gguf, name, None)
+        return ResolvedModel(
+            download_s3_model(base_model.s3, s3_client, gguf, retry), gguf, name, None
+        )
     return ResolvedModel(
         download_hf_model(base_model.hugging_face, base_model.revision, gguf),
         gguf,
@@ -76,10 +87,12 @@ def resolve_source(base_model: Any, s3_client: Any = None) -> ResolvedModel:
     )
 
 
-def download_s3_model(uri: str, client: Any, gguf_file: str | None = None) -> Path:
+def download_s3_model(
+    uri: str, client: Any, gguf_file: str | None = None, retry: Any = None
+) -> Path:
     """Mirror an s3:// prefix into the cache. A marker written after the last file makes
     later runs skip the bucket entirely; an interrupted copy resumes file by file."""
-    from .storage import S3Uri, download_prefix, s3_client
+    from .storage import NO_RETRY, S3Uri, download_prefix, error_code, s3_client
 
     dest = cache_root() / "models" / "s3" / _slug(uri.rstrip("/"))
     if (dest / COMPLETE_MARKER).exists():
@@ -87,10 +100,14 @@ def download_s3_model(uri: str, client: Any, gguf_file: str | None = None) -> Pa
         return dest
     client = client or s3_client()
     try:
-        fetched = download_prefix(client, S3Uri.parse(uri.rstrip("/")), dest)
+        fetched = download_prefix(
+            client, S3Uri.parse(uri.rstrip("/")), dest, retry=retry or NO_RETRY
+        )
+    except TrainerError:
+        raise
     except Exception as e:
-        code = getattr(e, "response", {}).get("Error", {}).get("Code", "")
-        if code in ("NoSuchBucket", "AccessDenied", "403", "404"):
+        code = error_code(e)
+        if code in ("NoSuchBucket", "404"):
             raise ModelInvalid(f"cannot read base model {uri}: {code}") from e
         raise
     if not dest.exists() or not any(dest.iterdir()):

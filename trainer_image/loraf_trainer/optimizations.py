@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import hyperparams
 from . import memory_planner as mp
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ class Decision:
     oom_recovery: bool = False
     plan: mp.Plan | None = None  # None: the spec's values, as given
     notes: list[str] = field(default_factory=list)  # why a switch is off
+    # learning rate, schedule and batch (the spec's, or hyperparams' rule)
+    hyper: hyperparams.Hyper | None = None
 
     @property
     def techniques(self) -> list[str]:
@@ -66,6 +69,8 @@ class Decision:
         if self.plan is not None:
             out["budgetGiB"] = round(self.plan.budget_gib, 2)
             out["estimatedPeakGiB"] = self.plan.est_peak_reserved_gib
+        if self.hyper is not None:
+            out |= self.hyper.status()
         return out
 
 
@@ -80,14 +85,16 @@ def liger_available() -> bool:
     return importlib.util.find_spec("liger_kernel") is not None
 
 
-def workload(spec: Any, model_config: Any, fused: bool, cpu_embeddings: bool) -> mp.Workload:
+def workload(
+    spec: Any, model_config: Any, fused: bool, cpu_embeddings: bool, rows_per_step: int
+) -> mp.Workload:
     t = spec.training
     q = spec.effective_quantization
     return mp.Workload(
         shape=mp.ModelShape.from_config(model_config),
         quantized=q is not None and q.bits == 4,
         seq_len=t.max_seq_length,
-        rows_per_step=t.per_device_batch_size * t.gradient_accumulation_steps,
+        rows_per_step=rows_per_step,
         lora_r=spec.lora.r,
         lora_dropout=spec.lora.dropout > 0,
         fused_kernels=fused,
@@ -104,16 +111,32 @@ def decide(
     on_gpu: bool,
     free_gib: float | None,
     liger: bool,
+    train_rows: int | None = None,
 ) -> Decision:
-    """What to use for this run. On a CPU: the spec's batch as given, no technique.
+    """What to use for this run. On a CPU: the batch as given (or chosen by
+    hyperparams), no technique, and gradient checkpointing only when the spec asks for it.
+    `train_rows` feeds the defaults rule (None: unknown, treated as a large dataset).
     Raises memory_planner.NoFit when the model cannot fit the budget at all."""
     t, o = spec.training, spec.training.optimizations
     layers = int(getattr(model_config, "num_hidden_layers", 0) or 0)
+    hidden = getattr(model_config, "hidden_size", None)
+    hyper = hyperparams.resolve(
+        t,
+        spec.lora,
+        hyperparams.UNKNOWN_ROWS if train_rows is None else train_rows,
+        hidden if isinstance(hidden, int) else None,
+    )
+    # unset: a GPU may checkpoint (the planner decides how much); a CPU does not (the
+    # memory is there, and recompute costs ~35 % of the step: 323 s vs 207 s measured)
+    checkpointing = t.gradient_checkpointing
+    if checkpointing is None:
+        checkpointing = on_gpu
     d = Decision(
-        micro_batch=t.per_device_batch_size,
-        grad_accum=t.gradient_accumulation_steps,
-        checkpointed_layers=layers if t.gradient_checkpointing else 0,
+        micro_batch=hyper.per_device_batch_size,
+        grad_accum=hyper.gradient_accumulation_steps,
+        checkpointed_layers=layers if checkpointing else 0,
         layers=layers,
+        hyper=hyper,
     )
     if not on_gpu:
         return d
@@ -133,14 +156,14 @@ def decide(
     if not o.planner or budget is None:
         return d
     try:
-        w = workload(spec, model_config, d.fused_kernels, d.cpu_embeddings)
+        w = workload(spec, model_config, d.fused_kernels, d.cpu_embeddings, hyper.rows_per_step)
         w.shape.layer_linear_params()  # every dimension is a number
     except (AttributeError, TypeError):
         d.notes.append(
             f"planner: no decoder shape in the {model_type!r} config; spec used as given"
         )
         return d
-    p = mp.plan(w, budget, allow_checkpointing=t.gradient_checkpointing)
+    p = mp.plan(w, budget, allow_checkpointing=checkpointing)
     d.plan, d.micro_batch, d.grad_accum = p, p.micro_batch, p.grad_accum
     d.checkpointed_layers = p.checkpointed_layers
     return d

@@ -11,6 +11,11 @@ adapter is never served. The adapter list is a small JSON file (the operator mou
 from a ConfigMap) polled every few seconds: newly listed adapters load without a restart,
 a changed URI reloads the adapter, a removed one is unloaded.
 
+Chat requests to an adapter that was trained with a system prompt (`dataset.systemPrompt`,
+recorded in the run's manifest under `chat`) get that prompt when they carry no system
+message of their own, so the adapter is asked the way it was trained. An adapter trained
+without one gets what the chat template adds by itself, as in training.
+
 Generation runs one request at a time (peft's active adapter is model-wide state): this
 engine is for CPUs, small models and tests; vLLM is the engine for throughput.
 """
@@ -138,6 +143,24 @@ def fetch_adapter(
     return dest
 
 
+def trained_chat(
+    uri: str, endpoint: str | None = None, region: str | None = None
+) -> dict[str, Any]:
+    """The run manifest's `chat` record (system prompt and chat template used in
+    training); empty for runs from before it was recorded."""
+    root, _ = run_root(uri)
+    raw = open_store(root, endpoint, region).get_bytes(MANIFEST)
+    chat = json.loads(raw).get("chat") if raw else None
+    return chat if isinstance(chat, dict) else {}
+
+
+def with_system_prompt(messages: list[dict[str, Any]], system: str | None) -> list[dict[str, Any]]:
+    """`system` first, unless it is None or the request has a system message."""
+    if system is None or any(m.get("role") == "system" for m in messages):
+        return messages
+    return [{"role": "system", "content": system}, *messages]
+
+
 def adapter_rank(adapter_dir: Path) -> int | None:
     try:
         return int(json.loads((adapter_dir / "adapter_config.json").read_text())["r"])
@@ -154,6 +177,7 @@ class AdapterState:
     uri: str
     state: str = "Loading"  # Loading | Ready | Failed
     reason: str | None = None
+    system_prompt: str | None = None  # trained with (manifest chat.systemPrompt)
 
     def as_dict(self) -> dict[str, Any]:
         out = {"name": self.name, "uri": self.uri, "state": self.state}
@@ -217,6 +241,7 @@ class Engine:
                 self.endpoint,
                 self.region,
             )
+            st.system_prompt = trained_chat(uri, self.endpoint, self.region).get("systemPrompt")
             with self._lock:
                 self._attach(name, local)
             st.state = "Ready"
@@ -289,7 +314,12 @@ class Engine:
         finish = "length" if len(new) >= kwargs["max_new_tokens"] else "stop"
         return text, int(enc["input_ids"].shape[1]), len(new), finish
 
-    def chat_prompt(self, messages: list[dict[str, Any]]) -> str:
+    def chat_prompt(self, messages: list[dict[str, Any]], model_name: str | None = None) -> str:
+        """The prompt for a chat request; an adapter's trained system prompt goes first
+        when the request has no system message."""
+        adapter = self.adapters.get(model_name or "")
+        if adapter is not None and model_name != self.base_name:
+            messages = with_system_prompt(messages, adapter.system_prompt)
         if getattr(self.tokenizer, "chat_template", None):
             return str(
                 self.tokenizer.apply_chat_template(
@@ -421,7 +451,7 @@ def create_app(engine: Engine) -> Any:
         if not isinstance(messages, list) or not messages:
             return _error(400, "messages must be a non-empty list")
         max_tokens, temperature = sampling(body)
-        prompt = engine.chat_prompt(messages)
+        prompt = engine.chat_prompt(messages, name)
         text, n_in, n_out, finish = engine.generate(name, prompt, max_tokens, temperature)
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex}",

@@ -32,44 +32,65 @@ def _data_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in _SUFFIXES)
 
 
-def load_rows(source: Any, file_format: str, work_dir: Path, s3_client: Any = None) -> list[Any]:
-    """Raw rows of one DataSource (spec.dataset or spec.dataset.eval)."""
-    if source.pvc is not None:
-        path = pvc_path(source.pvc.claim_name, source.pvc.path)
+def load_rows(
+    source: Any,
+    file_format: str,
+    work_dir: Path,
+    s3_client: Any = None,
+    retry: Any = None,
+    local: Path | None = None,
+) -> list[Any]:
+    """Raw rows of one DataSource (spec.dataset or spec.dataset.eval); `retry` (a
+    storage.Retry) rides out an S3 outage; `local`: a plain file or folder given to
+    `loraf run` instead of the source."""
+    if local is not None or source.pvc is not None:
+        path = local or pvc_path(source.pvc.claim_name, source.pvc.path)
         if path.is_dir():
             return _read_files(_data_files(path), file_format)
         if not path.exists():
             raise DatasetInvalid(f"dataset path {path} does not exist on the volume")
         return _read_files([path], file_format)
     if source.s3 is not None:
-        return _read_files(_fetch_s3(source.s3, work_dir, s3_client), file_format)
+        return _read_files(_fetch_s3(source.s3, work_dir, s3_client, retry), file_format)
     return _load_hf(source.hugging_face, source.split)
 
 
-def _fetch_s3(uri: str, work_dir: Path, client: Any) -> list[Path]:
+def _fetch_s3(uri: str, work_dir: Path, client: Any, retry: Any = None) -> list[Path]:
     from botocore.exceptions import ClientError
 
-    from .storage import S3Uri, download_prefix, s3_client
+    from .storage import NO_RETRY, S3Uri, download_prefix, error_code, s3_client
 
+    retry = retry or NO_RETRY
     client = client or s3_client()
     src = S3Uri.parse(uri)
     dest = work_dir / "dataset" / src.bucket / (src.key or "_root")
+
+    def fetch_file() -> Path | None:
+        """The object itself when the URI names one (None: treat it as a prefix)."""
+        try:
+            head = client.head_object(Bucket=src.bucket, Key=src.key)
+        except ClientError as e:
+            if error_code(e) in ("404", "NoSuchKey"):
+                return None
+            raise
+        target = dest / Path(src.key).name
+        if target.is_file() and target.stat().st_size == int(head["ContentLength"]):
+            return target  # fetched by an earlier attempt into the same work dir
+        target.parent.mkdir(parents=True, exist_ok=True)
+        part = target.with_name(target.name + ".part")
+        client.download_file(src.bucket, src.key, str(part))
+        part.replace(target)
+        return target
+
     try:
         if src.key and not uri.endswith("/"):
-            try:
-                client.head_object(Bucket=src.bucket, Key=src.key)
-            except ClientError as e:
-                if e.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey"):
-                    raise
-            else:
-                target = dest / Path(src.key).name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                client.download_file(src.bucket, src.key, str(target))
-                return [target]
-        download_prefix(client, src, dest)
+            found = retry.call(f"downloading dataset {uri}", fetch_file)
+            if found is not None:
+                return [found]
+        download_prefix(client, src, dest, retry=retry)
     except ClientError as e:
-        code = e.response.get("Error", {}).get("Code", "")
-        if code in ("NoSuchBucket", "AccessDenied", "403"):
+        code = error_code(e)
+        if code in ("NoSuchBucket", "404"):
             raise DatasetInvalid(f"cannot read dataset {uri}: {code}") from e
         raise
     files = _data_files(dest) if dest.is_dir() else []

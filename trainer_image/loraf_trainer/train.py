@@ -23,18 +23,36 @@ from . import (
     artifacts,
     data,
     evaluate,
+    hyperparams,
     memory_planner,
     model_loading,
     oom_recovery,
     optimizations,
 )
-from .checkpoints import Preemption, fetch_latest_checkpoint
-from .errors import ConfigInvalid, Preempted
+from .checkpoints import (
+    Preemption,
+    StepInterrupted,
+    fetch_latest_checkpoint,
+    prior_runtime_seconds,
+    run_train_loss,
+    trainer_state,
+    training_complete,
+)
+from .errors import ConfigInvalid, DatasetInvalid, ModelInvalid, Preempted
 from .sources import load_rows
 from .status_reporter import Remaining, StatusPublisher, Ticker
-from .storage import Store, s3_client
+from .storage import Retry, Store, check_readable, s3_client
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LocalInputs:
+    """Plain local paths given to `loraf run` (instead of s3/pvc/hub sources)."""
+
+    model: Path | None = None
+    data: Path | None = None
+    eval: Path | None = None
 
 
 @dataclass
@@ -46,14 +64,51 @@ class RunContext:
     preemption: Preemption
     interactive: bool = False  # progress bar (loraf run) instead of log lines (pod)
     max_new_tokens: int = 48
+    retry: Retry = field(default_factory=Retry)  # S3 outages (storage_retry), as the store
+    local: LocalInputs = field(default_factory=LocalInputs)
     _s3: Any = field(default=None, repr=False)
 
     def s3(self) -> Any:
         """S3 client for inputs (model, dataset), with spec.output's endpoint/region."""
         if self._s3 is None:
             out = self.cfg.spec.output
-            self._s3 = s3_client(out.endpoint, out.region)
+            self._s3 = s3_client(out.endpoint, out.region, out.retry, notify=self.retry.note)
         return self._s3
+
+
+def storage_retry(cfg: TrainerConfig, publisher: StatusPublisher) -> Retry:
+    """The run's S3 outage policy (spec.output.retry); each failure shows in
+    status.progress.storageError until S3 answers again."""
+
+    def on_error(message: str, failures: int) -> None:
+        publisher.update({"storageError": message, "storageRetries": failures}, force=True)
+
+    def on_recovered() -> None:
+        publisher.update({"storageError": None}, force=True)
+
+    return Retry(
+        timeout_s=cfg.spec.output.retry.timeout_seconds,
+        on_error=on_error,
+        on_recovered=on_recovered,
+    )
+
+
+def check_storage(ctx: RunContext) -> None:
+    """Before any data or model is loaded: the output can be listed and written, and
+    every S3 input's bucket can be read. Wrong keys fail here (exit 77, whichever input
+    would have touched S3 first); an outage is retried (then exit 69)."""
+    spec = ctx.cfg.spec
+    ctx.store.check_access()
+    inputs: list[tuple[str, type[Exception]]] = []
+    if spec.dataset.s3:
+        inputs.append((spec.dataset.s3, DatasetInvalid))
+    if spec.dataset.eval is not None and spec.dataset.eval.s3:
+        inputs.append((spec.dataset.eval.s3, DatasetInvalid))
+    if spec.base_model.s3:
+        inputs.append((spec.base_model.s3, ModelInvalid))
+    for uri, missing in inputs:
+        if not check_readable(ctx.s3(), uri, ctx.retry):
+            raise missing(f"cannot read {uri}: NoSuchBucket")
 
 
 def load_dataset(ctx: RunContext) -> data.Prepared:
@@ -61,8 +116,14 @@ def load_dataset(ctx: RunContext) -> data.Prepared:
     seed = ctx.cfg.spec.training.seed
     columns = ds.columns.model_dump(exclude_none=True) if ds.columns else {}
     s3 = ctx.s3() if ds.s3 or (ds.eval and ds.eval.s3) else None
-    rows = load_rows(ds, ds.file_format, ctx.work_dir, s3)
-    eval_rows = load_rows(ds.eval, ds.file_format, ctx.work_dir / "eval", s3) if ds.eval else None
+    rows = load_rows(ds, ds.file_format, ctx.work_dir, s3, ctx.retry, local=ctx.local.data)
+    eval_rows = (
+        load_rows(
+            ds.eval, ds.file_format, ctx.work_dir / "eval", s3, ctx.retry, local=ctx.local.eval
+        )
+        if ds.eval
+        else None
+    )
     prepared = data.prepare(
         rows, ds.format, columns, ds.eval_fraction, eval_rows, seed=seed, max_rows=ds.max_rows
     )
@@ -83,18 +144,20 @@ def sft_config_kwargs(
     on_gpu: bool,
     has_eval: bool,
     interactive: bool,
+    hyper: hyperparams.Hyper | None = None,
 ) -> dict[str, Any]:
-    """TRL SFTConfig arguments from the spec (pure; unit-tested)."""
+    """TRL SFTConfig arguments from the spec and the resolved hyper-parameters (pure;
+    unit-tested). Without `hyper`, they are resolved as for a large dataset."""
     t = cfg.spec.training
+    h = hyper or hyperparams.resolve(t, cfg.spec.lora, hyperparams.UNKNOWN_ROWS, None)
     kw: dict[str, Any] = {
         "output_dir": str(output_dir),
-        "learning_rate": t.learning_rate,
-        "lr_scheduler_type": t.scheduler,
-        # transformers 5 dropped warmup_ratio: a float < 1 in warmup_steps is the ratio.
-        "warmup_steps": t.warmup_ratio,
-        "per_device_train_batch_size": t.per_device_batch_size,
-        "per_device_eval_batch_size": t.per_device_batch_size,
-        "gradient_accumulation_steps": t.gradient_accumulation_steps,
+        "learning_rate": h.learning_rate,
+        "lr_scheduler_type": h.scheduler,
+        "warmup_steps": h.warmup_steps,
+        "per_device_train_batch_size": h.per_device_batch_size,
+        "per_device_eval_batch_size": h.per_device_batch_size,
+        "gradient_accumulation_steps": h.gradient_accumulation_steps,
         "max_length": t.max_seq_length,
         "packing": t.packing,
         # Enabled on the model before peft wraps it (adapters.prepare_base_for_training).
@@ -127,12 +190,16 @@ def sft_config_kwargs(
 
 
 def prepare_model(
-    cfg: TrainerConfig, base_path: Path, device: model_loading.Device
+    cfg: TrainerConfig,
+    base_path: Path,
+    device: model_loading.Device,
+    train_rows: int | None = None,
 ) -> tuple[Any, optimizations.Decision]:
-    """Plan for this GPU, load the base, apply the techniques, attach LoRA.
+    """Choose the hyper-parameters and plan for this GPU, load the base, apply the
+    techniques, attach LoRA.
 
     The plan needs only the model's config, so a budget the model cannot fit fails
-    before the weights are loaded."""
+    before the weights are loaded. `train_rows` feeds the defaults rule (hyperparams)."""
     from peft import get_peft_model
     from transformers import AutoConfig, set_seed
 
@@ -142,7 +209,7 @@ def prepare_model(
     config = AutoConfig.from_pretrained(base_path, trust_remote_code=trust)
     try:
         decision = optimizations.decide(
-            spec, config, device.on_gpu, free, optimizations.liger_available()
+            spec, config, device.on_gpu, free, optimizations.liger_available(), train_rows
         )
     except memory_planner.NoFit as e:
         raise ConfigInvalid(
@@ -158,6 +225,17 @@ def prepare_model(
         ", ".join(decision.techniques) or "none",
         "".join(f"; {n}" for n in decision.notes),
     )
+    if decision.hyper is not None:
+        h = decision.hyper
+        log.info(
+            "schedule: learning rate %g, %s, %d warmup steps, %d rows per step, %d steps%s",
+            h.learning_rate,
+            h.scheduler,
+            h.warmup_steps,
+            h.rows_per_step,
+            h.total_steps,
+            f" (chosen by the defaults rule: {', '.join(h.chosen)})" if h.chosen else "",
+        )
     model = model_loading.load_model(
         base_path, device, quantization=spec.effective_quantization, trust_remote_code=trust
     )
@@ -186,11 +264,18 @@ def build_trainer(
     from trl import SFTConfig, SFTTrainer
 
     kw = sft_config_kwargs(
-        cfg, output_dir, device.dtype_name, device.on_gpu, eval_ds is not None, interactive
+        cfg,
+        output_dir,
+        device.dtype_name,
+        device.on_gpu,
+        eval_ds is not None,
+        interactive,
+        decision.hyper,
     ) | optimizations.sft_overrides(decision)
-    cls: type = SFTTrainer
+    bases: tuple[type, ...] = (FirstStepWarmup, SFTTrainer)
     if decision.oom_recovery:
-        cls = type("RecoveringSFTTrainer", (oom_recovery.OomRecovery, SFTTrainer), {})
+        bases = (oom_recovery.OomRecovery, *bases)
+    cls: type = type("LorafSFTTrainer", bases, {})
     trainer = cls(
         model=model,
         args=SFTConfig(**kw),
@@ -203,6 +288,25 @@ def build_trainer(
         trainer.on_oom = on_oom
         trainer.escalate = lambda: optimizations.checkpoint_all(trainer.model, decision)
     return trainer
+
+
+class FirstStepWarmup:
+    """Trainer mixin: the library's warmup starts at learning rate 0, so the first
+    optimizer step changes nothing; shift the schedule by one step
+    (hyperparams.warmup_lambda)."""
+
+    def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
+        from torch.optim.lr_scheduler import LambdaLR
+
+        created = getattr(self, "lr_scheduler", None) is None
+        sched = super().create_scheduler(num_training_steps, optimizer)  # type: ignore[misc]
+        if created and isinstance(sched, LambdaLR) and sched.last_epoch == 0:
+            sched.lr_lambdas = [hyperparams.warmup_lambda(f) for f in sched.lr_lambdas]
+            lrs = [base * f(0) for base, f in zip(sched.base_lrs, sched.lr_lambdas, strict=True)]
+            for group, lr in zip(sched.optimizer.param_groups, lrs, strict=True):
+                group["lr"] = lr
+            sched._last_lr = lrs
+        return sched
 
 
 def train_or_fail(trainer: Any, resume: Path | None) -> Any:
@@ -222,21 +326,69 @@ def train_or_fail(trainer: Any, resume: Path | None) -> Any:
         ) from e
 
 
-def hyperparameters(cfg: TrainerConfig) -> dict[str, Any]:
+def restore_finished(trainer: Any, checkpoint: Path) -> None:
+    """Load a final checkpoint's adapter weights and state without training a step."""
+    from peft import set_peft_model_state_dict
+    from peft.utils import load_peft_weights
+    from transformers import TrainerState
+
+    set_peft_model_state_dict(trainer.model, load_peft_weights(str(checkpoint), device="cpu"))
+    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+
+
+def run_metrics(state: Any, out: Any, prior_runtime_s: float) -> dict[str, Any]:
+    """Steps, loss and training time of the whole run, over every process that trained
+    it (a resumed process's TrainOutput covers only its own steps)."""
+    loss = run_train_loss(state.log_history)
+    if loss is None and out is not None:
+        loss = out.training_loss
+    runtime = prior_runtime_s + (float(out.metrics.get("train_runtime") or 0.0) if out else 0.0)
+    return {
+        "trainLoss": loss,
+        "steps": state.global_step,
+        "epochs": state.epoch,
+        "trainRuntimeSeconds": round(runtime, 3),
+    }
+
+
+def hyperparameters(
+    cfg: TrainerConfig, decision: optimizations.Decision, on_gpu: bool
+) -> dict[str, Any]:
+    """What the run trained with: the spec, with the values the defaults rule chose and
+    the plan the trainer ran (on a CPU, spec.training.optimizations is ignored and left
+    out: only the techniques actually used are listed, under plan.techniques)."""
     spec = cfg.spec
     q = spec.effective_quantization
+    training = spec.training.to_dict() | {"optimizer": spec.effective_optimizer}
+    h = decision.hyper
+    if h is not None:
+        training |= {
+            "learningRate": h.learning_rate,
+            "scheduler": h.scheduler,
+            "warmupSteps": h.warmup_steps,
+            "perDeviceBatchSize": h.per_device_batch_size,
+            "gradientAccumulationSteps": h.gradient_accumulation_steps,
+        }
+        training.pop("warmupRatio", None)
+    training["gradientCheckpointing"] = decision.checkpointed_layers > 0
+    if not on_gpu:
+        training.pop("optimizations", None)
+        training.pop("memoryBudgetGiB", None)
     return {
         "method": spec.method,
         "lora": spec.lora.to_dict() | {"alpha": spec.lora.effective_alpha},
         "quantization": q.to_dict() if q else None,
-        "training": spec.training.to_dict() | {"optimizer": spec.effective_optimizer},
+        "training": training,
+        "plan": decision.status() | {"device": "cuda" if on_gpu else "cpu"},
     }
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
     cfg, pub = ctx.cfg, ctx.publisher
     spec = cfg.spec
+    ctx.preemption.grace_s = spec.resources.termination_grace_period_seconds
     pub.update({"runNumber": cfg.run, "stage": "Validating"}, force=True)
+    check_storage(ctx)
     prepared = load_dataset(ctx)
 
     # -- model
@@ -248,10 +400,12 @@ def run(ctx: RunContext) -> dict[str, Any]:
             spec.resources.gpus,
         )
     bm = spec.base_model
-    resolved = model_loading.resolve_source(bm, ctx.s3() if bm.s3 else None)
+    resolved = model_loading.resolve_source(
+        bm, ctx.s3() if bm.s3 else None, ctx.retry, local=ctx.local.model
+    )
     base_path = model_loading.materialize(resolved, bm.trust_remote_code)
     tokenizer = model_loading.load_tokenizer(base_path, bm.trust_remote_code)
-    model, decision = prepare_model(cfg, base_path, device)
+    model, decision = prepare_model(cfg, base_path, device, len(prepared.train))
     trainable, total = adapters.count_parameters(model)
     pct = 100.0 * trainable / total if total else 0.0
     log.info("trainable params: %d of %d (%.3f%%)", trainable, total, pct)
@@ -265,9 +419,10 @@ def run(ctx: RunContext) -> dict[str, Any]:
 
     chat = bool(getattr(tokenizer, "chat_template", None))
     co = spec.training.completion_only_loss
-    train_ds = Dataset.from_list([data.to_record(e, chat, co) for e in prepared.train])
+    system = spec.dataset.system_prompt
+    train_ds = Dataset.from_list([data.to_record(e, chat, co, system) for e in prepared.train])
     eval_ds = (
-        Dataset.from_list([data.to_record(e, chat, co) for e in prepared.eval])
+        Dataset.from_list([data.to_record(e, chat, co, system) for e in prepared.eval])
         if prepared.eval
         else None
     )
@@ -278,7 +433,10 @@ def run(ctx: RunContext) -> dict[str, Any]:
     trainer_dir = ctx.work_dir / "trainer"
     trainer_dir.mkdir(parents=True, exist_ok=True)
     resume = fetch_latest_checkpoint(ctx.store, trainer_dir)
-    ckpt_cb = CheckpointCallback(ctx.store, ctx.preemption, spec.training.checkpoint_minutes)
+    prior_runtime = prior_runtime_seconds(resume)
+    ckpt_cb = CheckpointCallback(
+        ctx.store, ctx.preemption, spec.training.checkpoint_minutes, prior_runtime_s=prior_runtime
+    )
 
     def on_oom(split: int, retries: int) -> None:
         pub.update({"oomRetries": retries, "plan": decision.status(split)}, force=True)
@@ -306,7 +464,35 @@ def run(ctx: RunContext) -> dict[str, Any]:
     ctx.preemption.deferred = True
     if ctx.preemption.requested:
         raise Preempted("SIGTERM received before training started; nothing to checkpoint")
-    out = train_or_fail(trainer, resume)
+    if resume is not None and training_complete(trainer_state(resume)):
+        restore_finished(trainer, resume)
+        log.info(
+            "training already complete at step %d of %d (checkpoint step-%d): "
+            "evaluating and uploading only",
+            trainer.state.global_step,
+            trainer.state.max_steps,
+            trainer.state.global_step,
+        )
+        pub.update(
+            {
+                "step": trainer.state.global_step,
+                "totalSteps": trainer.state.max_steps,
+                "epoch": round(trainer.state.epoch or 0.0, 4),
+                "percent": 100.0,
+                "etaSeconds": 0.0,
+            },
+            force=True,
+        )
+        out = None
+    else:
+        try:
+            out = train_or_fail(trainer, resume)
+        except StepInterrupted as e:
+            saved = ckpt_cb.save_now(trainer)
+            raise Preempted(
+                f"SIGTERM at step {trainer.state.global_step}/{trainer.state.max_steps}: {e}; "
+                + (f"checkpoint step-{saved} stored" if saved else "no checkpoint yet")
+            ) from e
     optimizations.release_compiled(trainer.model, decision)
     state = trainer.state
     if ctx.preemption.requested and state.global_step < state.max_steps:
@@ -336,9 +522,13 @@ def run(ctx: RunContext) -> dict[str, Any]:
             spec.training.eval_prompts,
             ctx.max_new_tokens,
             on_answer=answered,
+            system_prompt=system,
         )
         remaining.done("generations")
-        report = evaluate.build_report(losses, gens, len(prepared.eval))
+        history = evaluate.loss_history(state.log_history)
+        if losses["evalLossAdapter"] is not None:
+            history["eval"].append([state.global_step, losses["evalLossAdapter"]])
+        report = evaluate.build_report(losses, gens, len(prepared.eval), history)
         log.info(
             "eval loss base %s → adapter %s", losses["evalLossBase"], losses["evalLossAdapter"]
         )
@@ -368,12 +558,12 @@ def run(ctx: RunContext) -> dict[str, Any]:
         (stage_dir / "eval" / "report.md").write_text(
             evaluate.report_markdown(report, f"{cfg.namespace}/{cfg.name} run {cfg.run}")
         )
+        svg = evaluate.loss_svg(report["lossHistory"])
+        if svg:
+            (stage_dir / "eval" / "loss.svg").write_text(svg)
         files = artifacts.describe_files(stage_dir)
         metrics = {
-            "trainLoss": out.training_loss,
-            "steps": state.global_step,
-            "epochs": state.epoch,
-            "trainRuntimeSeconds": out.metrics.get("train_runtime"),
+            **run_metrics(state, out, prior_runtime),
             **{
                 k: report[k]
                 for k in ("evalLossBase", "evalLossAdapter", "perplexityBase", "perplexityAdapter")
@@ -396,15 +586,16 @@ def run(ctx: RunContext) -> dict[str, Any]:
                 "ggufFile": resolved.gguf_file,
             },
             dataset={
-                "source": _dataset_source(cfg),
+                "source": _dataset_source(cfg, ctx.local),
                 "format": spec.dataset.format,
                 "sha256": prepared.sha256,
                 "rows": prepared.rows,
                 "trainRows": len(prepared.train),
                 "evalRows": len(prepared.eval),
             },
-            hyperparameters=hyperparameters(cfg),
+            hyperparameters=hyperparameters(cfg, decision, device.on_gpu),
             metrics=metrics,
+            chat=data.chat_record(tokenizer, system),
         )
         artifacts.upload_run(ctx.store, stage_dir, manifest)
         weights = next(f for f in files if f.path == f"adapter/{artifacts.ADAPTER_WEIGHTS}")
@@ -432,8 +623,10 @@ def upload_size_estimate(trainable: int, total: int, output: Any) -> int:
     return trainable * per + (total * 2 if output.merged_weights else 0)
 
 
-def _dataset_source(cfg: TrainerConfig) -> str:
+def _dataset_source(cfg: TrainerConfig, local: LocalInputs) -> str:
     ds = cfg.spec.dataset
+    if local.data is not None:
+        return local.data.as_uri()
     if ds.s3:
         return ds.s3
     if ds.pvc:

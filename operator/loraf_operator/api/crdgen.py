@@ -433,9 +433,10 @@ for display only. When a run succeeds the operator copies `status.progress.resul
 `status.artifacts` and `status.evaluation`.
 
 Trainer exit codes (`loraf_operator.api.exitcodes`): 0 OK, 64 `ConfigInvalid`,
-65 `DatasetInvalid`, 66 `ModelInvalid` (these three fail the run at once), 75
-`Preempted` (retried without counting against `backoffLimit`); any other code is an
-infrastructure failure, retried up to `backoffLimit` times.
+65 `DatasetInvalid`, 66 `ModelInvalid`, 77 `StorageAccessDenied` (these fail the run at
+once), 69 `StorageUnavailable` and 75 `Preempted` (retried without counting against
+`backoffLimit`); any other code is an infrastructure failure, retried up to
+`backoffLimit` times.
 
 """
 

@@ -2,15 +2,16 @@
 
 Retry semantics live in the Job, not in the operator: `backoffLimit` counts infrastructure
 failures, `podFailurePolicy` fails the Job at once on the trainer's user-error exit codes
-(retrying a bad dataset cannot help) and ignores preemption (exit 75 after a checkpoint, or
-a pod disruption), so those retries do not use up `backoffLimit`.
+(retrying a bad dataset or wrong S3 keys cannot help) and ignores preemption (exit 75 after
+a checkpoint, or a pod disruption) and a storage outage the trainer waited out (exit 69),
+so those retries do not use up `backoffLimit`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..api.exitcodes import FAIL_FAST_CODES, ExitCode
+from ..api.exitcodes import FAIL_FAST_CODES, RETRIED_FREE_CODES
 from ..api.models import LoRAFineTune
 from ..api.trainer_config import CONFIG_MOUNT_PATH
 from .common import GPU_RESOURCE, BuildDefaults, child_metadata, container_resources, generation
@@ -44,7 +45,7 @@ def pod_failure_policy() -> dict[str, Any]:
                 "onExitCodes": {
                     "containerName": CONTAINER,
                     "operator": "In",
-                    "values": [int(ExitCode.PREEMPTED)],
+                    "values": list(RETRIED_FREE_CODES),
                 },
             },
             {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
@@ -192,6 +193,8 @@ def build_job(ft: LoRAFineTune, run: int, defaults: BuildDefaults | None = None)
     volumes, _ = build_volumes(ft, run)
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",  # required by podFailurePolicy; retries are new pods
+        # The trainer reads the same value from its config and exits 75 before it ends.
+        "terminationGracePeriodSeconds": spec.resources.termination_grace_period_seconds,
         "serviceAccountName": name,
         "automountServiceAccountToken": True,  # the trainer patches status.progress
         "enableServiceLinks": False,
