@@ -145,8 +145,8 @@ def invalid_conditions(message: str) -> list[Cond]:
 def history_entry(status: Obj, completion_time: str, unfinished_reason: str = "Superseded") -> Obj:
     """The current run as a history entry (when a new run or an invalid spec replaces it).
 
-    A finished run keeps its own outcome; a run stopped midway records the phase it was in
-    and `unfinished_reason`.
+    A finished run keeps its own outcome; a run stopped midway is `Stopped`, with the phase
+    it was in (`stoppedIn`) and `unfinished_reason`.
     """
     run = run_of(status)
     conds = status.get("conditions") or []
@@ -158,10 +158,13 @@ def history_entry(status: Obj, completion_time: str, unfinished_reason: str = "S
                 "reason", ""
             )
         )
+    done = finished(conds)
     entry: Obj = {
         "number": int(run.get("number") or 0),
         "generation": run.get("generation"),
-        "phase": phase,
+        # A run replaced midway is Stopped, never left reading "Running" in the history.
+        "phase": phase if done else "Stopped",
+        "stoppedIn": None if done else phase,
         "reason": reason,
         "startTime": run.get("startTime"),
         "completionTime": run.get("completionTime") or completion_time,

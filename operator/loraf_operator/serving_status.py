@@ -115,5 +115,16 @@ def serving_status(
         if any(m.startswith("Service ") for m in replicas.missing)
         else build.service_url(sv),
         "readyReplicas": ready,
-        "adapters": adapter_states(sv, replicas.reports if cond.status == "True" else []),
+        "adapters": (
+            states := adapter_states(sv, replicas.reports if cond.status == "True" else [])
+        ),
+        "adapterSummary": adapter_summary(states),
     }
+
+
+def adapter_summary(states: list[dict[str, Any]]) -> str | None:
+    """ "a, b, c (Failed)": every name, and the state of those not Ready."""
+    if not states:
+        return None
+    parts = [a["name"] if a["state"] == "Ready" else f"{a['name']} ({a['state']})" for a in states]
+    return ", ".join(parts)

@@ -91,6 +91,9 @@ def test_sv_serving_reconciles_into_deployment_and_service(
     # Adapter states come from the replicas' own /v1/adapters; a kwok pod serves nothing, so
     # the adapter stays Loading (never a Ready nobody reported: the e2e layer sees Ready).
     assert st["adapters"] == [{"name": "a", "uri": "s3://out/a/run-1/", "state": "Loading"}]
+    # kubectl get shows every adapter and the state of those not Ready.
+    table = cluster.kubectl("get", "loraserving", "chat", "-n", ns).stdout
+    assert "a (Loading)" in table, table
 
     # Adding an adapter updates the ConfigMap without rolling the transformers pods.
     template = dep["spec"]["template"]

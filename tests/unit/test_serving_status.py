@@ -117,3 +117,17 @@ def test_ready_needs_every_child() -> None:
     no_cm = serving_status(sv(), READY_DEP, Replicas(missing=("ConfigMap s-adapters",)))
     assert ready_cond(no_cm)["status"] == "False"
     assert no_cm["url"] == "http://s.ns.svc:8000/v1"
+
+
+def test_adapter_summary_names_every_adapter_for_kubectl_get() -> None:
+    st = serving_status(
+        sv(), READY_DEP, Replicas(reports=[report((A, "Ready", None), (B, "Failed", "bad"))])
+    )
+    assert st["adapterSummary"] == "a, b (Failed)"
+    empty = LoRAServing.model_validate(
+        {
+            "metadata": {"name": "s", "namespace": "ns"},
+            "spec": {"baseModel": {"huggingFace": "o/m"}},
+        }
+    )
+    assert serving_status(empty, READY_DEP)["adapterSummary"] is None

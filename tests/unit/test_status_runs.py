@@ -63,7 +63,8 @@ def test_history() -> None:
     assert e == {
         "number": 1,
         "generation": 1,
-        "phase": "Scheduling",
+        "phase": "Stopped",
+        "stoppedIn": "Scheduling",
         "reason": "Superseded",
         "startTime": "T0",
         "completionTime": "T9",

@@ -281,7 +281,9 @@ def serving_crd() -> Schema:
                 "Ready condition.",
             ),
             _column("URL", "string", ".status.url", "In-cluster API URL."),
-            _column("Adapters", "string", ".status.adapters[*].name", "Loaded adapters."),
+            _column(
+                "Adapters", "string", ".status.adapterSummary", "Adapters (and any not Ready)."
+            ),
             _column("Age", "date", ".metadata.creationTimestamp", "Age."),
             _column("Replicas", "integer", ".status.readyReplicas", "Ready replicas.", 1),
         ],

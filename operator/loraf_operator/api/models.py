@@ -1460,7 +1460,14 @@ class HistoryEntry(StatusModel):
 
     number: int = Field(description="Run number.")
     generation: int | None = Field(default=None, description="metadata.generation of the run.")
-    phase: Phase | None = Field(default=None, description="How it ended.")
+    phase: Literal["Succeeded", "Failed", "Stopped"] | None = Field(
+        default=None,
+        description="How it ended: Succeeded, Failed, or Stopped (replaced before it "
+        "finished, e.g. by a spec change; `reason` says why, `stoppedIn` where it was).",
+    )
+    stopped_in: Phase | None = Field(
+        default=None, description="For a Stopped run: the phase it was in when replaced."
+    )
     reason: str | None = Field(default=None, description="CamelCase reason it ended.")
     artifacts: Artifacts | None = Field(default=None, description="What it uploaded.")
     start_time: datetime | None = Field(default=None, description="When it started.")
@@ -1639,6 +1646,11 @@ class LoRAServingStatus(StatusModel):
         default=None, description="In-cluster base URL of the OpenAI-compatible API."
     )
     ready_replicas: int | None = Field(default=None, description="Replicas serving.")
+    adapter_summary: str | None = Field(
+        default=None,
+        description="Every adapter by name, with the state of those not Ready (for kubectl "
+        "get: a printer column shows only the first element of a list).",
+    )
     adapters: list[AdapterStatus] = Field(
         default_factory=list,
         description="Adapters and their state.",
