@@ -3,7 +3,6 @@ bad manifests are rejected naming the field, explain and printer columns work.""
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from pathlib import Path
@@ -13,48 +12,15 @@ import pytest
 import yaml
 
 from loraf_operator.api.models import LoRAFineTune, LoRAServing
+from tests.manifests import finetune, mutate, serving
 
 pytestmark = pytest.mark.cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 
-VALID: dict[str, Any] = {
-    "apiVersion": "loraf.dev/v1alpha1",
-    "kind": "LoRAFineTune",
-    "metadata": {"name": "bad"},
-    "spec": {
-        "baseModel": {"huggingFace": "HuggingFaceTB/SmolLM2-135M-Instruct"},
-        "dataset": {"s3": "s3://data/train.jsonl", "format": "alpaca"},
-        "training": {"maxSteps": 10},
-        "output": {"s3": "s3://artifacts/run"},
-    },
-}
-
-VALID_SERVING: dict[str, Any] = {
-    "apiVersion": "loraf.dev/v1alpha1",
-    "kind": "LoRAServing",
-    "metadata": {"name": "bad"},
-    "spec": {
-        "baseModel": {"huggingFace": "HuggingFaceTB/SmolLM2-135M-Instruct"},
-        "adapters": [{"name": "a", "uri": "s3://artifacts/a/run-1/"}],
-    },
-}
-
-
-def mutate(base: dict[str, Any], **changes: Any) -> dict[str, Any]:
-    """Copy of base with dotted-path changes under the object root (None deletes)."""
-    out = copy.deepcopy(base)
-    for path, value in changes.items():
-        *parents, leaf = path.split(".")
-        node = out
-        for p in parents:
-            node = node.setdefault(p, {})
-        if value is None:
-            node.pop(leaf, None)
-        else:
-            node[leaf] = value
-    return out
+VALID = finetune("bad")
+VALID_SERVING = serving("bad")
 
 
 def create(cluster: Any, ns: str, obj: dict[str, Any] | str, check: bool = False) -> Any:
@@ -377,7 +343,13 @@ def test_serving_columns(cluster: Any, crds: Any, namespace: str) -> None:
             ],
             "url": "http://svc.ns.svc:8000/v1",
             "readyReplicas": 1,
-            "adapters": [{"name": "a", "uri": "s3://artifacts/a/run-1/", "state": "Ready"}],
+            "adapters": [
+                {"name": "a", "uri": "s3://artifacts/a/run-1/", "state": "Ready"},
+                {"name": "b", "uri": "s3://artifacts/b/run-1/", "state": "Failed"},
+            ],
+            # What the operator writes (serving_status.adapter_summary): a printer column
+            # over adapters[*].name would show only "a".
+            "adapterSummary": "a, b (Failed)",
         }
     }
     cluster.kubectl(
@@ -394,4 +366,5 @@ def test_serving_columns(cluster: Any, crds: Any, namespace: str) -> None:
     out = cluster.kubectl("get", "lorasvc", "svc", "-n", namespace).stdout
     header, row = out.splitlines()[:2]
     assert header.split() == ["NAME", "READY", "URL", "ADAPTERS", "AGE"]
-    assert row.split()[:4] == ["svc", "True", "http://svc.ns.svc:8000/v1", "a"]
+    assert row.split()[:3] == ["svc", "True", "http://svc.ns.svc:8000/v1"]
+    assert "a, b (Failed)" in row, row

@@ -9,7 +9,6 @@ create was refused with a 422, leaving the resource without any status.
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ import pytest
 from pydantic import ValidationError
 
 from loraf_operator.api.models import LoRAFineTune, LoRAServing
+from tests.manifests import finetune, mutate, serving
 
 from .operator_fixtures import OperatorHandle, operator, wait_until
 
@@ -26,41 +26,9 @@ __all__ = ["operator"]  # the fixture, imported for pytest
 
 pytestmark = pytest.mark.cluster
 
-FT: dict[str, Any] = {
-    "apiVersion": "loraf.dev/v1alpha1",
-    "kind": "LoRAFineTune",
-    "metadata": {"name": "fuzz"},
-    "spec": {
-        "baseModel": {"huggingFace": "HuggingFaceTB/SmolLM2-135M-Instruct"},
-        "dataset": {"s3": "s3://data/train.jsonl", "format": "alpaca"},
-        "training": {"maxSteps": 10},
-        "output": {"s3": "s3://artifacts/run"},
-    },
-}
-SV: dict[str, Any] = {
-    "apiVersion": "loraf.dev/v1alpha1",
-    "kind": "LoRAServing",
-    "metadata": {"name": "fuzz"},
-    "spec": {
-        "baseModel": {"huggingFace": "HuggingFaceTB/SmolLM2-135M-Instruct"},
-        "adapters": [{"name": "a", "uri": "s3://artifacts/a/run-1/"}],
-    },
-}
-
-
-def with_(base: dict[str, Any], **changes: Any) -> dict[str, Any]:
-    """Copy of base with dotted-path changes under the object root (None deletes)."""
-    out = copy.deepcopy(base)
-    for path, value in changes.items():
-        *parents, leaf = path.split(".")
-        node = out
-        for p in parents:
-            node = node.setdefault(p, {})
-        if value is None:
-            node.pop(leaf, None)
-        else:
-            node[leaf] = value
-    return out
+FT = finetune("fuzz")
+SV = serving("fuzz")
+with_ = mutate
 
 
 def res(**resources: Any) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
@@ -25,30 +24,16 @@ from loraf_operator.api.models import (
     QuantizationSpec,
 )
 from loraf_operator.api.trainer_config import TrainerConfig
+from tests.manifests import MINIMAL_SPEC, mutate
 
 ROOT = Path(__file__).resolve().parents[2]
 
-MINIMAL: dict[str, Any] = {
-    "baseModel": {"huggingFace": "HuggingFaceTB/SmolLM2-135M-Instruct"},
-    "dataset": {"s3": "s3://data/train.jsonl", "format": "alpaca"},
-    "training": {"maxSteps": 10},
-    "output": {"s3": "s3://artifacts/run"},
-}
+MINIMAL = MINIMAL_SPEC
 
 
 def spec(**changes: Any) -> dict[str, Any]:
     """MINIMAL with dotted-path changes applied (value None deletes the key)."""
-    out = copy.deepcopy(MINIMAL)
-    for path, value in changes.items():
-        *parents, leaf = path.split(".")
-        node = out
-        for p in parents:
-            node = node.setdefault(p, {})
-        if value is None:
-            node.pop(leaf, None)
-        else:
-            node[leaf] = value
-    return out
+    return mutate(MINIMAL, **changes)
 
 
 def test_defaults() -> None:
