@@ -433,6 +433,7 @@ def test_op_spec_change_starts_new_run(
     assert ft["status"]["run"]["generation"] == 2 and ft["status"]["observedGeneration"] == 2
     hist = ft["status"]["history"]
     assert [h["number"] for h in hist] == [1] and hist[0]["reason"] == "Superseded"
+    assert hist[0]["phase"] == "Stopped" and hist[0]["stoppedIn"] != "Stopped"  # never "Running"
     wait_until(
         "old Job gone",
         lambda: cluster.kubectl("get", "job", "evolve-r1", "-n", ns, check=False).returncode != 0,
