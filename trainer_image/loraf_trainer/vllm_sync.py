@@ -148,8 +148,11 @@ class AdapterSync:
         if registered is None:
             return
         for name in [n for n in registered if n not in wanted]:
-            self.engine.unload(name)
-            log.info("adapter %s unloaded", name)
+            try:
+                self.engine.unload(name)
+                log.info("adapter %s unloaded", name)
+            except OSError as e:  # the engine went away mid-call: next pass
+                log.warning("unloading adapter %s: %s", name, e)
         for name in [n for n in self.states if n not in wanted]:
             with self.lock:
                 self.states.pop(name)
@@ -162,7 +165,11 @@ class AdapterSync:
             if registered.get(name) == str(path):
                 st.state = "Ready"
                 continue
-            why = self.engine.load(name, path, replace=name in registered)
+            try:
+                why = self.engine.load(name, path, replace=name in registered)
+            except OSError as e:  # the engine went away mid-call: still Loading, next pass
+                log.warning("registering adapter %s: %s", name, e)
+                continue
             if why is None:
                 st.state = "Ready"
                 log.info("adapter %s served from %s", name, path)
