@@ -72,6 +72,8 @@ def make_spec(cfg: dict[str, Any]) -> Any:
     training: dict[str, Any] = {
         "maxSteps": cfg["steps"],
         "learningRate": cfg.get("lr", 2e-4),
+        "scheduler": "constant",  # both runners: a constant rate, no warmup (loss parity)
+        "warmupRatio": 0.0,
         "perDeviceBatchSize": cfg["micro"],
         "gradientAccumulationSteps": cfg["ga"],
         "maxSeqLength": cfg["seq"],
@@ -90,7 +92,7 @@ def make_spec(cfg: dict[str, Any]) -> Any:
             "lora": {
                 "r": cfg.get("r", 16),
                 "alpha": 2 * cfg.get("r", 16),
-                "dropout": cfg.get("lora_dropout", 0.05),
+                "dropout": cfg.get("lora_dropout", 0.0),
                 "targetModules": ["all-linear"],
             },
             "training": training,
@@ -262,7 +264,7 @@ def build_trl(cfg: dict[str, Any], out_dir: Path, meter: Any) -> tuple[Any, dict
     peft_config = LoraConfig(
         r=r,
         lora_alpha=2 * r,
-        lora_dropout=cfg.get("lora_dropout", 0.05),
+        lora_dropout=cfg.get("lora_dropout", 0.0),
         target_modules="all-linear",
         task_type="CAUSAL_LM",
     )
@@ -273,8 +275,7 @@ def build_trl(cfg: dict[str, Any], out_dir: Path, meter: Any) -> tuple[Any, dict
         max_length=cfg["seq"],
         max_steps=cfg["steps"],
         learning_rate=cfg.get("lr", 2e-4),
-        lr_scheduler_type="cosine",
-        warmup_steps=0.03,
+        lr_scheduler_type="constant",
         optim="paged_adamw_8bit" if qlora else "adamw_torch",
         bf16=cuda,
         use_cpu=not cuda,
