@@ -105,6 +105,8 @@ def suites(steps: int) -> dict[str, list[dict[str, Any]]]:
                 "goal_ratio": 1.5,
             },
             {"id": "a", **project(budget_gib=24, lora_dropout=0.0), **g1, "steps": 50},
+        ],
+        "fair-mem": [
             # memory mode (≤ 7 GiB) against the fastest TRL that fits 10 GiB: checkpointed
             {
                 "id": "b",
