@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from loraf_trainer import memory_planner as mp
@@ -83,3 +85,31 @@ def test_cpu_embeddings_free_the_table() -> None:
     on_gpu = QLORA.weight_bytes()
     on_cpu = mp.Workload(SHAPE, True, 1024, 4, cpu_embeddings=True).weight_bytes()
     assert on_gpu - on_cpu == 2 * SHAPE.embedding_params()
+
+
+NO_DROPOUT_QLORA = dataclasses.replace(QLORA, lora_dropout=False)
+NO_DROPOUT_LORA = dataclasses.replace(LORA, lora_dropout=False)
+
+
+@pytest.mark.parametrize(
+    ("w", "micro", "ckpt", "allocated_gib", "reserved_gib"),
+    [  # dropout 0, measured on an H200 and an H100 (bench/results/gpu_fair*, gpu_explore*)
+        (NO_DROPOUT_QLORA, 4, 3, 21.63, 22.20),  # compiled, the spec's defaults at 24 GiB
+        (NO_DROPOUT_LORA, 2, 0, 52.75, 53.98),  # compiled
+        (NO_DROPOUT_LORA, 2, 0, 58.56, 58.78),  # eager
+    ],
+)
+def test_dropout_free_estimates_never_below_the_measured_peak(
+    w: mp.Workload, micro: int, ckpt: int, allocated_gib: float, reserved_gib: float
+) -> None:
+    # "never above budget" needs the estimate at or above the measurement (issue 17: it
+    # was 8-11 % below when dropout 0 was counted as keeping no adapter-input copies)
+    assert mp.peak_allocated_bytes(w, micro, ckpt) / GIB >= allocated_gib
+    est_reserved = mp.peak_reserved_bytes(w, micro, ckpt) / GIB
+    assert reserved_gib <= est_reserved <= 1.2 * reserved_gib
+
+
+def test_dropout_free_plan_at_24_gib_stays_inside_with_the_measured_peak() -> None:
+    p = mp.plan(NO_DROPOUT_QLORA, 24)
+    assert (p.micro_batch, p.checkpointed_layers) == (4, 3)  # what ran: 22.20 GiB reserved
+    assert 22.20 <= p.est_peak_reserved_gib <= 24

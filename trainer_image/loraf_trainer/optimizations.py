@@ -47,10 +47,17 @@ class Decision:
     hyper: hyperparams.Hyper | None = None
 
     @property
+    def liger_running(self) -> bool:
+        """Whether any Liger kernel runs: only its layer kernels can (TRL ≥ 1.16 turns its
+        fused cross-entropy off and computes the loss with its own chunked LM head), and
+        those only without compile."""
+        return self.fused_kernels and self.liger_layers
+
+    @property
     def techniques(self) -> list[str]:
         on = {
             "memory-planner": self.plan is not None,
-            "fused-kernels": self.fused_kernels,
+            "fused-kernels": self.liger_running,
             "compile": self.compile,
             "cpu-embeddings": self.cpu_embeddings,
             "oom-recovery": self.oom_recovery,
@@ -149,14 +156,17 @@ def decide(
         d.fused_kernels = o.fused_kernels
     d.compile, d.cpu_embeddings, d.oom_recovery = o.compile, o.cpu_embeddings, o.oom_recovery
     # Dynamo cannot trace Liger's layer kernels (triton CompilationError → graph breaks
-    # around each): with compile, inductor fuses norms/RoPE/SwiGLU itself and Liger keeps
-    # only the fused linear cross-entropy, outside the layers (+22 % measured, bench/README.md).
+    # around each, -22 % measured, bench/README.md): with compile, inductor fuses
+    # norms/RoPE/SwiGLU itself and no Liger kernel runs.
     d.liger_layers = not d.compile
+    if d.fused_kernels and d.compile:
+        d.notes.append("fused kernels: not used with compile (inductor fuses the layers)")
     budget = t.memory_budget_gi_b or free_gib
     if not o.planner or budget is None:
         return d
     try:
-        w = workload(spec, model_config, d.fused_kernels, d.cpu_embeddings, hyper.rows_per_step)
+        fused = d.fused_kernels or d.compile  # Liger's or inductor's fused layers
+        w = workload(spec, model_config, fused, d.cpu_embeddings, hyper.rows_per_step)
         w.shape.layer_linear_params()  # every dimension is a number
     except (AttributeError, TypeError):
         d.notes.append(
@@ -296,8 +306,6 @@ def sft_overrides(d: Decision) -> dict[str, Any]:
     out: dict[str, Any] = {
         "per_device_train_batch_size": d.micro_batch,
         "gradient_accumulation_steps": d.grad_accum,
-        "use_liger_kernel": d.fused_kernels,
+        "use_liger_kernel": d.liger_running,
     }
-    if d.fused_kernels and not d.liger_layers:
-        out["liger_kernel_config"] = {"rope": False, "rms_norm": False, "swiglu": False}
     return out
