@@ -31,6 +31,7 @@ from .api.models import (
     LoRAServing,
 )
 from .builders import serving as build
+from .builders.naming import serving_config_map_name
 from .kube import ApiError, Kube
 from .serving_link import (
     COND_SERVING,
@@ -129,7 +130,7 @@ async def observe(kube: Kube, sv: LoRAServing) -> tuple[dict[str, Any] | None, s
     missing = []
     for kind, child in (
         ("Service", build.service_name(sv.name)),
-        ("ConfigMap", build.config_map_name(sv.name)),
+        ("ConfigMap", serving_config_map_name(sv.name)),
     ):
         if await _get(kube, kind, sv.namespace, child) is None:
             missing.append(f"{kind} {child}")

