@@ -342,6 +342,40 @@ def creation_refused(
     ]
 
 
+SUCCEEDED_MESSAGE = "the Job completed and the run's manifest in S3 checks out"
+
+
+def job_finished(job: Obj) -> bool:
+    """Whether the Job controller has ended the Job (Complete or Failed)."""
+    return any(_true(job, t) for t in ("Complete", "SuccessCriteriaMet", "Failed", "FailureTarget"))
+
+
+def job_completed(updates: Sequence[Cond]) -> bool:
+    """Whether `observe` found the Job Complete (the run succeeds once its upload checks out)."""
+    return any(c.type == COND_SUCCEEDED and c.status == "True" for c in updates)
+
+
+def verifying_artifacts(updates: Sequence[Cond], why: str) -> list[Cond]:
+    """The Job completed but its upload could not be checked yet (S3 or the Secret is out
+    of reach): still Running, with the reason; the resync looks again."""
+    keep = [c for c in updates if c.type not in (COND_RUNNING, COND_SUCCEEDED, COND_FAILED)]
+    msg = f"the Job completed; checking the run's manifest in S3: {why}"
+    return [*keep, Cond(COND_RUNNING, "True", "VerifyingArtifacts", msg)]
+
+
+def artifacts_invalid(updates: Sequence[Cond], why: str) -> list[Cond]:
+    """The Job completed without a valid upload (no manifest, a listed file missing or of
+    the wrong size, a manifest of another run): the run failed."""
+    keep = [c for c in updates if c.type not in (COND_RUNNING, COND_SUCCEEDED, COND_FAILED)]
+    msg = f"the Job completed but its upload does not check out: {why}"
+    return [
+        *keep,
+        Cond(COND_RUNNING, "False", "ArtifactsInvalid", msg),
+        Cond(COND_SUCCEEDED, "False", "ArtifactsInvalid", ""),
+        Cond(COND_FAILED, "True", "ArtifactsInvalid", msg),
+    ]
+
+
 def job_deleted(job_name: str) -> list[Cond]:
     """The run's Job was deleted before it finished: the run failed (it is not recreated)."""
     msg = f"the run's Job {job_name} was deleted before it finished"
@@ -370,12 +404,7 @@ def observe(job: Obj | None, pods: Sequence[Obj], prev: Sequence[Condition]) -> 
             *scheduled,
             Cond(COND_SUSPENDED, "False", "Completed", ""),
             Cond(COND_RUNNING, "False", "Completed", "the run finished"),
-            Cond(
-                COND_SUCCEEDED,
-                "True",
-                "Completed",
-                "the trainer finished and uploaded its artifacts",
-            ),
+            Cond(COND_SUCCEEDED, "True", "Completed", SUCCEEDED_MESSAGE),
             Cond(COND_FAILED, "False", "Completed", ""),
         ]
     if _true(job, "Failed") or _true(job, "FailureTarget"):

@@ -66,7 +66,7 @@ def test_status_write_is_retried_on_a_transient_error(monkeypatch: pytest.Monkey
     monkeypatch.setattr(rmod, "_PATCH_RETRY_DELAYS", (0.0, 0.0, 0.0))
     kube = FakeKube(failures=2)
     rec = Reconciler(kube, Settings())  # type: ignore[arg-type]
-    asyncio.run(rec.sync("ns", "ft", {("ns", "ft"): [ft()]}, {("ns", "ft-r1"): [JOB]}, {}))
+    asyncio.run(rec.sync("ns", "ft", {("ns", "ft"): [ft()]}, {("ns", "ft"): [JOB]}, {}))
     assert len(kube.patches) == 1  # two 403s (RBAC being restored), then it went through
 
 
@@ -75,7 +75,7 @@ def test_status_write_gives_up_after_its_retries(monkeypatch: pytest.MonkeyPatch
     kube = FakeKube(failures=10)
     rec = Reconciler(kube, Settings())  # type: ignore[arg-type]
     with pytest.raises(ApiError):
-        asyncio.run(rec.sync("ns", "ft", {("ns", "ft"): [ft()]}, {("ns", "ft-r1"): [JOB]}, {}))
+        asyncio.run(rec.sync("ns", "ft", {("ns", "ft"): [ft()]}, {("ns", "ft"): [JOB]}, {}))
     assert kube.failures == 6 and not kube.patches  # 4 attempts; the resync repairs it later
 
 
@@ -85,7 +85,7 @@ def test_message_only_changes_are_throttled() -> None:
 
     async def go() -> None:
         fts = {("ns", "ft"): [ft()]}
-        jobs = {("ns", "ft-r1"): [JOB]}
+        jobs = {("ns", "ft"): [JOB]}
         await rec.sync("ns", "ft", fts, jobs, {("ns", "ft-r1"): [pending_pod("0/3 nodes")]})
         assert len(kube.patches) == 1
         await rec.sync("ns", "ft", fts, jobs, {("ns", "ft-r1"): [pending_pod("0/4 nodes")]})
