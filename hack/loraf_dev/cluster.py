@@ -389,6 +389,8 @@ def up(args: argparse.Namespace | None = None) -> State:
         input=json.dumps({"apiVersion": "v1", "kind": "List", "items": nodes()}),
     )
     wait_for("nodes Ready", lambda: nodes_ready(st), timeout=60, st=st)
+    # The trainer identity may change only status.progress (as the Helm chart installs it).
+    kubectl(st, "apply", "-f", str(HACK.parent / "config" / "policy" / "trainer-status.yaml"))
     wait_for(
         "default service account",
         lambda: bool(kubectl(st, "get", "sa", "default", "-o", "name")),
