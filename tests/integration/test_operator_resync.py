@@ -27,6 +27,7 @@ from .test_operator import (
     get_ft,
     manifest,
     running_pod,
+    upload_run,
     wait_cond,
 )
 
@@ -86,6 +87,7 @@ def test_resync_heals_a_missed_transition(
     wait_cond(cluster, ns, name, "Running")
     pod = running_pod(cluster, ns, f"{name}-r1")
 
+    upload_run(cluster, ns, name)
     _revoke_status_patch(cluster, ns)
     try:
         finish_pod(cluster, ns, pod, 0)
