@@ -141,15 +141,30 @@ def _active_pods(pods: Sequence[Obj]) -> list[Obj]:
     )
 
 
-def retry_note(pods: Sequence[Obj]) -> str:
-    """'retry 2 after Preempted (exit code 75, not counted against backoffLimit)' or ''."""
+def counted_failures(job: Obj | None, pods: Sequence[Obj]) -> int:
+    """Failures counted against backoffLimit: the Job's `status.failed` (it remembers pods
+    that are gone; failures its podFailurePolicy ignores are not in it), or the failed pods
+    still there, if more (the Job's count lags a moment behind its pods)."""
+    seen = sum(1 for p in _failed_pods(pods) if not pod_failure(p).retried_free)
+    return max(int(((job or {}).get("status") or {}).get("failed") or 0), seen)
+
+
+def retry_note(pods: Sequence[Obj], job: Obj | None = None) -> str:
+    """'retry 2 after Preempted (exit code 75, not counted against backoffLimit)' or ''.
+    The number counts every failed attempt: those the Job counted (`status.failed`, also
+    for pods already deleted) plus the not-counted ones whose pods are still there."""
     failed = _failed_pods(pods)
-    if not failed:
+    counted = counted_failures(job, pods)
+    if not failed and not counted:
         return ""
+    free = sum(1 for p in failed if pod_failure(p).retried_free)
+    n = max(len(failed), counted + free)
+    if not failed:
+        return f"retry {n}"
     last = pod_failure(failed[-1])
-    free = ", not counted against backoffLimit" if last.retried_free else ""
+    note = ", not counted against backoffLimit" if last.retried_free else ""
     code = f"exit code {last.exit_code}" if last.exit_code is not None else "no exit code"
-    return f"retry {len(failed)} after {last.reason} ({code}{free})"
+    return f"retry {n} after {last.reason} ({code}{note})"
 
 
 def _join(*parts: str) -> str:
@@ -224,9 +239,8 @@ def _certain_failure(job: Obj, pods: Sequence[Obj]) -> Obj | None:
     if last.exit_code in _fail_fast_codes():
         verdict = "PodFailurePolicy"
     else:
-        counted = [p for p in failed if not pod_failure(p).retried_free]
         backoff = int((job.get("spec") or {}).get("backoffLimit", 6))
-        if last.retried_free or len(counted) <= backoff:
+        if last.retried_free or counted_failures(job, pods) <= backoff:
             return None
         verdict = "BackoffLimitExceeded"
     cond = {"type": "Failed", "status": "True", "reason": verdict, "message": ""}
@@ -427,7 +441,7 @@ def observe(job: Obj | None, pods: Sequence[Obj], prev: Sequence[Condition]) -> 
             Cond(COND_RUNNING, "False", why, msg),
         ]
     resumed = Cond(COND_SUSPENDED, "False", _not_suspended_reason(prev), "")
-    note = retry_note(pods)
+    note = retry_note(pods, job)
     active = _active_pods(pods)
     if active:
         return [resumed, *_pod_conditions(active[-1], note)]

@@ -469,6 +469,8 @@ def test_op_preempted_is_retried_not_failed(
     ft = wait_until("Running again after preemption", retried)
     assert "not counted against backoffLimit" in cond(ft, "Running")["message"]
     assert cond(ft, "Failed")["status"] == "False"
+    # What `retry N` relies on: a failure the podFailurePolicy ignores is not in status.failed.
+    assert cluster.get_json("job", "pre-r1", "-n", ns)["status"].get("failed", 0) == 0
     second = running_pod(cluster, ns, "pre-r1")
     assert second != first
     assert any(e["reason"] == "PodRunning" for e in events(cluster, ns, "pre"))
