@@ -8,8 +8,8 @@
 Secrets: `get` only (no list/watch, no write): before creating a run's Job the operator
 checks that each referenced Secret exists and has the referenced keys, and when a run's
 Job completes it reads the run's manifest in S3 with the run's S3 Secret; a value is never
-copied (not into a status, an Event, a log or another object). Notably absent: any write on `lorafinetunes` beyond `patch` (kopf's
-annotations; the spec is never written).
+copied (not into a status, an Event, a log or another object). Notably absent: any write
+on `lorafinetunes` beyond `patch` (kopf's annotations; the spec is never written).
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from .artifact_check import Verdict, verify_run
 from .builders import build_run, child_name, config_map_name, run_spec_hash
 from .builders.labels import JOB_NAME, QUEUE_NAME, SPEC_HASH
 from .kube import ApiError, Kube
+from .peering import standby
 from .run_tracking import (
     artifacts_invalid,
     creation_refused,
@@ -148,6 +149,7 @@ class Reconciler:
         # The run-Jobs index (set at startup): run bookkeeping comes from the Jobs we own.
         self.jobs: Index | None = None
         self._verdicts: dict[tuple[str, int], Verdict] = {}  # (uid, run) -> final verdict
+        self._on_standby = False  # kopf peering has paused this replica (the resync too)
 
     # -- state ------------------------------------------------------------------------------
 
@@ -705,6 +707,8 @@ class Reconciler:
             await asyncio.sleep(delay)
             self._pending.discard(key)
             try:
+                if await self._standby({key[0]}):
+                    return  # kopf peering paused this replica meanwhile: the leader reports
                 await self.resync_one(key)
             except Exception as e:  # the periodic resync tries again
                 log.warning("deferred sync of %s/%s failed: %s", key[0], key[1], e)
@@ -733,6 +737,7 @@ class Reconciler:
 
     async def resync(self, finetunes: Index | None) -> None:
         due = time.monotonic() - float(self.settings.status_interval_seconds)
+        keys = []
         for key in list((finetunes or {}).keys()):
             body = self.freshest(key, _first(finetunes, key))
             if body is None or self._synced_at.get(key, 0.0) > due:
@@ -740,12 +745,35 @@ class Reconciler:
             status = body.get("status") or {}
             if not run_of(status).get("number") or finished(status.get("conditions") or []):
                 continue
+            keys.append(key)
+        on_standby = bool(keys) and await self._standby({ns for ns, _ in keys})
+        if on_standby != self._on_standby:
+            self._on_standby = on_standby
+            log.info("resync %s", "paused: on standby (kopf peering)" if on_standby else "active")
+        if on_standby:
+            return
+        for key in keys:
             try:
                 await self.resync_one(key)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # one object's trouble must not stop the others'
                 log.warning("resync of %s/%s failed: %s", key[0], key[1], e)
+
+    async def _standby(self, namespaces: set[str]) -> bool:
+        """Whether kopf peering has this replica paused (then another one acts)."""
+        cfg = self.settings
+        if not cfg.peering:
+            return False
+        if cfg.clusterwide:
+            where = [("ClusterKopfPeering", "")]
+        else:
+            where = [("KopfPeering", ns) for ns in sorted(namespaces)]
+        for kind, ns in where:
+            obj = await self.kube.get(kind, ns, cfg.peering)
+            if obj and standby(obj.get("status") or {}, cfg.identity, cfg.priority):
+                return True
+        return False
 
     async def resync_one(self, key: Key) -> None:
         ns, name = key

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from .builders.common import DEFAULT_TRAINER_IMAGE, BuildDefaults
+from .peering import own_identity
 
 
 def _int(env: Mapping[str, str], key: str, default: int) -> int:
@@ -41,6 +42,8 @@ class Settings:
     peering: str = ""
     # Same-priority peers all freeze (kopf), so each replica picks its own at random.
     priority: int = field(default_factory=lambda: random.randint(1, 2**31 - 1))
+    # This replica's peering identity (given to kopf.run; the resync checks the peering too).
+    identity: str = field(default_factory=own_identity)
     log_format: str = "plain"
     verbose: bool = False
 

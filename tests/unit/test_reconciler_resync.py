@@ -1,14 +1,17 @@
-"""Status writes are retried on transient errors, and message-only changes are throttled."""
+"""Status writes are retried on transient errors, message-only changes are throttled, and
+a standby replica (kopf peering) resyncs nothing."""
 
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from loraf_operator import reconciler as rmod
 from loraf_operator.kube import ApiError
+from loraf_operator.peering import standby
 from loraf_operator.reconciler import Reconciler, message_only_change
 from loraf_operator.settings import Settings
 
@@ -101,3 +104,40 @@ def test_message_only_change() -> None:
     c = [{**a[0], "reason": "Unschedulable"}]
     assert message_only_change(a, b)
     assert not message_only_change(a, a) and not message_only_change(a, c)
+
+
+def test_standby_follows_kopf_peering() -> None:
+    """kopf's rule: paused while a live peer other than us has a priority >= ours."""
+    now = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    seen = "2026-01-01T11:59:50+00:00"
+    me = {"priority": 10, "lifetime": 60, "lastseen": seen}
+    assert not standby({"me": me}, "me", 10, now)
+    assert standby({"me": me, "b": {**me, "priority": 11}}, "me", 10, now)
+    assert standby({"me": me, "b": me}, "me", 10, now)  # same priority: kopf pauses both
+    assert not standby({"me": me, "b": {**me, "priority": 9}}, "me", 10, now)
+    dead = {**me, "priority": 99, "lastseen": "2026-01-01T11:58:00+00:00"}
+    assert not standby({"me": me, "b": dead}, "me", 10, now)
+
+
+def test_resync_patches_nothing_on_standby(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A standby replica's resync reads the peering object and leaves the runs alone."""
+    fresh = datetime.now(UTC).isoformat()
+    leader = {"status": {"other": {"priority": 99, "lifetime": 60, "lastseen": fresh}}}
+
+    class PeeredKube(FakeKube):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gets: list[Any] = []
+
+        async def get(self, *a: Any) -> Any:
+            self.gets.append(a)
+            return leader if a[0] == "ClusterKopfPeering" else None
+
+    kube = PeeredKube()
+    cfg = Settings(peering="loraf", priority=1, status_interval_seconds=0)
+    rec = Reconciler(kube, cfg)  # type: ignore[arg-type]
+    asyncio.run(rec.resync({("ns", "ft"): [ft()]}))
+    assert kube.gets == [("ClusterKopfPeering", "", "loraf")] and not kube.patches
+    leader["status"]["other"]["priority"] = 0  # we lead now: the run is re-read
+    asyncio.run(rec.resync({("ns", "ft"): [ft()]}))
+    assert ("LoRAFineTune", "ns", "ft") in kube.gets

@@ -5,15 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from loraf_operator.runs import (
+    Plan,
     append_history,
     gpu_hours,
     history_entry,
     next_run_number,
-    Plan,
     plan,
     secret_wait_conditions,
-    trusted_run,
     start_conditions,
+    trusted_run,
 )
 from loraf_operator.status import apply, derive_phase
 
