@@ -140,6 +140,14 @@ def start(st: State, name: str, argv: list[str], env: dict[str, str] | None = No
     )
     st.pids[name] = proc.pid
     st.save()
+    # Kept for restart_process (fault tests: an apiserver or etcd stopped and started again).
+    st.path("logs", f"{name}.argv.json").write_text(json.dumps({"argv": argv, "env": env}))
+
+
+def restart_process(st: State, name: str) -> None:
+    """Start a process stopped by `stop_process` again, with the argv it was started with."""
+    saved = json.loads(st.path("logs", f"{name}.argv.json").read_text())
+    start(st, name, saved["argv"], saved["env"])
 
 
 def wait_for(what: str, check, timeout: float = 60.0, st: State | None = None) -> None:

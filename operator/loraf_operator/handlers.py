@@ -30,7 +30,6 @@ from .settings import Settings
 FT = (GROUP, VERSION, FINETUNE_PLURAL)
 JOBS = ("batch", "v1", "jobs")
 PODS = ("", "v1", "pods")
-API_ERROR_BACKOFFS = (0.5, 1.0, 1.0, 2.0, 2.0, *([3.0] * 16))
 
 
 def _slim(body: Any, keep_spec: tuple[str, ...] | None = None) -> dict[str, Any]:
@@ -80,9 +79,9 @@ def register(cfg: Settings, registry: kopf.OperatorRegistry) -> None:
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
         settings.networking.request_timeout = 30
-        # kopf retries a failed API call after 1, 1, 2, 3, 5, 8, 13, 21 s: after an apiserver
-        # outage of ~30 s the watches came back ~21 s late. Same ~55 s in all, 3 s apart at most.
-        settings.networking.error_backoffs = API_ERROR_BACKOFFS
+        # Failed API calls (watches too) retried at most 3 s apart by default: with kopf's
+        # own backoffs the operator came back up to 21 s after the apiserver did.
+        settings.networking.error_backoffs = cfg.api_retry_backoffs
         memo.reconciler = Reconciler(await Kube.connect(), cfg)
         memo.reconciler.jobs = kw["run_jobs"]
         memo.resync = asyncio.create_task(memo.reconciler.resync_forever(kw["finetunes"]))
