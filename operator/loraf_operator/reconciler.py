@@ -321,6 +321,14 @@ class Reconciler:
         if fixed is status:
             return body
         key = self._key(body)
+        claimed = int(run_of(status).get("number") or 0)
+        if claimed > int(fixed["run"]["number"]):
+            # The index may lag a Job we just created: ask the apiserver before correcting.
+            job = await self.kube.get("Job", key[0], child_name(key[1], claimed))
+            if job is not None and _owned_by(job, str(body["metadata"].get("uid"))):
+                return body
+        if await self.kube.get("Job", key[0], str(fixed["run"]["jobName"])) is None:
+            return body  # the index still holds a Job that is gone (deleted with its run)
         log.warning(
             "%s/%s: status.run %s does not match the Jobs it owns; corrected to %s",
             *key,

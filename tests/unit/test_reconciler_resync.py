@@ -141,3 +141,39 @@ def test_resync_patches_nothing_on_standby(monkeypatch: pytest.MonkeyPatch) -> N
     leader["status"]["other"]["priority"] = 0  # we lead now: the run is re-read
     asyncio.run(rec.resync({("ns", "ft"): [ft()]}))
     assert ("LoRAFineTune", "ns", "ft") in kube.gets
+
+
+def _owned_job(run: int) -> dict[str, Any]:
+    return {"metadata": {"name": f"ft-r{run}", "labels": {"loraf.dev/run": str(run)},
+                         "annotations": {"loraf.dev/generation": "1"},
+                         "ownerReferences": [{"uid": "u", "controller": True}]}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("claimed", "index", "apiserver", "corrected"),
+    [
+        (7, [1], [1], 1),  # a forged run number: the owned Job says 1
+        (2, [1], [1, 2], None),  # run 2 just created, the index lags: trust the status
+        (None, [1], [], None),  # run cleared (invalid spec) and its Job deleted: index lag
+        (None, [1], [1], 1),  # run erased while its Job still exists: restored
+    ],
+)
+def test_run_bookkeeping_checks_the_apiserver_before_correcting(
+    claimed: int | None, index: list[int], apiserver: list[int], corrected: int | None
+) -> None:
+    class JobsKube(FakeKube):
+        async def get(self, kind: str, ns: str, name: str) -> Any:
+            runs = {f"ft-r{r}": _owned_job(r) for r in apiserver}
+            return runs.get(name) if kind == "Job" else None
+
+    kube = JobsKube()
+    rec = Reconciler(kube, Settings())  # type: ignore[arg-type]
+    body = ft()
+    body["status"]["run"] = {"number": claimed, "jobName": f"ft-r{claimed}"} if claimed else None
+    jobs = {("ns", "ft"): [_owned_job(r) for r in index]}
+    got = asyncio.run(rec._trusted(body, jobs))
+    if corrected is None:
+        assert got is body and not kube.patches
+    else:
+        assert got["status"]["run"]["number"] == corrected
+        assert kube.patches[0]["status"]["run"]["jobName"] == f"ft-r{corrected}"
