@@ -148,7 +148,8 @@ class Reconciler:
         self._pending: set[Key] = set()  # keys with a deferred (throttled) sync
         # The run-Jobs index (set at startup): run bookkeeping comes from the Jobs we own.
         self.jobs: Index | None = None
-        self._verdicts: dict[tuple[str, int], Verdict] = {}  # (uid, run) -> final verdict
+        # (key, uid, run) -> a final verdict on the run's upload (not re-read per event)
+        self._verdicts: dict[tuple[Key, str, int], Verdict] = {}
         self._on_standby = False  # kopf peering has paused this replica (the resync too)
 
     # -- state ------------------------------------------------------------------------------
@@ -647,12 +648,12 @@ class Reconciler:
         if not job_completed(updates):
             return updates, None
         uid = str(body["metadata"].get("uid"))
-        verdict = self._verdicts.get((uid, run))
+        verdict = self._verdicts.get((self._key(body), uid, run))
         if verdict is None:
             ft = LoRAFineTune.model_validate(body)
             verdict = await verify_run(self.kube, ft, run, self.settings.build_defaults)
             if not verdict.retry:
-                self._verdicts[(uid, run)] = verdict
+                self._verdicts[(self._key(body), uid, run)] = verdict
         if verdict.ok:
             return updates, verdict
         if verdict.retry:

@@ -4,21 +4,23 @@ status the operator builds from a verified manifest (never from the trainer's st
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from loraf_operator.api import run_manifest as rm
 
-ID = {"namespace": "ns", "name": "ft", "uid": "u1", "run": 2}
-MANIFEST = {
+ID: dict[str, Any] = {"namespace": "ns", "name": "ft", "uid": "u1", "run": 2}
+FILES: list[dict[str, Any]] = [
+    {"path": "adapter/adapter_model.safetensors", "size": 100, "sha256": "ab"},
+    {"path": "adapter/adapter_config.json", "size": 10, "sha256": "cd"},
+    {"path": "eval/report.json", "size": 5, "sha256": "ef"},
+]
+MANIFEST: dict[str, Any] = {
     "kind": rm.MANIFEST_KIND,
     "resource": {**ID, "generation": 1},
     "metrics": {"evalLossBase": 3.0, "evalLossAdapter": 2.0, "trainLoss": 2.5},
-    "files": [
-        {"path": "adapter/adapter_model.safetensors", "size": 100, "sha256": "ab"},
-        {"path": "adapter/adapter_config.json", "size": 10, "sha256": "cd"},
-        {"path": "eval/report.json", "size": 5, "sha256": "ef"},
-    ],
+    "files": FILES,
 }
-PRESENT = {f["path"]: f["size"] for f in MANIFEST["files"]} | {"manifest.json": 1}
+PRESENT = {f["path"]: f["size"] for f in FILES} | {"manifest.json": 1}
 
 
 def test_parse() -> None:
@@ -44,7 +46,7 @@ def test_problems() -> None:
     assert rm.problems(MANIFEST, PRESENT, {**ID, "uid": "u2"}) == [
         "the manifest's resource.uid is 'u1', not 'u2'"
     ]
-    no_weights = {**MANIFEST, "files": MANIFEST["files"][1:]}
+    no_weights = {**MANIFEST, "files": FILES[1:]}
     assert rm.problems(no_weights, PRESENT, ID) == [
         "the manifest lists no adapter/adapter_model.safetensors"
     ]
@@ -60,5 +62,5 @@ def test_result_comes_from_the_manifest() -> None:
         "sha256": "ab",
     }
     assert evaluation == {"evalLossBase": 3.0, "evalLossAdapter": 2.0}
-    merged = {**MANIFEST, "files": [*MANIFEST["files"], {"path": "merged/x", "size": 1}]}
+    merged = {**MANIFEST, "files": [*FILES, {"path": "merged/x", "size": 1}]}
     assert rm.result("s3://b/ft/run-2", merged)[0]["mergedUri"] == "s3://b/ft/run-2/merged/"
