@@ -150,6 +150,9 @@ def test_trainer_status_policy_is_the_config_one() -> None:
     `trainerStatusPolicy.create=false` leaves it out."""
     source = list(yaml.safe_load_all((ROOT / "config/policy/trainer-status.yaml").read_text()))
     rendered = [o for o in render() if o["kind"].startswith("ValidatingAdmission")]
+    assert [o["metadata"]["name"] for o in rendered] == ["loraf-loraf-operator-trainer-status"] * 2
+    assert rendered[1]["spec"]["policyName"] == rendered[0]["metadata"]["name"]
+    source[1]["spec"]["policyName"] = rendered[0]["metadata"]["name"]
     assert [(o["kind"], o["spec"]) for o in rendered] == [(o["kind"], o["spec"]) for o in source]
     off = render({"trainerStatusPolicy.create": "false"})
     assert not [o for o in off if o["kind"].startswith("ValidatingAdmission")]
