@@ -1,6 +1,7 @@
 """Burst benchmark: N LoRAFineTunes applied at once vs a plain client creating N Jobs.
 
-Not a test. Against a running local control plane (`hack/cluster.sh up`):
+Not a test. Against a running local control plane (`hack/cluster.sh up`, then
+`kubectl apply -f crds/`):
 
     LORAF_CLUSTER_DIR=.cache/cluster-operator .venv/bin/python bench/operator_burst.py -n 1000
 
@@ -187,6 +188,11 @@ async def main() -> None:
     ns_plain, ns_op = f"bench-plain-{tag}", f"bench-op-{tag}"
     for ns in (ns_plain, ns_op):
         kubectl(st, "create", "namespace", ns)
+    # The Secret the specs reference: the operator checks it exists before each Job.
+    kubectl(
+        st, "create", "secret", "generic", "s3-creds", "-n", ns_op,
+        "--from-literal=AWS_ACCESS_KEY_ID=id", "--from-literal=AWS_SECRET_ACCESS_KEY=x",
+    )  # fmt: skip
     n = args.n
     result: dict[str, Any] = {
         "n": n,

@@ -140,6 +140,14 @@ def start(st: State, name: str, argv: list[str], env: dict[str, str] | None = No
     )
     st.pids[name] = proc.pid
     st.save()
+    # Kept for restart_process (fault tests: an apiserver or etcd stopped and started again).
+    st.path("logs", f"{name}.argv.json").write_text(json.dumps({"argv": argv, "env": env}))
+
+
+def restart_process(st: State, name: str) -> None:
+    """Start a process stopped by `stop_process` again, with the argv it was started with."""
+    saved = json.loads(st.path("logs", f"{name}.argv.json").read_text())
+    start(st, name, saved["argv"], saved["env"])
 
 
 def wait_for(what: str, check, timeout: float = 60.0, st: State | None = None) -> None:
@@ -389,6 +397,8 @@ def up(args: argparse.Namespace | None = None) -> State:
         input=json.dumps({"apiVersion": "v1", "kind": "List", "items": nodes()}),
     )
     wait_for("nodes Ready", lambda: nodes_ready(st), timeout=60, st=st)
+    # The trainer identity may change only status.progress (as the Helm chart installs it).
+    kubectl(st, "apply", "-f", str(HACK.parent / "config" / "policy" / "trainer-status.yaml"))
     wait_for(
         "default service account",
         lambda: bool(kubectl(st, "get", "sa", "default", "-o", "name")),

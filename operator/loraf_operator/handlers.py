@@ -7,8 +7,8 @@
   the Reconciler's own resync task instead (started at startup): every unfinished run not
   synced for LORAF_STATUS_INTERVAL_SECONDS is re-read from the apiserver and its status
   re-derived, which repairs a transition whose status write failed.
-- In-memory indexes of LoRAFineTunes, run Jobs and run Pods, fed by the same watches, so
-  following a run needs no extra reads.
+- In-memory indexes of LoRAFineTunes, run Jobs (by owning resource) and run Pods, fed by
+  the same watches, so following a run needs no extra reads.
 """
 
 from __future__ import annotations
@@ -79,7 +79,11 @@ def register(cfg: Settings, registry: kopf.OperatorRegistry) -> None:
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
         settings.networking.request_timeout = 30
+        # Failed API calls (watches too) retried at most 3 s apart by default: with kopf's
+        # own backoffs the operator came back up to 21 s after the apiserver did.
+        settings.networking.error_backoffs = cfg.api_retry_backoffs
         memo.reconciler = Reconciler(await Kube.connect(), cfg)
+        memo.reconciler.jobs = kw["run_jobs"]
         memo.resync = asyncio.create_task(memo.reconciler.resync_forever(kw["finetunes"]))
         metrics.serve(cfg.metrics_port, cfg.bind_address)
 
@@ -107,9 +111,10 @@ def register(cfg: Settings, registry: kopf.OperatorRegistry) -> None:
 
     @kopf.index(*JOBS, labels=MANAGED_SELECTOR, registry=registry, id="run_jobs")
     async def run_jobs(**kw: Any) -> dict[Any, Any]:
-        return {
-            (kw["namespace"], kw["name"]): _slim(kw["body"], keep_spec=("suspend", "backoffLimit"))
-        }
+        # Keyed by the owning LoRAFineTune: its run bookkeeping is derived from these Jobs.
+        owner = _owner(kw["body"])
+        slim = _slim(kw["body"], keep_spec=("suspend", "backoffLimit"))
+        return {(kw["namespace"], owner): slim} if owner else {}
 
     @kopf.index(*PODS, labels=MANAGED_SELECTOR, registry=registry, id="run_pods")
     async def run_pods(**kw: Any) -> dict[Any, Any]:

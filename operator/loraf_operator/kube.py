@@ -68,12 +68,15 @@ KINDS: dict[str, Kind] = {
     "RoleBinding": Kind("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
     "Job": Kind("/apis/batch/v1", "jobs"),
     "LoRAFineTune": Kind(f"/apis/{GROUP}/{VERSION}", FINETUNE_PLURAL),
+    "KopfPeering": Kind("/apis/kopf.dev/v1", "kopfpeerings"),
+    "ClusterKopfPeering": Kind("/apis/kopf.dev/v1", "clusterkopfpeerings"),
 }
 
 
 def path_of(kind: str, namespace: str, name: str | None = None, sub: str | None = None) -> str:
     k = KINDS[kind]
-    p = f"{k.api}/namespaces/{quote(namespace)}/{k.plural}"
+    # namespace "": a cluster-scoped kind (ClusterKopfPeering).
+    p = f"{k.api}/namespaces/{quote(namespace)}/{k.plural}" if namespace else f"{k.api}/{k.plural}"
     if name:
         p += f"/{quote(name)}"
     if sub:

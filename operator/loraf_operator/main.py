@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any, cast
 
 import kopf
 
@@ -50,6 +51,7 @@ def run(cfg: Settings) -> None:
         standalone=not cfg.peering,
         peering_name=cfg.peering or None,
         priority=cfg.priority,
+        identity=cast(Any, cfg.identity),
         liveness_endpoint=liveness_endpoint(cfg),
     )
 

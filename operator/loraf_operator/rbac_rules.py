@@ -6,9 +6,10 @@
     python -m loraf_operator.rbac_rules --check   # fail when the committed file is stale
 
 Secrets: `get` only (no list/watch, no write): before creating a run's Job the operator
-checks that each referenced Secret exists and has the referenced keys; it reads key names,
-never copies a value. Notably absent: any write on `lorafinetunes` beyond `patch` (kopf's
-annotations; the spec is never written).
+checks that each referenced Secret exists and has the referenced keys, and when a run's
+Job completes it reads the run's manifest in S3 with the run's S3 Secret; a value is never
+copied (not into a status, an Event, a log or another object). Notably absent: any write
+on `lorafinetunes` beyond `patch` (kopf's annotations; the spec is never written).
 """
 
 from __future__ import annotations
@@ -93,7 +94,8 @@ RULES: tuple[Rule, ...] = (
         ("secrets",),
         ("get",),
         "check that the Secrets a spec references exist with their keys before creating the "
-        "run's Job (key names only; no value is copied); no list or watch",
+        "run's Job, and read a finished run's manifest in S3 with its S3 Secret (values used "
+        "in memory for that read, never copied); no list or watch",
     ),
     Rule(
         ("",),

@@ -22,10 +22,20 @@ from pydantic import ValidationError
 
 from . import metrics
 from .api.models import COND_FAILED, GROUP, VERSION, LoRAFineTune
+from .artifact_check import Verdict, verify_run
 from .builders import build_run, child_name, config_map_name, run_spec_hash
 from .builders.labels import JOB_NAME, QUEUE_NAME, SPEC_HASH
 from .kube import ApiError, Kube
-from .run_tracking import creation_refused, job_deleted, observe
+from .peering import standby
+from .run_tracking import (
+    artifacts_invalid,
+    creation_refused,
+    job_completed,
+    job_deleted,
+    job_finished,
+    observe,
+    verifying_artifacts,
+)
 from .runs import (
     Plan,
     append_history,
@@ -34,10 +44,10 @@ from .runs import (
     history_entry,
     invalid_conditions,
     plan,
-    result_for_run,
     run_of,
     secret_wait_conditions,
     start_conditions,
+    trusted_run,
     waits_for_secret,
 )
 from .settings import Settings
@@ -85,6 +95,14 @@ class SecretMissing(Exception):
         self.message = message
 
 
+def _job(jobs: Index | None, namespace: str, job_name: str, owner: str) -> Obj | None:
+    """Job `job_name` from the run-Jobs index (keyed by namespace and owning resource)."""
+    for job in (jobs or {}).get((namespace, owner)) or ():
+        if (job.get("metadata") or {}).get("name") == job_name:
+            return cast(Obj, job)
+    return None
+
+
 def _first(index: Index | None, key: Any) -> Obj | None:
     if index is None:
         return None
@@ -128,6 +146,11 @@ class Reconciler:
         self._tasks: set[asyncio.Task[None]] = set()  # Events posted, deferred syncs
         self._patched_at: dict[Key, float] = {}  # monotonic time of the last status patch
         self._pending: set[Key] = set()  # keys with a deferred (throttled) sync
+        # The run-Jobs index (set at startup): run bookkeeping comes from the Jobs we own.
+        self.jobs: Index | None = None
+        # (key, uid, run) -> a final verdict on the run's upload (not re-read per event)
+        self._verdicts: dict[tuple[Key, str, int], Verdict] = {}
+        self._on_standby = False  # kopf peering has paused this replica (the resync too)
 
     # -- state ------------------------------------------------------------------------------
 
@@ -145,6 +168,7 @@ class Reconciler:
         self._locks.pop(key, None)
         self._synced_at.pop(key, None)
         self._patched_at.pop(key, None)
+        self._verdicts = {k: v for k, v in self._verdicts.items() if k[0] != key}
         metrics.set_phase("/".join(key), None)
 
     async def _patch_status(self, body: Obj, patch: Obj) -> Obj:
@@ -237,6 +261,7 @@ class Reconciler:
                 msg = _validation_message(e)
                 await self._invalid(fresh, msg)
                 raise kopf.PermanentError(f"InvalidSpec: {msg}") from e
+            fresh = await self._trusted(fresh, jobs)
             status = fresh.get("status") or {}
             gen = int(meta.get("generation") or 0)
             run = run_of(status)
@@ -282,9 +307,41 @@ class Reconciler:
         if patch:
             await self._patch_status(body, patch)
 
+    def _owned_jobs(self, body: Obj, jobs: Index | None) -> list[Obj]:
+        meta = body["metadata"]
+        mine = (jobs if jobs is not None else self.jobs or {}).get(
+            (meta["namespace"], meta["name"])
+        )
+        return [j for j in mine or () if _owned_by(j, str(meta.get("uid")))]
+
+    async def _trusted(self, body: Obj, jobs: Index | None) -> Obj:
+        """`body` with its run bookkeeping taken from the Jobs we own (`runs.trusted_run`);
+        a status that said otherwise is written back as the Jobs say."""
+        status = body.get("status") or {}
+        fixed = trusted_run(status, self._owned_jobs(body, jobs))
+        if fixed is status:
+            return body
+        key = self._key(body)
+        claimed = int(run_of(status).get("number") or 0)
+        if claimed > int(fixed["run"]["number"]):
+            # The index may lag a Job we just created: ask the apiserver before correcting.
+            job = await self.kube.get("Job", key[0], child_name(key[1], claimed))
+            if job is not None and _owned_by(job, str(body["metadata"].get("uid"))):
+                return body
+        if await self.kube.get("Job", key[0], str(fixed["run"]["jobName"])) is None:
+            return body  # the index still holds a Job that is gone (deleted with its run)
+        log.warning(
+            "%s/%s: status.run %s does not match the Jobs it owns; corrected to %s",
+            *key,
+            status.get("run"),
+            fixed["run"],
+        )
+        resp = await self._patch_status(body, {"run": fixed["run"]})
+        return {**resp, "status": {**(resp.get("status") or {}), "run": fixed["run"]}}
+
     async def _run_hash(self, ft: LoRAFineTune, run: int, jobs: Index | None) -> str | None:
         """The spec hash run `run` was built from (Job, else its ConfigMap)."""
-        job = _first(jobs, (ft.namespace, child_name(ft.name, run)))
+        job = _job(jobs, ft.namespace, child_name(ft.name, run), ft.name)
         if job is None:
             job = await self.kube.get("Job", ft.namespace, child_name(ft.name, run))
         if job is None:
@@ -296,7 +353,7 @@ class Reconciler:
     async def _ensure_children(self, ft: LoRAFineTune, run: int, jobs: Index | None) -> None:
         """Create run `run`'s children that are missing; adopt ours, refuse strangers'."""
         uid = str(ft.metadata.get("uid"))
-        job = _first(jobs, (ft.namespace, child_name(ft.name, run)))
+        job = _job(jobs, ft.namespace, child_name(ft.name, run), ft.name)
         if job is not None and _owned_by(job, uid):
             return  # the Job is created last: everything before it exists
         await self._check_secrets(ft)
@@ -507,7 +564,9 @@ class Reconciler:
     async def _sync_suspend(self, ft: LoRAFineTune, run: int, jobs: Index | None) -> None:
         """Only suspend/serving changed: let the same Job follow spec.suspend."""
         name = child_name(ft.name, run)
-        job = _first(jobs, (ft.namespace, name)) or await self.kube.get("Job", ft.namespace, name)
+        job = _job(jobs, ft.namespace, name, ft.name) or await self.kube.get(
+            "Job", ft.namespace, name
+        )
         if job is None:
             await self._ensure_children(ft, run, jobs)
             return
@@ -564,22 +623,51 @@ class Reconciler:
             body = self.freshest(key, _first(finetunes, key))
             if body is None:
                 return
+            body = await self._trusted(body, jobs)
             status = body.get("status") or {}
             run = run_of(status)
             conds = list(status.get("conditions") or [])
-            if not run.get("number") or not run.get("jobName") or finished(conds):
+            if not run.get("number") or not run.get("jobName"):
                 return
             job_name = str(run["jobName"])
-            job = _first(jobs, (namespace, job_name))
+            job = _job(jobs, namespace, job_name, name)
+            if finished(conds) and (job is None or job_finished(job)):
+                return  # the outcome is recorded (a "finished" beside a live Job is redone)
             run_pods = list((pods or {}).get((namespace, job_name)) or [])
             updates = observe(job, run_pods, conds)
             if job is None and deleted_job == job_name:
                 # Deleted before it finished (by hand, or by a controller): the run is over.
                 updates = job_deleted(job_name)
-            await self._write_observed(key, body, job, updates)
+            updates, verdict = await self._verify(body, int(run["number"]), updates)
+            await self._write_observed(key, body, job, updates, verdict)
+
+    async def _verify(
+        self, body: Obj, run: int, updates: list[Any]
+    ) -> tuple[list[Any], Verdict | None]:
+        """A completed Job is a success only once the run's upload checks out in S3."""
+        if not job_completed(updates):
+            return updates, None
+        uid = str(body["metadata"].get("uid"))
+        verdict = self._verdicts.get((self._key(body), uid, run))
+        if verdict is None:
+            ft = LoRAFineTune.model_validate(body)
+            verdict = await verify_run(self.kube, ft, run, self.settings.build_defaults)
+            if not verdict.retry:
+                self._verdicts[(self._key(body), uid, run)] = verdict
+        if verdict.ok:
+            return updates, verdict
+        if verdict.retry:
+            log.info("%s/%s: %s", *self._key(body), verdict.message)
+            return verifying_artifacts(updates, verdict.message), None
+        return artifacts_invalid(updates, verdict.message), None
 
     async def _write_observed(
-        self, key: Key, body: Obj, job: Obj | None, updates: list[Any]
+        self,
+        key: Key,
+        body: Obj,
+        job: Obj | None,
+        updates: list[Any],
+        verdict: Verdict | None = None,
     ) -> list[Obj]:
         """Patch the conditions `updates` lead to (nothing when nothing changed)."""
         status = body.get("status") or {}
@@ -599,7 +687,7 @@ class Reconciler:
             return conds
         patch: Obj = {"conditions": new, "phase": phase, "message": message}
         if finished(new):
-            patch.update(self._finish(body, job, new, now))
+            patch.update(self._finish(body, job, new, now, verdict))
         try:
             await self._patch_status(body, patch)
         except ApiError as e:
@@ -628,6 +716,8 @@ class Reconciler:
             await asyncio.sleep(delay)
             self._pending.discard(key)
             try:
+                if await self._standby({key[0]}):
+                    return  # kopf peering paused this replica meanwhile: the leader reports
                 await self.resync_one(key)
             except Exception as e:  # the periodic resync tries again
                 log.warning("deferred sync of %s/%s failed: %s", key[0], key[1], e)
@@ -656,6 +746,7 @@ class Reconciler:
 
     async def resync(self, finetunes: Index | None) -> None:
         due = time.monotonic() - float(self.settings.status_interval_seconds)
+        keys = []
         for key in list((finetunes or {}).keys()):
             body = self.freshest(key, _first(finetunes, key))
             if body is None or self._synced_at.get(key, 0.0) > due:
@@ -663,12 +754,35 @@ class Reconciler:
             status = body.get("status") or {}
             if not run_of(status).get("number") or finished(status.get("conditions") or []):
                 continue
+            keys.append(key)
+        on_standby = bool(keys) and await self._standby({ns for ns, _ in keys})
+        if on_standby != self._on_standby:
+            self._on_standby = on_standby
+            log.info("resync %s", "paused: on standby (kopf peering)" if on_standby else "active")
+        if on_standby:
+            return
+        for key in keys:
             try:
                 await self.resync_one(key)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # one object's trouble must not stop the others'
                 log.warning("resync of %s/%s failed: %s", key[0], key[1], e)
+
+    async def _standby(self, namespaces: set[str]) -> bool:
+        """Whether kopf peering has this replica paused (then another one acts)."""
+        cfg = self.settings
+        if not cfg.peering:
+            return False
+        if cfg.clusterwide:
+            where = [("ClusterKopfPeering", "")]
+        else:
+            where = [("KopfPeering", ns) for ns in sorted(namespaces)]
+        for kind, ns in where:
+            obj = await self.kube.get(kind, ns, cfg.peering)
+            if obj and standby(obj.get("status") or {}, cfg.identity, cfg.priority):
+                return True
+        return False
 
     async def resync_one(self, key: Key) -> None:
         ns, name = key
@@ -680,14 +794,15 @@ class Reconciler:
                 return
             if _rv(body) >= _rv(self._latest.get(key)):
                 self._latest[key] = body
+            body = await self._trusted(body, None)
             status = body.get("status") or {}
             run = run_of(status)
             conds = list(status.get("conditions") or [])
-            if not run.get("number") or finished(conds):
+            job_name = str(run.get("jobName") or child_name(name, int(run.get("number") or 0)))
+            job = await self.kube.get("Job", ns, job_name) if run.get("number") else None
+            if not run.get("number") or (finished(conds) and (job is None or job_finished(job))):
                 self._synced_at[key] = time.monotonic()
                 return
-            job_name = str(run.get("jobName") or child_name(name, int(run["number"])))
-            job = await self.kube.get("Job", ns, job_name)
             if job is None and waits_for_secret(conds):
                 retry_start = body
             else:
@@ -710,7 +825,8 @@ class Reconciler:
                             datetime.now(UTC),
                             self.settings.pod_create_timeout_seconds,
                         )
-                new = await self._write_observed(key, body, job, updates)
+                updates, verdict = await self._verify(body, int(run["number"]), updates)
+                new = await self._write_observed(key, body, job, updates, verdict)
                 if job is not None and finished(new) and get_reason(new) == "PodCreationRefused":
                     # Stop the Job controller's retries: the run is over.
                     await self.kube.delete("Job", ns, job_name)
@@ -719,9 +835,10 @@ class Reconciler:
             # takes the lock itself).
             await self.reconcile(retry_start, None, log)
 
-    def _finish(self, body: Obj, job: Obj | None, conds: list[Obj], now: str) -> Obj:
+    def _finish(
+        self, body: Obj, job: Obj | None, conds: list[Obj], now: str, verdict: Verdict | None
+    ) -> Obj:
         status = body.get("status") or {}
-        run = run_of(status)
         out: Obj = {
             "run": {
                 "completionTime": ((job or {}).get("status") or {}).get("completionTime") or now
@@ -731,10 +848,9 @@ class Reconciler:
         used = gpu_hours(job, gpus, now)
         if used:
             out["gpuHours"] = round(float(status.get("gpuHours") or 0) + used, 4)
-        if phase_succeeded(conds):
-            got = result_for_run(status, int(run.get("number") or 0))
-            if got is not None:
-                out["artifacts"], out["evaluation"] = got
+        if phase_succeeded(conds) and verdict is not None and verdict.ok:
+            # From the verified manifest, never from the trainer's status.progress.result.
+            out["artifacts"], out["evaluation"] = verdict.artifacts, verdict.evaluation
         return out
 
 

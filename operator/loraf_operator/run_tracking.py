@@ -141,15 +141,30 @@ def _active_pods(pods: Sequence[Obj]) -> list[Obj]:
     )
 
 
-def retry_note(pods: Sequence[Obj]) -> str:
-    """'retry 2 after Preempted (exit code 75, not counted against backoffLimit)' or ''."""
+def counted_failures(job: Obj | None, pods: Sequence[Obj]) -> int:
+    """Failures counted against backoffLimit: the Job's `status.failed` (it remembers pods
+    that are gone; failures its podFailurePolicy ignores are not in it), or the failed pods
+    still there, if more (the Job's count lags a moment behind its pods)."""
+    seen = sum(1 for p in _failed_pods(pods) if not pod_failure(p).retried_free)
+    return max(int(((job or {}).get("status") or {}).get("failed") or 0), seen)
+
+
+def retry_note(pods: Sequence[Obj], job: Obj | None = None) -> str:
+    """'retry 2 after Preempted (exit code 75, not counted against backoffLimit)' or ''.
+    The number counts every failed attempt: those the Job counted (`status.failed`, also
+    for pods already deleted) plus the not-counted ones whose pods are still there."""
     failed = _failed_pods(pods)
-    if not failed:
+    counted = counted_failures(job, pods)
+    if not failed and not counted:
         return ""
+    free = sum(1 for p in failed if pod_failure(p).retried_free)
+    n = max(len(failed), counted + free)
+    if not failed:
+        return f"retry {n}"
     last = pod_failure(failed[-1])
-    free = ", not counted against backoffLimit" if last.retried_free else ""
+    note = ", not counted against backoffLimit" if last.retried_free else ""
     code = f"exit code {last.exit_code}" if last.exit_code is not None else "no exit code"
-    return f"retry {len(failed)} after {last.reason} ({code}{free})"
+    return f"retry {n} after {last.reason} ({code}{note})"
 
 
 def _join(*parts: str) -> str:
@@ -224,9 +239,8 @@ def _certain_failure(job: Obj, pods: Sequence[Obj]) -> Obj | None:
     if last.exit_code in _fail_fast_codes():
         verdict = "PodFailurePolicy"
     else:
-        counted = [p for p in failed if not pod_failure(p).retried_free]
         backoff = int((job.get("spec") or {}).get("backoffLimit", 6))
-        if last.retried_free or len(counted) <= backoff:
+        if last.retried_free or counted_failures(job, pods) <= backoff:
             return None
         verdict = "BackoffLimitExceeded"
     cond = {"type": "Failed", "status": "True", "reason": verdict, "message": ""}
@@ -342,6 +356,40 @@ def creation_refused(
     ]
 
 
+SUCCEEDED_MESSAGE = "the Job completed and the run's manifest in S3 checks out"
+
+
+def job_finished(job: Obj) -> bool:
+    """Whether the Job controller has ended the Job (Complete or Failed)."""
+    return any(_true(job, t) for t in ("Complete", "SuccessCriteriaMet", "Failed", "FailureTarget"))
+
+
+def job_completed(updates: Sequence[Cond]) -> bool:
+    """Whether `observe` found the Job Complete (the run succeeds once its upload checks out)."""
+    return any(c.type == COND_SUCCEEDED and c.status == "True" for c in updates)
+
+
+def verifying_artifacts(updates: Sequence[Cond], why: str) -> list[Cond]:
+    """The Job completed but its upload could not be checked yet (S3 or the Secret is out
+    of reach): still Running, with the reason; the resync looks again."""
+    keep = [c for c in updates if c.type not in (COND_RUNNING, COND_SUCCEEDED, COND_FAILED)]
+    msg = f"the Job completed; checking the run's manifest in S3: {why}"
+    return [*keep, Cond(COND_RUNNING, "True", "VerifyingArtifacts", msg)]
+
+
+def artifacts_invalid(updates: Sequence[Cond], why: str) -> list[Cond]:
+    """The Job completed without a valid upload (no manifest, a listed file missing or of
+    the wrong size, a manifest of another run): the run failed."""
+    keep = [c for c in updates if c.type not in (COND_RUNNING, COND_SUCCEEDED, COND_FAILED)]
+    msg = f"the Job completed but its upload does not check out: {why}"
+    return [
+        *keep,
+        Cond(COND_RUNNING, "False", "ArtifactsInvalid", msg),
+        Cond(COND_SUCCEEDED, "False", "ArtifactsInvalid", ""),
+        Cond(COND_FAILED, "True", "ArtifactsInvalid", msg),
+    ]
+
+
 def job_deleted(job_name: str) -> list[Cond]:
     """The run's Job was deleted before it finished: the run failed (it is not recreated)."""
     msg = f"the run's Job {job_name} was deleted before it finished"
@@ -370,12 +418,7 @@ def observe(job: Obj | None, pods: Sequence[Obj], prev: Sequence[Condition]) -> 
             *scheduled,
             Cond(COND_SUSPENDED, "False", "Completed", ""),
             Cond(COND_RUNNING, "False", "Completed", "the run finished"),
-            Cond(
-                COND_SUCCEEDED,
-                "True",
-                "Completed",
-                "the trainer finished and uploaded its artifacts",
-            ),
+            Cond(COND_SUCCEEDED, "True", "Completed", SUCCEEDED_MESSAGE),
             Cond(COND_FAILED, "False", "Completed", ""),
         ]
     if _true(job, "Failed") or _true(job, "FailureTarget"):
@@ -398,7 +441,7 @@ def observe(job: Obj | None, pods: Sequence[Obj], prev: Sequence[Condition]) -> 
             Cond(COND_RUNNING, "False", why, msg),
         ]
     resumed = Cond(COND_SUSPENDED, "False", _not_suspended_reason(prev), "")
-    note = retry_note(pods)
+    note = retry_note(pods, job)
     active = _active_pods(pods)
     if active:
         return [resumed, *_pod_conditions(active[-1], note)]

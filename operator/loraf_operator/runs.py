@@ -18,10 +18,8 @@ from .api.models import (
     COND_SUCCEEDED,
     COND_SUSPENDED,
     COND_VALIDATED,
-    Artifacts,
-    EvalSummary,
-    RunResult,
 )
+from .builders.labels import GENERATION, RUN
 from .status import (
     COND_SCHEDULED,
     QUEUED_MESSAGE,
@@ -43,6 +41,41 @@ def run_of(status: Obj) -> Obj:
 
 def finished(conditions: Sequence[Condition]) -> bool:
     return is_true(conditions, COND_SUCCEEDED) or is_true(conditions, COND_FAILED)
+
+
+def trusted_run(status: Obj, owned: Sequence[Obj]) -> Obj:
+    """`status` with `run` as the Jobs the operator owns say (`owned`: this resource's
+    Jobs, each labelled with its run number), so that a status write (the trainer's, or
+    anyone's) cannot make the operator follow another Job or create a second one.
+
+    The newest owned Job is the current run, unless the status names a later run that
+    has no Job on purpose: it waits for a Secret, or Kubernetes refused its children.
+    """
+    if not owned:
+        return status
+    job = max(owned, key=job_run_number)
+    number = job_run_number(job)
+    run = run_of(status)
+    claimed = int(run.get("number") or 0)
+    conds = status.get("conditions") or []
+    no_job_by_design = waits_for_secret(conds) or ("jobName" in run and not run["jobName"])
+    if claimed == number or (claimed > number and no_job_by_design):
+        return status
+    meta = job.get("metadata") or {}
+    fixed = {
+        **run,
+        "number": number,
+        "jobName": meta.get("name"),
+        "generation": int((meta.get("annotations") or {}).get(GENERATION) or 0),
+    }
+    return {**status, "run": fixed}
+
+
+def job_run_number(job: Obj) -> int:
+    try:
+        return int(((job.get("metadata") or {}).get("labels") or {}).get(RUN) or 0)
+    except ValueError:
+        return 0
 
 
 def next_run_number(status: Obj) -> int:
@@ -177,21 +210,6 @@ def history_entry(status: Obj, completion_time: str, unfinished_reason: str = "S
 def append_history(status: Obj, entry: Obj) -> list[Obj]:
     history = [h for h in status.get("history") or [] if h.get("number") != entry.get("number")]
     return [*history, entry][-HISTORY_CAP:]
-
-
-def result_for_run(status: Obj, run: int) -> tuple[Obj, Obj] | None:
-    """(artifacts, evaluation) from the trainer's `progress.result`, if it is this run's."""
-    progress = status.get("progress") or {}
-    result = progress.get("result")
-    if not result or progress.get("runNumber") != run:
-        return None
-    rr = RunResult.model_validate(result)
-    data = rr.model_dump()
-    artifacts = Artifacts.model_validate({k: data[k] for k in Artifacts.model_fields}).to_dict()
-    evaluation = EvalSummary.model_validate(
-        {k: data[k] for k in EvalSummary.model_fields}
-    ).to_dict()
-    return artifacts, evaluation
 
 
 def _ts(value: Any) -> datetime | None:

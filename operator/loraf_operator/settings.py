@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from .builders.common import DEFAULT_TRAINER_IMAGE, BuildDefaults
+from .peering import own_identity
 
 
 def _int(env: Mapping[str, str], key: str, default: int) -> int:
@@ -41,8 +42,14 @@ class Settings:
     peering: str = ""
     # Same-priority peers all freeze (kopf), so each replica picks its own at random.
     priority: int = field(default_factory=lambda: random.randint(1, 2**31 - 1))
+    # This replica's peering identity (given to kopf.run; the resync checks the peering too).
+    identity: str = field(default_factory=own_identity)
     log_format: str = "plain"
     verbose: bool = False
+    # Seconds between kopf's retries of a failed API call (watches included), in order;
+    # the call fails after the last. kopf's own 1,1,2,3,5,8,13,21 made the operator come
+    # back up to 21 s after an apiserver outage ended: same ~55 s in all, 3 s apart at most.
+    api_retry_backoffs: tuple[float, ...] = (0.5, 1.0, 1.0, 2.0, 2.0, *([3.0] * 16))
 
     @property
     def clusterwide(self) -> bool:
@@ -76,6 +83,10 @@ class Settings:
             peering=env.get("LORAF_PEERING", "").strip(),
             priority=int(prio) if prio else base.priority,
             log_format=env.get("LORAF_LOG_FORMAT", "").strip() or "plain",
+            api_retry_backoffs=tuple(
+                float(x) for x in env.get("LORAF_API_RETRY_BACKOFFS", "").split(",") if x.strip()
+            )
+            or base.api_retry_backoffs,
         )
 
     def with_args(self, args: argparse.Namespace) -> Settings:
@@ -131,6 +142,12 @@ def parser() -> argparse.ArgumentParser:
         "--priority", type=int, help="peering priority (env LORAF_PRIORITY; default random)"
     )
     p.add_argument("--log-format", choices=["plain", "full", "json"], help="env LORAF_LOG_FORMAT")
+    p.add_argument(
+        "--api-retry-backoffs",
+        type=lambda v: tuple(float(x) for x in v.split(",") if x.strip()),
+        help="seconds between kopf's retries of a failed API call, comma list "
+        "(env LORAF_API_RETRY_BACKOFFS; 0.5,1,1,2,2 then 3 x16)",
+    )
     p.add_argument("--verbose", action="store_true", default=None, help="debug logging")
     return p
 

@@ -61,6 +61,7 @@ WARNING_REASONS = frozenset(
         "SecretKeyMissing",
         "FailedCreate",
         "PodCreationRefused",
+        "ArtifactsInvalid",
     }
 )
 

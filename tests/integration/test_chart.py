@@ -186,6 +186,13 @@ def test_install_creates_the_release(cluster: Any, setup: Setup) -> None:
         st = json.loads(helm(cluster, "status", rel.name, "-n", rel.namespace, "-o", "json").stdout)
         assert st["info"]["status"] == "deployed"
         cluster.kubectl("get", "deployment", f"{rel.name}-loraf-operator", "-n", rel.namespace)
+        # The trainer-status policy, accepted by the apiserver (its CEL compiled, no
+        # type-checking warning) and bound.
+        name = f"{rel.name}-loraf-operator-trainer-status"
+        policy = cluster.get_json("validatingadmissionpolicy", name)
+        assert not (policy.get("status") or {}).get("typeChecking", {}).get("expressionWarnings")
+        binding = cluster.get_json("validatingadmissionpolicybinding", name)
+        assert binding["spec"]["policyName"] == name
     cw = setup.clusterwide.name
     cluster.kubectl("get", "clusterrole", f"{cw}-loraf-operator")
     role = cluster.get_json(
@@ -361,6 +368,7 @@ def test_uninstall_keeps_crds_and_resources(cluster: Any, setup: Setup) -> None:
         ("serviceaccount", cw.sa, "-n", cw.namespace),
         ("deployment", f"{cw.name}-loraf-operator", "-n", cw.namespace),
         ("clusterkopfpeering", f"{cw.name}-loraf-operator"),
+        ("validatingadmissionpolicy", f"{cw.name}-loraf-operator-trainer-status"),
     ):
         res = cluster.kubectl("get", *args, check=False)
         assert res.returncode != 0 and "NotFound" in res.stderr, args

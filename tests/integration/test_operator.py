@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from loraf_operator.api import run_manifest
 from loraf_operator.api.trainer_config import TrainerConfig
 
 from .operator_fixtures import (
@@ -63,8 +64,9 @@ def ensure_s3_secret(cluster: Any, ns: str, name: str = "s3-creds") -> None:
             name,
             "-n",
             ns,
-            "--from-literal=AWS_ACCESS_KEY_ID=id",
-            "--from-literal=AWS_SECRET_ACCESS_KEY=x",
+            # The test S3's real keys: the operator reads a finished run's manifest with them.
+            f"--from-literal=AWS_ACCESS_KEY_ID={cluster.s3_access_key}",
+            f"--from-literal=AWS_SECRET_ACCESS_KEY={cluster.s3_secret_key}",
         )
 
 
@@ -134,6 +136,40 @@ def finish_pod(
     if message:
         ann.append(f"sim.loraf.dev/message={message}")
     cluster.kubectl("annotate", "pod", pod, "-n", ns, "--overwrite", *ann)
+
+
+def upload_run(cluster: Any, ns: str, name: str, run: int = 1) -> str:
+    """What the trainer uploads at the end of run `run` (an adapter file, then
+    manifest.json last), written to the test S3 like the trainer does; returns the prefix."""
+    import boto3
+    from botocore.config import Config
+
+    ft = get_ft(cluster, ns, name)
+    bucket, _, prefix = ft["spec"]["output"]["s3"].removeprefix("s3://").partition("/")
+    root = f"{prefix.strip('/')}/run-{run}"
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=cluster.s3_endpoint,
+        aws_access_key_id=cluster.s3_access_key,
+        aws_secret_access_key=cluster.s3_secret_key,
+        region_name="us-east-1",
+        config=Config(s3={"addressing_style": "path"}),
+    )
+    if bucket not in [b["Name"] for b in s3.list_buckets().get("Buckets", [])]:
+        s3.create_bucket(Bucket=bucket)
+    weights = b"w" * 64
+    key = f"{run_manifest.ADAPTER_DIR}/{run_manifest.ADAPTER_WEIGHTS}"
+    s3.put_object(Bucket=bucket, Key=f"{root}/{key}", Body=weights)
+    manifest = {
+        "kind": run_manifest.MANIFEST_KIND,
+        "version": run_manifest.MANIFEST_VERSION,
+        "resource": {"namespace": ns, "name": name, "uid": ft["metadata"]["uid"], "run": run},
+        "metrics": {"evalLossBase": 3.1, "evalLossAdapter": 2.2},
+        "files": [{"path": key, "size": len(weights), "sha256": "-"}],
+    }
+    body = json.dumps(manifest).encode()
+    s3.put_object(Bucket=bucket, Key=f"{root}/{run_manifest.MANIFEST}", Body=body)
+    return f"s3://{bucket}/{root}"
 
 
 def events(cluster: Any, ns: str, name: str) -> list[dict[str, Any]]:
@@ -211,14 +247,16 @@ def test_op_create_run_succeed(cluster: Any, namespace: str, operator: OperatorH
     live = pods(cluster, ns, "demo-r1")
     assert len(live) == 1 and live[0]["spec"]["nodeName"].startswith("gpu-node-")
 
-    # The trainer (as the run's own ServiceAccount) reports its result, then exits 0.
+    # The trainer (as the run's own ServiceAccount) reports a result that is not what it
+    # uploaded, uploads, then exits 0: the status tells what the manifest in S3 says.
     result = {
-        "adapterUri": "s3://out/demo/run-1/adapter/",
-        "manifestUri": "s3://out/demo/run-1/manifest.json",
+        "adapterUri": "s3://elsewhere/forged/adapter/",
+        "manifestUri": "s3://elsewhere/forged/manifest.json",
         "sizeBytes": 1234,
-        "evalLossBase": 3.1,
-        "evalLossAdapter": 2.2,
+        "evalLossBase": 0.1,
+        "evalLossAdapter": 0.01,
     }
+    prefix = upload_run(cluster, ns, name)
     report_as_run(
         cluster,
         ns,
@@ -233,7 +271,12 @@ def test_op_create_run_succeed(cluster: Any, namespace: str, operator: OperatorH
     ft = get_ft(cluster, ns, name)
     st = ft["status"]
     assert st["phase"] == "Succeeded"
-    assert st["artifacts"]["adapterUri"] == result["adapterUri"]
+    assert st["artifacts"] == {
+        "adapterUri": f"{prefix}/adapter/",
+        "manifestUri": f"{prefix}/manifest.json",
+        "sizeBytes": 64,
+        "sha256": "-",
+    }
     assert st["evaluation"] == {"evalLossBase": 3.1, "evalLossAdapter": 2.2}
     assert st["progress"]["step"] == 10  # the trainer's field, left alone
     assert st["run"]["completionTime"]
@@ -293,6 +336,65 @@ def test_op_run_service_account_is_least_privilege(
     secret = kc("get", "secret", "s3-creds", "-n", ns)
     assert secret.returncode != 0 and "forbidden" in secret.stderr.lower()
     assert kc("auth", "can-i", "list", "pods", "-n", ns).stdout.strip() == "no"
+
+    # The trainer's identity cannot forge the outcome: the ValidatingAdmissionPolicy
+    # (config/policy/trainer-status.yaml) refuses every status write outside progress.
+    wait_cond(cluster, ns, "mine", "Running")
+    before = get_ft(cluster, ns, "mine")["status"]
+    done = {"type": "Succeeded", "status": "True", "reason": "Completed", "message": "",
+            "lastTransitionTime": "2026-01-01T00:00:00Z"}  # fmt: skip
+    forged = [
+        {"phase": "Succeeded"},
+        {"conditions": [done]},
+        {"artifacts": {"adapterUri": "s3://evil/adapter/"}},
+        {"run": {"number": 9, "jobName": "mine-r9"}},
+        {"progress": {"step": 2}, "history": []},
+    ]
+    for status in forged:
+        got = kc("patch", "lorafinetune", "mine", "-n", ns, "--subresource=status",
+                 "--type=merge", "-p", json.dumps({"status": status}))  # fmt: skip
+        assert got.returncode != 0, status
+        assert "may change only status.progress" in got.stderr, got.stderr
+    after = get_ft(cluster, ns, "mine")["status"]
+    assert {k: v for k, v in after.items() if k != "progress"} == {
+        k: v for k, v in before.items() if k != "progress"
+    }
+    assert after["progress"]["step"] == 1  # the one allowed write above
+
+
+def test_op_completed_job_without_a_manifest_fails(
+    cluster: Any, namespace: str, operator: OperatorHandle
+) -> None:
+    """Exit 0 is not success: a Job that completes with no valid upload in S3 is Failed."""
+    ns = namespace
+    apply(cluster, manifest("empty", ns))
+    finish_pod(cluster, ns, running_pod(cluster, ns, "empty-r1"), 0)
+    ft = wait_cond(cluster, ns, "empty", "Failed", reason="ArtifactsInvalid")
+    assert "run-1/manifest.json is missing" in cond(ft, "Failed")["message"]
+    assert cond(ft, "Succeeded")["status"] == "False"
+    assert not ft["status"].get("artifacts")
+    # A manifest of another run copied into this run's prefix does not count either.
+    apply(cluster, manifest("copied", ns))
+    src = upload_run(cluster, ns, "copied", run=2)
+    _copy_prefix(cluster, src, src.replace("/run-2", "/run-1"))
+    finish_pod(cluster, ns, running_pod(cluster, ns, "copied-r1"), 0)
+    ft = wait_cond(cluster, ns, "copied", "Failed", reason="ArtifactsInvalid")
+    assert "resource.run is 2, not 1" in cond(ft, "Failed")["message"]
+
+
+def _copy_prefix(cluster: Any, src: str, dst: str) -> None:
+    import boto3
+    from botocore.config import Config
+
+    s3 = boto3.client("s3", endpoint_url=cluster.s3_endpoint,
+                      aws_access_key_id=cluster.s3_access_key,
+                      aws_secret_access_key=cluster.s3_secret_key, region_name="us-east-1",
+                      config=Config(s3={"addressing_style": "path"}))  # fmt: skip
+    bucket, _, sp = src.removeprefix("s3://").partition("/")
+    dp = dst.removeprefix("s3://").partition("/")[2]
+    for o in s3.list_objects_v2(Bucket=bucket, Prefix=sp + "/").get("Contents", []):
+        body = s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
+        s3.put_object(Bucket=bucket, Key=dp + o["Key"][len(sp) :], Body=body)
 
 
 def test_op_unschedulable(cluster: Any, namespace: str, operator: OperatorHandle) -> None:
@@ -367,9 +469,12 @@ def test_op_preempted_is_retried_not_failed(
     ft = wait_until("Running again after preemption", retried)
     assert "not counted against backoffLimit" in cond(ft, "Running")["message"]
     assert cond(ft, "Failed")["status"] == "False"
+    # What `retry N` relies on: a failure the podFailurePolicy ignores is not in status.failed.
+    assert cluster.get_json("job", "pre-r1", "-n", ns)["status"].get("failed", 0) == 0
     second = running_pod(cluster, ns, "pre-r1")
     assert second != first
     assert any(e["reason"] == "PodRunning" for e in events(cluster, ns, "pre"))
+    upload_run(cluster, ns, "pre")
     finish_pod(cluster, ns, second, 0)
     wait_cond(cluster, ns, "pre", "Succeeded")
 
@@ -543,5 +648,37 @@ def test_restart_mid_reconcile_no_duplicate_job(
             assert ft["status"]["run"]["number"] == 1
             assert len(pods(cluster, ns, f"{n}-r1")) == 1
         print(f"jobs existing at the kill: {len(before)} of {len(names)}")
+    finally:
+        op.stop()
+
+
+def test_restart_after_a_forged_run_number_no_second_job(
+    cluster: Any, namespace: str, crds: list[str]
+) -> None:
+    """A status write that rewrites status.run (here as admin: the policy stops the trainer)
+    cannot make a restarted operator create a second Job: the run is the Job it owns."""
+    ns = namespace
+    op = start_operator(cluster, namespaces=[ns])
+    try:
+        apply(cluster, manifest("forged", ns))
+        wait_cond(cluster, ns, "forged", "Running")
+        op.stop()
+        forged = {"status": {"run": {"number": 7, "jobName": "forged-r7"}}}
+        cluster.kubectl("patch", "lorafinetune", "forged", "-n", ns, "--subresource=status",
+                        "--type=merge", "-p", json.dumps(forged))  # fmt: skip
+        op = start_operator(cluster, namespaces=[ns])
+        wait_until(
+            "status.run corrected to the owned Job",
+            lambda: get_ft(cluster, ns, "forged")["status"]["run"]["number"] == 1,
+        )
+        run = get_ft(cluster, ns, "forged")["status"]["run"]
+        assert run["jobName"] == "forged-r1"
+        # The run is still followed through its real Job: it finishes as that Job does.
+        upload_run(cluster, ns, "forged")
+        finish_pod(cluster, ns, running_pod(cluster, ns, "forged-r1"), 0)
+        wait_cond(cluster, ns, "forged", "Succeeded")
+        jobs = cluster.get_json("jobs", "-n", ns)["items"]
+        assert [j["metadata"]["name"] for j in jobs] == ["forged-r1"]
+        assert "does not match the Jobs it owns" in op.logs()
     finally:
         op.stop()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -18,7 +19,13 @@ import pytest
 
 from loraf_dev.cluster import OPERATOR_USER
 
-from .operator_fixtures import OperatorHandle, grant_operator_rbac, start_operator, wait_until
+from .operator_fixtures import (
+    ROOT,
+    OperatorHandle,
+    grant_operator_rbac,
+    start_operator,
+    wait_until,
+)
 from .test_operator import (
     apply,
     cond,
@@ -27,6 +34,7 @@ from .test_operator import (
     get_ft,
     manifest,
     running_pod,
+    upload_run,
     wait_cond,
 )
 
@@ -86,6 +94,7 @@ def test_resync_heals_a_missed_transition(
     wait_cond(cluster, ns, name, "Running")
     pod = running_pod(cluster, ns, f"{name}-r1")
 
+    upload_run(cluster, ns, name)
     _revoke_status_patch(cluster, ns)
     try:
         finish_pod(cluster, ns, pod, 0)
@@ -193,8 +202,7 @@ def test_resync_pod_creation_refused_fails_the_run(
     assert ft["status"]["run"]["completionTime"]
     wait_until(
         "the Job deleted (no more retries by the Job controller)",
-        lambda: cluster.kubectl("get", "job", f"{name}-r1", "-n", ns, check=False).returncode
-        != 0,
+        lambda: cluster.kubectl("get", "job", f"{name}-r1", "-n", ns, check=False).returncode != 0,
     )
     failed = [
         e
@@ -202,3 +210,56 @@ def test_resync_pod_creation_refused_fails_the_run(
         if e["type"] == "Warning" and e["reason"] == "PodCreationRefused"
     ]
     assert len(failed) == 1, failed
+
+
+def test_standby_replica_resync_patches_nothing(
+    cluster: Any, namespace: str, crds: list[str]
+) -> None:
+    """Under kopf peering a paused replica's resync task writes nothing. Replica A leads
+    (it follows the run, so its resync knows it), then B with a higher priority takes over
+    and A pauses. With B frozen (SIGSTOP: its peering entry stays fresh) a Job completes:
+    A must not report it; once B thaws, B does."""
+    ns = namespace  # t-test-standby-*: not watched by this module's resync_operator
+    peering_crds = str(ROOT / "config" / "kopf-peering.yaml")
+    cluster.kubectl("apply", "-f", peering_crds, check=False)  # CRDs first, then their objects
+    for crd in ("kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev"):
+        cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
+    cluster.kubectl("apply", "-f", peering_crds)
+    peering = {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering",
+               "metadata": {"name": "loraf", "namespace": ns}}  # fmt: skip
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(peering))
+    env = {"LORAF_PEERING": "loraf", "LORAF_STATUS_INTERVAL_SECONDS": str(INTERVAL)}
+    first = start_operator(cluster, [ns], env={**env, "LORAF_PRIORITY": "100"})
+    second: OperatorHandle | None = None
+    try:
+        apply(cluster, manifest("ha", ns))
+        pod = running_pod(cluster, ns, "ha-r1")
+        wait_cond(cluster, ns, "ha", "Running")
+        second = start_operator(cluster, [ns], env={**env, "LORAF_PRIORITY": "200"})
+        handle = first
+        wait_until("the first replica to pause", lambda: "Pausing operations" in handle.logs())
+        upload_run(cluster, ns, "ha")
+        os.kill(second.proc.pid, signal.SIGSTOP)
+        try:
+            finish_pod(cluster, ns, pod, 0)
+            wait_until("the Job to complete", lambda: _job_complete(cluster, ns, "ha-r1"))
+            time.sleep(3 * INTERVAL)  # three of the paused replica's resync intervals
+            # Neither the paused replica's resync nor its deferred (throttled) syncs wrote.
+            assert get_ft(cluster, ns, "ha")["status"]["phase"] == "Running"
+        finally:
+            os.kill(second.proc.pid, signal.SIGCONT)
+        wait_cond(cluster, ns, "ha", "Succeeded")
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
+def _peers(cluster: Any, ns: str) -> dict[str, Any]:
+    return cluster.get_json("kopfpeering", "loraf", "-n", ns).get("status") or {}
+
+
+def _job_complete(cluster: Any, ns: str, name: str) -> bool:
+    job = cluster.get_json("job", name, "-n", ns)
+    conds = (job.get("status") or {}).get("conditions") or []
+    return any(c["type"] == "Complete" and c["status"] == "True" for c in conds)

@@ -14,8 +14,17 @@ from typing import Any
 
 import pytest
 
-from .operator_fixtures import OperatorHandle, report_as_run, start_operator, wait_until
-from .test_operator import apply, cond, finish_pod, get_ft, manifest, running_pod, wait_cond
+from .operator_fixtures import OperatorHandle, start_operator, wait_until
+from .test_operator import (
+    apply,
+    cond,
+    finish_pod,
+    get_ft,
+    manifest,
+    running_pod,
+    upload_run,
+    wait_cond,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -45,15 +54,9 @@ def get(cluster: Any, kind: str, ns: str, name: str) -> dict[str, Any] | None:
 
 
 def succeed(cluster: Any, ns: str, name: str) -> None:
-    """Run 1 of `name` reports its adapter and exits 0."""
+    """Run 1 of `name` uploads its adapter and manifest (to the test S3) and exits 0."""
     pod = running_pod(cluster, ns, f"{name}-r1")
-    result = {
-        "adapterUri": f"s3://out/{name}/run-1/adapter/",
-        "manifestUri": f"s3://out/{name}/run-1/manifest.json",
-    }
-    report_as_run(
-        cluster, ns, name, f"{name}-r1", {"runNumber": 1, "stage": "Done", "result": result}
-    )
+    upload_run(cluster, ns, name)
     finish_pod(cluster, ns, pod, 0)
     wait_cond(cluster, ns, name, "Succeeded")
 

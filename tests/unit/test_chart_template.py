@@ -115,13 +115,21 @@ def test_helm_lint_is_clean(values: dict[str, str]) -> None:
 def test_default_render_structure_and_labels() -> None:
     objs = render()
     kinds = sorted(o["kind"] for o in objs)
-    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount"]
+    assert kinds == [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Deployment",
+        "Service",
+        "ServiceAccount",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    ]
     for o in objs:
         md = o["metadata"]
         assert DNS_LABEL.match(md["name"]) and len(md["name"]) <= 63, md["name"]
         for label in COMMON_LABELS:
             assert md["labels"].get(label), (o["kind"], label)
-        if o["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+        if not o["kind"].startswith(("Cluster", "ValidatingAdmission")):
             assert md["namespace"] == "loraf-system"
     deploy = one(objs, "Deployment")
     selector = deploy["spec"]["selector"]["matchLabels"]
@@ -135,6 +143,19 @@ def test_default_render_structure_and_labels() -> None:
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"health": 8081, "metrics": 8080}
+
+
+def test_trainer_status_policy_is_the_config_one() -> None:
+    """The chart's policy is config/policy/trainer-status.yaml (the dev cluster's), and
+    `trainerStatusPolicy.create=false` leaves it out."""
+    source = list(yaml.safe_load_all((ROOT / "config/policy/trainer-status.yaml").read_text()))
+    rendered = [o for o in render() if o["kind"].startswith("ValidatingAdmission")]
+    assert [o["metadata"]["name"] for o in rendered] == ["loraf-loraf-operator-trainer-status"] * 2
+    assert rendered[1]["spec"]["policyName"] == rendered[0]["metadata"]["name"]
+    source[1]["spec"]["policyName"] = rendered[0]["metadata"]["name"]
+    assert [(o["kind"], o["spec"]) for o in rendered] == [(o["kind"], o["spec"]) for o in source]
+    off = render({"trainerStatusPolicy.create": "false"})
+    assert not [o for o in off if o["kind"].startswith("ValidatingAdmission")]
 
 
 def test_cluster_role_is_the_rule_set() -> None:

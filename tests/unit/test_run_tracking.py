@@ -213,6 +213,25 @@ def test_preempted_pod_is_retried_not_failed() -> None:
     assert (u["Running"].status, u["Running"].reason) == ("False", "Preempted")
 
 
+def test_retry_number_counts_failures_whose_pods_are_gone() -> None:
+    """`retry N` counts the Job's status.failed (pods deleted since still count) plus the
+    not-counted failures still visible, not only the failed pods that exist."""
+    j = {**job(), "status": {"failed": 2, "conditions": []}}
+    pods = [failed(75, name="c"), running()]  # two counted failures whose pods were deleted
+    u = by_type(observe(j, pods, []))
+    assert u["Running"].message.endswith(
+        "retry 3 after Preempted (exit code 75, not counted against backoffLimit)"
+    ), u["Running"].message
+    # The Job's count lags its pods: the visible failure counts already.
+    assert retry_note([failed(1, name="a")], job()).startswith(
+        "retry 1 after InfrastructureFailure"
+    )
+    # Counted failures beyond backoffLimit (as the Job counts them) end the run at once.
+    j = {**job(backoff=2), "status": {"failed": 3, "conditions": []}}
+    assert by_type(observe(j, [failed(1, name="z")], []))["Failed"].status == "True"
+    assert retry_note([], job()) == ""
+
+
 @pytest.mark.parametrize(
     ("cond_reason", "expected"),
     [

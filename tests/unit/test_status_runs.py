@@ -1,17 +1,19 @@
-"""Run bookkeeping: which run to act on, history entries, artifacts from the trainer."""
+"""Run bookkeeping: which run to act on, history entries, run numbers from the owned Jobs."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from loraf_operator.runs import (
+    Plan,
     append_history,
     gpu_hours,
     history_entry,
     next_run_number,
     plan,
-    result_for_run,
+    secret_wait_conditions,
     start_conditions,
+    trusted_run,
 )
 from loraf_operator.status import apply, derive_phase
 
@@ -77,14 +79,25 @@ def test_history() -> None:
     assert len(hist) == 20 and hist[-1]["number"] == 21 and hist[0]["number"] == 2
 
 
-def test_result_only_from_the_same_run() -> None:
-    result = {"adapterUri": "s3://b/run-2/adapter/", "sha256": "ab", "evalLossAdapter": 1.5}
-    st = {"progress": {"runNumber": 2, "result": result}}
-    artifacts, evaluation = result_for_run(st, 2)  # type: ignore[misc]
-    assert artifacts == {"adapterUri": "s3://b/run-2/adapter/", "sha256": "ab"}
-    assert evaluation == {"evalLossAdapter": 1.5}
-    assert result_for_run(st, 3) is None
-    assert result_for_run({"progress": {"runNumber": 2}}, 2) is None
+def _job(run: int, gen: int = 1) -> dict[str, Any]:
+    return {"metadata": {"name": f"ft-r{run}", "labels": {"loraf.dev/run": str(run)},
+                         "annotations": {"loraf.dev/generation": str(gen)}}}  # fmt: skip
+
+
+def test_run_bookkeeping_comes_from_the_owned_jobs() -> None:
+    st = status(1, gen=1)
+    assert trusted_run(st, [_job(1)]) is st  # agrees: untouched
+    assert trusted_run(st, []) is st  # no Job yet: nothing to go by
+    forged = {**st, "run": {**st["run"], "number": 7, "jobName": "ft-r7"}}
+    fixed = trusted_run(forged, [_job(1)])
+    assert fixed["run"]["number"] == 1 and fixed["run"]["jobName"] == "ft-r1"
+    assert plan(fixed, 1, "h", None) == Plan("ensure", 1)  # not "ensure 7": no second Job
+    # Run 2 replaced run 1 and waits for a Secret (no Job on purpose; r1 not yet gone).
+    waiting = status(2, gen=2)
+    waiting["conditions"] = apply([], secret_wait_conditions(False, "no Secret"), 2, "T")
+    assert trusted_run(waiting, [_job(1)]) is waiting
+    # Newest owned Job wins over an older number in the status.
+    assert trusted_run(st, [_job(1), _job(3, gen=4)])["run"]["generation"] == 4
 
 
 def test_gpu_hours() -> None:

@@ -17,14 +17,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from loraf_operator.api import run_manifest
+from loraf_operator.api.run_manifest import (
+    ADAPTER_WEIGHTS,
+    MANIFEST,
+    MANIFEST_KIND,
+    MANIFEST_VERSION,
+)
+
 from .storage import Store, local_files, sha256_file
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-MANIFEST_KIND = "LoRAFineTuneManifest"
-MANIFEST_VERSION = 1
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
+__all__ = ["ADAPTER_WEIGHTS", "MANIFEST", "MANIFEST_KIND", "MANIFEST_VERSION"]
 
 
 def trainer_version() -> str:
@@ -153,20 +158,14 @@ def upload_run(store: Store, local_root: Path, manifest: Mapping[str, Any]) -> N
 
 
 def verify_manifest(store: Store, check_hashes: bool = True) -> list[str]:
-    """Problems found (empty list: the run's upload is complete and intact)."""
-    raw = store.get_bytes(MANIFEST)
-    if raw is None:
-        return [f"{store.uri(MANIFEST)} is missing (upload incomplete)"]
-    manifest = json.loads(raw)
-    present = store.list_keys("")
-    problems = []
-    for f in manifest.get("files", []):
-        size = present.get(f["path"])
-        if size is None:
-            problems.append(f"{f['path']}: missing")
-        elif size != f["size"]:
-            problems.append(f"{f['path']}: {size} bytes, manifest says {f['size']}")
-        elif check_hashes:
+    """Problems found (empty list: the run's upload is complete and intact); the checks
+    themselves are `loraf_operator.api.run_manifest`'s, shared with the operator."""
+    manifest, problems = run_manifest.parse(store.get_bytes(MANIFEST), store.uri(MANIFEST))
+    if manifest is None:
+        return problems
+    problems = run_manifest.problems(manifest, store.list_keys(""))
+    if check_hashes and not problems:
+        for f in manifest.get("files", []):
             data = store.get_bytes(f["path"])
             if data is None or hashlib.sha256(data).hexdigest() != f["sha256"]:
                 problems.append(f"{f['path']}: sha256 differs from the manifest")

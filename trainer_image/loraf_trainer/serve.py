@@ -34,12 +34,13 @@ from typing import Any
 
 from fastapi import Request  # module level: FastAPI resolves the handlers' annotations here
 
+from loraf_operator.api.run_manifest import ADAPTER_DIR
+
 from .artifacts import MANIFEST, verify_manifest
 from .storage import open_store, sha256_file
 
 log = logging.getLogger(__name__)
 
-ADAPTER_DIR = "adapter"
 DEFAULT_MAX_TOKENS = 16
 MAX_TOKENS_LIMIT = 512
 

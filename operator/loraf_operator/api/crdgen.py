@@ -431,8 +431,9 @@ subresource, as the run's own ServiceAccount |
 Conditions follow the Kubernetes API conventions (a list keyed by `type`, CamelCase
 `reason`): `Validated`, `Running`, `Succeeded`, `Failed`, `Suspended`, so
 `kubectl wait --for=condition=Succeeded loraf/NAME` works. `phase` is derived from them
-for display only. When a run succeeds the operator copies `status.progress.result` into
-`status.artifacts` and `status.evaluation`.
+for display only. A run succeeds when its Job completed and its `manifest.json` in S3
+checks out; the operator then builds `status.artifacts` and `status.evaluation` from that
+manifest (`status.progress.result` is the trainer's report, for display only).
 
 Trainer exit codes (`loraf_operator.api.exitcodes`): 0 OK, 64 `ConfigInvalid`,
 65 `DatasetInvalid`, 66 `ModelInvalid`, 77 `StorageAccessDenied` (these fail the run at
