@@ -172,7 +172,7 @@ def _messages(
             raise DatasetInvalid(f"{where}.content is missing/empty")
         out.append((role, content))
     if out[-1][0] != last:
-        article = "an" if last[0] in "aeiou" else "a"
+        article = "an" if last == "assistant" else "a"
         raise DatasetInvalid(f"row {n}: field {col!r} must end with {article} {last} message")
     if need_user and not any(r == "user" for r, _ in out):
         raise DatasetInvalid(f"row {n}: field {col!r} has no user message")
