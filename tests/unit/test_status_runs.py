@@ -120,14 +120,14 @@ def test_job_deleted_fails_the_run() -> None:
     assert "demo-r1" in next(x for x in c if x["type"] == "Failed")["message"]
 
 
-def test_secret_wait_conditions_hold_no_failure() -> None:
-    from loraf_operator.runs import secret_wait_conditions, waits_for_secret
+def test_wait_conditions_hold_no_failure() -> None:
+    from loraf_operator.runs import wait_conditions, waits
     from loraf_operator.status import apply, derive_phase
 
-    conds = apply([], secret_wait_conditions(False, "Secret s3 does not exist"), 1)
-    assert waits_for_secret(conds)
+    conds = apply([], wait_conditions("SecretNotFound", "Secret s3 does not exist"), 1)
+    assert waits(conds)
     assert derive_phase(conds) == "Scheduling"  # not Failed: the user may still create it
     by = {c["type"]: c for c in conds}
     assert by["Running"]["reason"] == "SecretNotFound" and by["Failed"]["status"] == "False"
-    keyed = apply(conds, secret_wait_conditions(True, "no key"), 1)
+    keyed = apply(conds, wait_conditions("SecretKeyMissing", "no key"), 1)
     assert {c["type"]: c for c in keyed}["Running"]["reason"] == "SecretKeyMissing"

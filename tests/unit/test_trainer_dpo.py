@@ -80,8 +80,8 @@ def dpo_spec(**dpo_knobs: Any) -> LoRAFineTuneSpec:
 
 
 def test_dpo_config_keeps_the_runs_schedule_and_adds_dpo_knobs() -> None:
-    sft = {"learning_rate": 5e-4, "packing": False, "completion_only_loss": True, "seed": 3}
-    sft["dataset_text_field"] = "text"
+    sft: dict[str, Any] = {"learning_rate": 5e-4, "packing": False, "seed": 3}
+    sft |= {"completion_only_loss": True, "dataset_text_field": "text"}
     kw = dpo.config_kwargs(sft, dpo_spec(beta=0.3, lossType="ipo"))
     assert kw == {"learning_rate": 5e-4, "seed": 3, "beta": 0.3, "loss_type": ["ipo"]}
     assert dpo.config_kwargs(sft, dpo_spec())["beta"] == 0.1  # defaults when spec.dpo is unset

@@ -8,7 +8,7 @@ it is the frozen base (adapters disabled); with `startingAdapter` it is TRL's fr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .data import Example, prompt_for_generation
@@ -89,3 +89,12 @@ def preference_accuracy(
     finally:
         model.train(was_training)
     return round(wins / len(examples), 4)
+
+
+def margin_history(log_history: Sequence[Mapping[str, Any]]) -> list[list[float]]:
+    """[step, reward margin] of each training log line (the report's DPO curve)."""
+    return [
+        [e["step"], round(float(e["rewards/margins"]), 4)]
+        for e in log_history
+        if "rewards/margins" in e and "step" in e
+    ]

@@ -563,6 +563,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
             report["preferenceAccuracyAdapter"] = dpo.preference_accuracy(
                 trainer.model, tokenizer, prepared.eval, system
             )
+            report["rewardMargins"] = dpo.margin_history(state.log_history)
             log.info(
                 "held-out preference accuracy: start %s → adapter %s",
                 preference_start,
@@ -601,11 +602,19 @@ def run(ctx: RunContext) -> dict[str, Any]:
         if svg:
             (stage_dir / "eval" / "loss.svg").write_text(svg)
         files = artifacts.describe_files(stage_dir)
-        metrics = {
+        metrics: dict[str, Any] = {
             **run_metrics(state, out, prior_runtime),
             **{
                 k: report[k]
-                for k in ("evalLossBase", "evalLossAdapter", "perplexityBase", "perplexityAdapter")
+                for k in (
+                    "evalLossBase",
+                    "evalLossAdapter",
+                    "perplexityBase",
+                    "perplexityAdapter",
+                    "preferenceAccuracyStart",
+                    "preferenceAccuracyAdapter",
+                )
+                if k in report
             },
             "trainableParams": trainable,
             "totalParams": total,

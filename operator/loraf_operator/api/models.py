@@ -534,7 +534,6 @@ class DPOSpec(SpecModel):
     )
 
 
-
 _START_FROM_RULES = _rules(*exactly_one("fineTune", "s3"))
 
 
