@@ -1,10 +1,9 @@
 """SFT, then DPO on top of the SFT adapter, through `loraf run` on SmolLM2 (issue 20).
 
 The preference set prefers answers that state the product's facts (the quickstart
-support desk's own answers) over evasive ones. The SFT run is short on purpose, so its
-adapter still likes the short evasive answers (a sum of log-probabilities favours short
-texts); DPO, which scores each answer against the reference, has to fix exactly that on
-rows it never saw:
+support desk's own answers) over evasive ones. The SFT run is one step on purpose, so
+its adapter still scores the generic evasive answers above the product's (by mean token
+log-probability); DPO has to turn that around on rows it never saw:
 - the DPO run's held-out preference accuracy beats the one it started from (the SFT
   adapter's, measured by the same run before training);
 - its reward margin grows during training;
@@ -29,10 +28,10 @@ EVASIVE = (
     "Maybe. It depends.",
     "Please contact support for that.",
 )
-TRAIN, HELD_OUT = 32, 12
+TRAIN, HELD_OUT = 24, 8
 
 
-def _preference_rows(quickstart_rows: Path) -> list[dict[str, Any]]:
+def preference_rows(quickstart_rows: Path) -> list[dict[str, Any]]:
     rows = [json.loads(line) for line in quickstart_rows.read_text().splitlines() if line]
     return [
         {"prompt": r["instruction"], "chosen": r["output"], "rejected": EVASIVE[i % len(EVASIVE)]}
@@ -72,7 +71,7 @@ def _base(smollm2_dir: Path) -> dict[str, Any]:
 def test_dpo_on_top_of_sft_prefers_the_facts(
     tmp_path: Path, smollm2_dir: Path, quickstart_rows: Path, quiet: Path
 ) -> None:
-    rows = _preference_rows(quickstart_rows)
+    rows = preference_rows(quickstart_rows)
     train, held_out = rows[:TRAIN], rows[TRAIN:]
     (tmp_path / "sft.jsonl").write_text(
         "".join(
@@ -83,7 +82,7 @@ def test_dpo_on_top_of_sft_prefers_the_facts(
     (tmp_path / "pref-eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in held_out))
     sft = _base(smollm2_dir) | {
         "dataset": {"path": "sft.jsonl", "format": "alpaca", "evalFraction": 0},
-        "training": {"maxSteps": 2, "perDeviceBatchSize": 4, "maxSeqLength": 128, "evalPrompts": 0},
+        "training": {"maxSteps": 1, "perDeviceBatchSize": 2, "maxSeqLength": 96, "evalPrompts": 0},
     }
     assert _run(tmp_path, "sft", sft) == 0
     dpo = _base(smollm2_dir) | {
@@ -96,7 +95,7 @@ def test_dpo_on_top_of_sft_prefers_the_facts(
         },
         "dpo": {"beta": 0.1},
         "training": {
-            "maxSteps": 8,
+            "maxSteps": 6,
             "learningRate": 1e-3,
             "perDeviceBatchSize": 2,
             "maxSeqLength": 96,
@@ -110,8 +109,8 @@ def test_dpo_on_top_of_sft_prefers_the_facts(
     start, after = report["preferenceAccuracyStart"], report["preferenceAccuracyAdapter"]
     assert after > start, (start, after)
     margins = [m for _, m in report["rewardMargins"]]
-    assert len(margins) == 8
-    assert sum(margins[-3:]) / 3 > sum(margins[:3]) / 3, margins
+    assert len(margins) == 6
+    assert sum(margins[-2:]) / 2 > sum(margins[:2]) / 2, margins
     assert manifest["metrics"]["preferenceAccuracyAdapter"] == after
     assert manifest["dataset"]["format"] == "preference"
 
@@ -119,7 +118,7 @@ def test_dpo_on_top_of_sft_prefers_the_facts(
 def test_invalid_preference_row_fails_fast_with_its_row_number(
     tmp_path: Path, smollm2_dir: Path, quickstart_rows: Path, quiet: Path
 ) -> None:
-    rows = _preference_rows(quickstart_rows)[:6]
+    rows = preference_rows(quickstart_rows)[:6]
     del rows[4]["rejected"]
     (tmp_path / "pref.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     spec = _base(smollm2_dir) | {

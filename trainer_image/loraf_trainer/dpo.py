@@ -56,7 +56,8 @@ def build_trainer(
 
 
 def answer_logprob(model: Any, tokenizer: Any, prompt: str, answer: str) -> float:
-    """Sum of the log-probabilities of `answer`'s tokens after `prompt`."""
+    """Mean log-probability of `answer`'s tokens after `prompt` (per token: a sum would
+    prefer whichever answer is shorter)."""
     import torch
 
     p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -67,14 +68,15 @@ def answer_logprob(model: Any, tokenizer: Any, prompt: str, answer: str) -> floa
     with torch.no_grad():
         logits = model(input_ids=ids).logits[0, len(p) - 1 : -1].float()
     logp = torch.log_softmax(logits, dim=-1)
-    return float(logp.gather(1, ids[0, len(p) :].unsqueeze(1)).sum())
+    return float(logp.gather(1, ids[0, len(p) :].unsqueeze(1)).mean())
 
 
 def preference_accuracy(
     model: Any, tokenizer: Any, examples: Sequence[Example], system_prompt: str | None
 ) -> float | None:
-    """Fraction of rows whose chosen answer the model scores above the rejected one (the
-    implicit reward of DPO with the reference cancelled out)."""
+    """Fraction of rows whose chosen answer the model scores above the rejected one, by
+    mean token log-probability (a score of the model alone, so the starting model and
+    the adapter are measured the same way)."""
     if not examples:
         return None
     was_training = model.training
