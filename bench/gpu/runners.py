@@ -84,10 +84,12 @@ def make_spec(cfg: dict[str, Any]) -> Any:
     }
     if cfg.get("budget_gib"):
         training["memoryBudgetGiB"] = cfg["budget_gib"]
+    dpo = cfg.get("objective") == "dpo"
     return LoRAFineTuneSpec.model_validate(
         {
             "baseModel": {"pvc": {"claimName": "bench", "path": cfg["model_dir"]}},
-            "dataset": {"s3": "s3://bench/rows.jsonl", "format": "text"},
+            "dataset": {"s3": "s3://bench/rows.jsonl", "format": "preference" if dpo else "text"},
+            "objective": "dpo" if dpo else "sft",
             "method": cfg["method"],
             "lora": {
                 "r": cfg.get("r", 16),
@@ -191,6 +193,8 @@ def _tokenizer_and_rows(cfg: dict[str, Any], model_dir: Path, vocab: int) -> tup
     from bench.gpu import synthetic
 
     rows = cfg["steps"] * cfg["micro"] * cfg["ga"]
+    if cfg.get("objective") == "dpo":
+        return synthetic.preference_dataset(rows, cfg["seq"], seed=cfg.get("data_seed", 1234)), None
     return synthetic.dataset(rows, cfg["seq"], vocab, seed=cfg.get("data_seed", 1234)), None
 
 
@@ -235,6 +239,46 @@ def build_project(cfg: dict[str, Any], out_dir: Path, meter: Any) -> tuple[Any, 
     return trainer, extra
 
 
+def build_trl_dpo(
+    cfg: dict[str, Any], model: Any, tokenizer: Any, peft_config: Any, meter: Any, out: Path
+) -> Any:
+    """TRL's documented DPO recipe: DPOTrainer(model, ref_model=None, peft_config=...),
+    the reference being the base with the adapter disabled."""
+    import torch
+    from trl import DPOConfig, DPOTrainer
+
+    cuda = torch.cuda.is_available()
+    train_ds, _ = _tokenizer_and_rows(cfg, Path(cfg["model_dir"]), 0)
+    args = DPOConfig(
+        output_dir=str(out),
+        per_device_train_batch_size=cfg["micro"],
+        gradient_accumulation_steps=cfg["ga"],
+        max_length=cfg["seq"],
+        max_steps=cfg["steps"],
+        learning_rate=cfg.get("lr", 2e-4),
+        lr_scheduler_type="constant",
+        beta=0.1,
+        optim="paged_adamw_8bit" if cfg["method"] == "qlora" else "adamw_torch",
+        bf16=cuda,
+        use_cpu=not cuda,
+        gradient_checkpointing=cfg.get("gc", "full") != "none",
+        seed=cfg.get("seed", 42),
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    return DPOTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[meter],
+    )
+
+
 def build_trl(cfg: dict[str, Any], out_dir: Path, meter: Any) -> tuple[Any, dict[str, Any]]:
     import torch
     from peft import LoraConfig
@@ -268,6 +312,13 @@ def build_trl(cfg: dict[str, Any], out_dir: Path, meter: Any) -> tuple[Any, dict
         target_modules="all-linear",
         task_type="CAUSAL_LM",
     )
+    if cfg.get("objective") == "dpo":
+        set_seed(cfg.get("seed", 42))
+        trainer = build_trl_dpo(cfg, model, tokenizer, peft_config, meter, out_dir)
+        from loraf_trainer import adapters as _adapters
+
+        trainable, total = _adapters.count_parameters(trainer.model)
+        return trainer, extra | {"trainable_params": trainable, "total_params": total}
     args = SFTConfig(
         output_dir=str(out_dir),
         per_device_train_batch_size=cfg["micro"],
@@ -344,7 +395,9 @@ def run(cfg: dict[str, Any], t_process: float, out_dir: Path) -> dict[str, Any]:
     times = [b - a for a, b in zip([meter.t_begin, *ends[:-1]], ends, strict=True)]
     warm = min(cfg.get("warmup", 3), max(0, len(times) - 2))
     med = statistics.median(times[warm:]) if times[warm:] else float("nan")
-    tokens_per_step = cfg["micro"] * cfg["ga"] * cfg["seq"]
+    # DPO: chosen and rejected, each prompt + answer = seq tokens, go through the policy
+    pairs = 2 if cfg.get("objective") == "dpo" else 1
+    tokens_per_step = cfg["micro"] * cfg["ga"] * cfg["seq"] * pairs
     tps = tokens_per_step / med if med and not math.isnan(med) else float("nan")
     fc = flops.count(shapes.build_config(cfg["shape"]), cfg["seq"], cfg.get("r", 16))
     res: dict[str, Any] = {

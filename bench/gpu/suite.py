@@ -128,6 +128,18 @@ def suites(steps: int) -> dict[str, list[dict[str, Any]]]:
             {"id": "b", **trl(True, gc="none", lora_dropout=0.0), **g3, "steps": 12},
             {"id": "a", **project(lora_dropout=0.0), **g3, "steps": 12, "goal_tokens_per_s": 16000},
         ],
+        # Issue 20: QLoRA DPO through the trainer's path vs TRL's documented DPO recipe
+        # (reference = base, adapters disabled), both without checkpointing (fits an H200)
+        "dpo": [
+            {
+                "id": "b",
+                **trl(False, gc="none", baseline=True),
+                **g1,
+                "objective": "dpo",
+                "steps": 10,
+            },
+            {"id": "a", **project(), **g1, "objective": "dpo", "steps": 10},
+        ],
         # Goal 3, goal 4 at 80 GiB (the GPU's free memory), ablation, a real CUDA OOM.
         "lora": [
             {"id": "b", **trl(True), **g3, "steps": 10},

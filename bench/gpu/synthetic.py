@@ -29,3 +29,24 @@ def dataset(n: int, seq_len: int, vocab: int, seed: int = 1234) -> Any:
     from datasets import Dataset
 
     return Dataset.from_dict({"input_ids": rows(n, seq_len, vocab, seed)})
+
+
+def preference_dataset(n: int, seq_len: int, vocab_words: int = 1000, seed: int = 1234) -> Any:
+    """Preference rows in the throwaway word-level tokenizer's words (one token each):
+    a prompt of seq_len/2 tokens, chosen and rejected answers of seq_len/2 - 1 (TRL adds
+    EOS), so every pair is exactly 2 x seq_len tokens through the policy."""
+    from datasets import Dataset
+
+    rng = np.random.default_rng(seed)
+    half = seq_len // 2
+
+    def words(k: int) -> str:
+        return " ".join(f"w{i}" for i in rng.integers(0, vocab_words, size=k))
+
+    return Dataset.from_dict(
+        {
+            "prompt": [words(half) for _ in range(n)],
+            "chosen": [words(half - 1) for _ in range(n)],
+            "rejected": [words(half - 1) for _ in range(n)],
+        }
+    )

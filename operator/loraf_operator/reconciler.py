@@ -20,7 +20,7 @@ import aiohttp
 import kopf
 from pydantic import ValidationError
 
-from . import metrics
+from . import metrics, start_from
 from .api.models import COND_FAILED, GROUP, VERSION, LoRAFineTune
 from .artifact_check import Verdict, verify_run
 from .builders import build_run, child_name, config_map_name, run_spec_hash
@@ -45,10 +45,10 @@ from .runs import (
     invalid_conditions,
     plan,
     run_of,
-    secret_wait_conditions,
     start_conditions,
     trusted_run,
-    waits_for_secret,
+    wait_conditions,
+    waits,
 )
 from .settings import Settings
 from .status import COND_SCHEDULED, apply, is_warning, now_iso, summary, transitions
@@ -86,12 +86,12 @@ def _transient(err: Exception) -> bool:
     return isinstance(err, aiohttp.ClientError | asyncio.TimeoutError | OSError)
 
 
-class SecretMissing(Exception):
-    """A Secret the spec references (or one of its keys) does not exist: no Job yet."""
+class RunWaiting(Exception):
+    """Something the spec references is not there yet (runs.WAIT_REASONS): no Job yet."""
 
-    def __init__(self, missing_key: bool, message: str) -> None:
+    def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
-        self.missing_key = missing_key
+        self.reason = reason
         self.message = message
 
 
@@ -275,23 +275,23 @@ class Reconciler:
             elif p.action == "ensure":
                 try:
                     await self._ensure_children(ft, p.run, jobs)
-                except SecretMissing as e:
-                    await self._wait_for_secret(fresh, e)
+                except RunWaiting as e:
+                    await self._wait(fresh, e)
                     return
                 except ApiError as e:
                     if not e.refused:
                         raise
                     await self._refused(ft, fresh, p.run, e, {})
                     return
-                if waits_for_secret(status.get("conditions") or []):
-                    await self._secret_arrived(ft, fresh, p.run)
+                if waits(status.get("conditions") or []):
+                    await self._wait_over(ft, fresh, p.run)
                     return
                 await self._observed(fresh, gen)
             elif p.action == "sync":
                 try:
                     await self._sync_suspend(ft, p.run, jobs)
-                except SecretMissing as e:
-                    await self._wait_for_secret(fresh, e)
+                except RunWaiting as e:
+                    await self._wait(fresh, e)
                     return
                 await self._observed(fresh, gen, run_generation=True)
             else:
@@ -357,7 +357,10 @@ class Reconciler:
         if job is not None and _owned_by(job, uid):
             return  # the Job is created last: everything before it exists
         await self._check_secrets(ft)
-        sa, role, binding, cm, job_obj = build_run(ft, run, self.settings.build_defaults)
+        start_uri = await self._start_adapter(ft)
+        sa, role, binding, cm, job_obj = build_run(
+            ft, run, self.settings.build_defaults, start_adapter_uri=start_uri
+        )
         # In parallel where allowed: the RoleBinding needs its Role (the apiserver checks we
         # hold what it grants by reading the Role), and the Job goes last: it marks the
         # run's children complete.
@@ -366,8 +369,19 @@ class Reconciler:
         if await self._create_owned(job_obj, uid):
             metrics.RUNS_STARTED.inc()
 
+    async def _start_adapter(self, ft: LoRAFineTune) -> str | None:
+        """startFrom.fineTune's succeeded run prefix; RunWaiting until there is one."""
+        start = ft.spec.start_from
+        source = None
+        if start is not None and start.fine_tune is not None:
+            source = await self.kube.get("LoRAFineTune", ft.namespace, start.fine_tune)
+        try:
+            return start_from.resolve(ft, source)
+        except start_from.Waiting as e:
+            raise RunWaiting(start_from.REASON_WAITING, str(e)) from None
+
     async def _check_secrets(self, ft: LoRAFineTune) -> None:
-        """Raise SecretMissing unless every Secret the spec references exists with its keys.
+        """Raise RunWaiting unless every Secret the spec references exists with its keys.
 
         Only key names are looked at; no value leaves this function (none is logged,
         compared or stored).
@@ -383,8 +397,8 @@ class Reconciler:
         for name, keys, where in refs:
             secret = await self.kube.get("Secret", ft.namespace, name)
             if secret is None:
-                raise SecretMissing(
-                    False,
+                raise RunWaiting(
+                    "SecretNotFound",
                     f"Secret {name} ({where}) does not exist in namespace {ft.namespace}; "
                     "no Job is created until it does",
                 )
@@ -392,18 +406,18 @@ class Reconciler:
             del secret
             missing = [k for k in keys if k not in have]
             if missing:
-                raise SecretMissing(
-                    True,
+                raise RunWaiting(
+                    "SecretKeyMissing",
                     f"Secret {name} ({where}) has no key {', '.join(missing)}; "
                     "no Job is created until it does",
                 )
 
-    async def _wait_for_secret(self, body: Obj, err: SecretMissing) -> None:
-        """The run waits (no Job) for a referenced Secret; patch only what changed."""
+    async def _wait(self, body: Obj, err: RunWaiting) -> None:
+        """The run waits (no Job) for what its spec references; patch only what changed."""
         status = body.get("status") or {}
         gen = int(body["metadata"].get("generation") or 0)
         old = list(status.get("conditions") or [])
-        conds = apply(old, secret_wait_conditions(err.missing_key, err.message), gen)
+        conds = apply(old, wait_conditions(err.reason, err.message), gen)
         phase, message = summary(conds)
         patch: Obj = {}
         if conds != old or phase != status.get("phase") or message != status.get("message"):
@@ -414,8 +428,8 @@ class Reconciler:
             await self._patch_status(body, patch)
             self._emit(body, old, conds)
 
-    async def _secret_arrived(self, ft: LoRAFineTune, body: Obj, run: int) -> None:
-        """The Secret a run waited for exists now and the run's Job was just created."""
+    async def _wait_over(self, ft: LoRAFineTune, body: Obj, run: int) -> None:
+        """What a run waited for is there now and the run's Job was just created."""
         status = body.get("status") or {}
         gen = int(ft.metadata.get("generation") or 0)
         conds = apply(status.get("conditions") or [], start_conditions(ft.spec.suspend), gen)
@@ -483,10 +497,10 @@ class Reconciler:
             # so run 2 never shows run 1's 100 %, loss and ETA while it waits. The old run's
             # trainer can no longer write it back: its Role went with its children above.
             patch["progress"] = None
-        waiting: SecretMissing | None = None
+        waiting: RunWaiting | None = None
         try:
             await self._ensure_children(ft, p.run, jobs)
-        except SecretMissing as e:
+        except RunWaiting as e:
             waiting = e
         except ApiError as e:
             if not e.refused:
@@ -498,7 +512,7 @@ class Reconciler:
         wanted = (
             start_conditions(ft.spec.suspend)
             if waiting is None
-            else secret_wait_conditions(waiting.missing_key, waiting.message)
+            else wait_conditions(waiting.reason, waiting.message)
         )
         conds = apply(old_conds, wanted, gen, now)
         phase, message = summary(conds)
@@ -803,7 +817,7 @@ class Reconciler:
             if not run.get("number") or (finished(conds) and (job is None or job_finished(job))):
                 self._synced_at[key] = time.monotonic()
                 return
-            if job is None and waits_for_secret(conds):
+            if job is None and waits(conds):
                 retry_start = body
             else:
                 if job is None:

@@ -58,7 +58,7 @@ def trusted_run(status: Obj, owned: Sequence[Obj]) -> Obj:
     run = run_of(status)
     claimed = int(run.get("number") or 0)
     conds = status.get("conditions") or []
-    no_job_by_design = waits_for_secret(conds) or ("jobName" in run and not run["jobName"])
+    no_job_by_design = waits(conds) or ("jobName" in run and not run["jobName"])
     if claimed == number or (claimed > number and no_job_by_design):
         return status
     meta = job.get("metadata") or {}
@@ -135,23 +135,18 @@ def start_conditions(suspend: bool) -> list[Cond]:
     return conds
 
 
-#: Reasons of a run that waits, with no Job, for a Secret its spec references.
-SECRET_WAIT_REASONS = ("SecretNotFound", "SecretKeyMissing")
+#: Reasons of a run that waits, with no Job (no GPU held), for something its spec
+#: references: a Secret (or one of its keys), or startFrom.fineTune's succeeded adapter.
+WAIT_REASONS = ("SecretNotFound", "SecretKeyMissing", "WaitingForStartingAdapter")
 
 
-def secret_wait_conditions(missing_key: bool, message: str) -> list[Cond]:
-    """A run whose referenced Secret (or one of its keys) is missing: no Job (no GPU held)
-    until it exists; the operator re-checks every LORAF_STATUS_INTERVAL_SECONDS."""
-    if missing_key:
-        waiting = [
-            Cond(COND_SCHEDULED, "False", "SecretKeyMissing", ""),
-            Cond(COND_RUNNING, "False", "SecretKeyMissing", message),
-        ]
-    else:
-        waiting = [
-            Cond(COND_SCHEDULED, "False", "SecretNotFound", ""),
-            Cond(COND_RUNNING, "False", "SecretNotFound", message),
-        ]
+def wait_conditions(reason: str, message: str) -> list[Cond]:
+    """A run that waits (WAIT_REASONS): no Job until what it references is there; the
+    operator re-checks every LORAF_STATUS_INTERVAL_SECONDS."""
+    waiting = [
+        Cond(COND_SCHEDULED, "False", reason, ""),
+        Cond(COND_RUNNING, "False", reason, message),
+    ]
     return [
         Cond(COND_VALIDATED, "True", "SpecValid", "the spec is valid"),
         Cond(COND_SUCCEEDED, "False", "RunStarted", ""),
@@ -161,9 +156,9 @@ def secret_wait_conditions(missing_key: bool, message: str) -> list[Cond]:
     ]
 
 
-def waits_for_secret(conditions: Sequence[Condition]) -> bool:
+def waits(conditions: Sequence[Condition]) -> bool:
     c = get(conditions, COND_RUNNING) or {}
-    return c.get("status") == "False" and c.get("reason") in SECRET_WAIT_REASONS
+    return c.get("status") == "False" and c.get("reason") in WAIT_REASONS
 
 
 def invalid_conditions(message: str) -> list[Cond]:

@@ -20,7 +20,6 @@ from typing import Any, get_args
 
 from .api.models import (
     API_VERSION,
-    COND_SUCCEEDED,
     SERVING_KIND,
     LoRAFineTune,
     LoraRank,
@@ -28,6 +27,7 @@ from .api.models import (
     LoRASpec,
 )
 from .builders.common import owner_reference
+from .start_from import succeeded_adapter_uri
 
 COND_SERVING = "Serving"
 Obj = dict[str, Any]
@@ -48,10 +48,8 @@ def adapter_of(ft: LoRAFineTune) -> Adapter | None:
     serving = ft.spec.serving
     if serving is None or not serving.enabled:
         return None
-    if not any(c.type == COND_SUCCEEDED and c.status == "True" for c in ft.status.conditions):
-        return None
-    uri = ft.status.artifacts.adapter_uri if ft.status.artifacts else None
-    if not uri:
+    uri = succeeded_adapter_uri(ft)
+    if uri is None:
         return None
     return Adapter(serving.adapter_name or ft.name, uri, ft.spec.lora.r)
 

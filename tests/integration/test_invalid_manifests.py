@@ -29,6 +29,7 @@ pytestmark = pytest.mark.cluster
 FT = finetune("fuzz")
 SV = serving("fuzz")
 with_ = mutate
+DPO = with_(FT, **{"spec.objective": "dpo", "spec.dataset.format": "preference"})
 
 
 def res(**resources: Any) -> dict[str, Any]:
@@ -223,6 +224,33 @@ REJECTED: list[tuple[str, dict[str, Any], list[str]]] = [
         with_(FT, **{"spec.serving": {"enabled": True, "servingRef": "Shared.Svc"}}),
         ["spec.serving.servingRef"],
     ),
+    # -- objective dpo (issue 20): preference data and DPO go together
+    (
+        "dpo-without-preference-data",
+        with_(FT, **{"spec.objective": "dpo"}),
+        ["spec.dataset.format", "objective dpo needs dataset.format preference"],
+    ),
+    (
+        "preference-data-without-dpo",
+        with_(FT, **{"spec.dataset.format": "preference"}),
+        ["spec.dataset.format", "objective dpo needs dataset.format preference"],
+    ),
+    (
+        "dpo-knobs-without-dpo",
+        with_(FT, **{"spec.dpo": {"beta": 0.2}}),
+        ["spec.dpo", "only allowed when spec.objective is dpo"],
+    ),
+    (
+        "dpo-starting-reference-without-start",
+        with_(DPO, **{"spec.dpo": {"reference": "startingAdapter"}}),
+        ["spec.dpo.reference", "needs spec.startFrom"],
+    ),
+    (
+        "start-from-two-sources",
+        with_(DPO, **{"spec.startFrom": {"fineTune": "sft", "s3": "s3://b/sft/run-1/"}}),
+        ["spec.startFrom", "exactly one of fineTune or s3"],
+    ),
+    ("dpo-beta-zero", with_(DPO, **{"spec.dpo": {"beta": 0}}), ["spec.dpo.beta"]),
 ]
 
 ACCEPTED: list[tuple[str, dict[str, Any]]] = [
@@ -273,6 +301,17 @@ ACCEPTED: list[tuple[str, dict[str, Any]]] = [
         ),
     ),
     ("serving-name", with_(SV, **{"metadata.name": "smollm2-adapters"})),
+    ("dpo", DPO),
+    (
+        "dpo-from-sft",
+        with_(
+            DPO,
+            **{
+                "spec.startFrom": {"fineTune": "sft"},
+                "spec.dpo": {"beta": 0.2, "lossType": "ipo", "reference": "startingAdapter"},
+            },
+        ),
+    ),
 ]
 
 MODELS: dict[str, type[LoRAFineTune] | type[LoRAServing]] = {

@@ -11,9 +11,9 @@ from loraf_operator.runs import (
     history_entry,
     next_run_number,
     plan,
-    secret_wait_conditions,
     start_conditions,
     trusted_run,
+    wait_conditions,
 )
 from loraf_operator.status import apply, derive_phase
 
@@ -94,7 +94,7 @@ def test_run_bookkeeping_comes_from_the_owned_jobs() -> None:
     assert plan(fixed, 1, "h", None) == Plan("ensure", 1)  # not "ensure 7": no second Job
     # Run 2 replaced run 1 and waits for a Secret (no Job on purpose; r1 not yet gone).
     waiting = status(2, gen=2)
-    waiting["conditions"] = apply([], secret_wait_conditions(False, "no Secret"), 2, "T")
+    waiting["conditions"] = apply([], wait_conditions("SecretNotFound", "no Secret"), 2, "T")
     assert trusted_run(waiting, [_job(1)]) is waiting
     # Newest owned Job wins over an older number in the status.
     assert trusted_run(st, [_job(1), _job(3, gen=4)])["run"]["generation"] == 4
@@ -133,14 +133,14 @@ def test_job_deleted_fails_the_run() -> None:
     assert "demo-r1" in next(x for x in c if x["type"] == "Failed")["message"]
 
 
-def test_secret_wait_conditions_hold_no_failure() -> None:
-    from loraf_operator.runs import secret_wait_conditions, waits_for_secret
+def test_wait_conditions_hold_no_failure() -> None:
+    from loraf_operator.runs import wait_conditions, waits
     from loraf_operator.status import apply, derive_phase
 
-    conds = apply([], secret_wait_conditions(False, "Secret s3 does not exist"), 1)
-    assert waits_for_secret(conds)
+    conds = apply([], wait_conditions("SecretNotFound", "Secret s3 does not exist"), 1)
+    assert waits(conds)
     assert derive_phase(conds) == "Scheduling"  # not Failed: the user may still create it
     by = {c["type"]: c for c in conds}
     assert by["Running"]["reason"] == "SecretNotFound" and by["Failed"]["status"] == "False"
-    keyed = apply(conds, secret_wait_conditions(True, "no key"), 1)
+    keyed = apply(conds, wait_conditions("SecretKeyMissing", "no key"), 1)
     assert {c["type"]: c for c in keyed}["Running"]["reason"] == "SecretKeyMissing"

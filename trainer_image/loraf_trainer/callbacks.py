@@ -37,6 +37,25 @@ def _finite(x: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
+# TRL DPOTrainer's training logs → status.progress.dpo (api.models.DPOProgress).
+DPO_LOG_KEYS = {
+    "rewards/chosen": "rewardsChosen",
+    "rewards/rejected": "rewardsRejected",
+    "rewards/accuracies": "rewardAccuracy",
+    "rewards/margins": "rewardMargin",
+}
+
+
+def dpo_fields(logs: dict[str, Any]) -> dict[str, float]:
+    """The DPO metrics of one training log line (eval lines carry an `eval_` prefix and
+    are left out)."""
+    out = {}
+    for key, name in DPO_LOG_KEYS.items():
+        if (v := _finite(logs.get(key))) is not None:
+            out[name] = round(v, 4)
+    return out
+
+
 class ProgressCallback(TrainerCallback):
     """Feeds the StatusPublisher (rate-limited there) and logs a line per logging step.
 
@@ -108,6 +127,8 @@ class ProgressCallback(TrainerCallback):
             fields["evalLoss"] = round(eval_loss, 4)
         if (lr := _finite(logs.get("learning_rate"))) is not None:
             fields["learningRate"] = lr
+        if dpo := dpo_fields(logs):
+            fields["dpo"] = dpo
         tokens = _finite(logs.get("num_tokens")) or _finite(state.num_input_tokens_seen or None)
         if tokens is not None:
             now = time.monotonic()

@@ -146,11 +146,13 @@ def _read_manifest(path: str) -> dict[str, Any]:
 
 
 LOCAL_CLAIM = "local"  # placeholder claim of a plain local path (never mounted)
+LOCAL_START_FROM = "s3://loraf-local/start-from"  # placeholder: startFrom.path is read instead
 
 
 def local_inputs(spec: dict[str, Any], base_dir: Path) -> tuple[dict[str, Any], Any]:
     """`loraf run` only: plain local paths in a manifest (`baseModel.path`,
-    `dataset.path`, `dataset.eval.path`; relative to the manifest's folder) become
+    `dataset.path`, `dataset.eval.path`, `startFrom.path` (a run folder holding
+    manifest.json and adapter/); relative to the manifest's folder) become
     LocalInputs, with a placeholder PVC source so the spec still validates. A `.gguf`
     file as baseModel.path sets ggufFile. Returns the rewritten spec and the inputs."""
     from .train import LocalInputs
@@ -180,8 +182,16 @@ def local_inputs(spec: dict[str, Any], base_dir: Path) -> tuple[dict[str, Any], 
     if isinstance(ds, dict) and isinstance(ds.get("eval"), dict):
         ds["eval"] = take(ds["eval"], "dataset.eval")
     spec["dataset"] = ds
+    start = take(spec.get("startFrom"), "startFrom")
+    if start is not None and "startFrom" in found:  # a local run folder, not an S3 source
+        start.pop("pvc")
+        start["s3"] = LOCAL_START_FROM
+        spec["startFrom"] = start
     return spec, LocalInputs(
-        model=found.get("baseModel"), data=found.get("dataset"), eval=found.get("dataset.eval")
+        model=found.get("baseModel"),
+        data=found.get("dataset"),
+        eval=found.get("dataset.eval"),
+        start_adapter=found.get("startFrom"),
     )
 
 

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from .errors import DatasetInvalid
 
-Format = Literal["alpaca", "chat", "prompt-completion", "text"]
+Format = Literal["alpaca", "chat", "prompt-completion", "text", "preference"]
 FileFormat = Literal["jsonl", "json", "parquet", "csv"]
 
 ROLES = ("system", "user", "assistant")
@@ -30,6 +30,8 @@ DEFAULT_COLUMNS: dict[str, str] = {
     "prompt": "prompt",
     "completion": "completion",
     "text": "text",
+    "chosen": "chosen",
+    "rejected": "rejected",
 }
 _SUFFIXES: dict[str, FileFormat] = {
     ".jsonl": "jsonl",
@@ -58,6 +60,8 @@ class Example:
     text: str = ""
     # For alpaca on models without a chat template.
     plain_prompt: str = ""
+    # preference rows: `target` is the chosen answer, this the rejected one
+    rejected: str = ""
 
 
 @dataclass(frozen=True)
@@ -138,7 +142,16 @@ def _text(row: Mapping[str, Any], n: int, col: str, required: bool = True) -> st
     return v
 
 
-def _messages(row: Mapping[str, Any], n: int, col: str) -> list[tuple[str, str]]:
+def _answer(row: Mapping[str, Any], n: int, col: str) -> str:
+    """A preference answer: a string, or chat messages whose last (assistant) turn is it."""
+    if isinstance(row.get(col), list):
+        return _messages(row, n, col, need_user=False)[-1][1]
+    return _text(row, n, col)
+
+
+def _messages(
+    row: Mapping[str, Any], n: int, col: str, last: str = "assistant", need_user: bool = True
+) -> list[tuple[str, str]]:
     v = row.get(col)
     if isinstance(v, str):  # csv/parquet often carry the list as a JSON string
         try:
@@ -158,9 +171,10 @@ def _messages(row: Mapping[str, Any], n: int, col: str) -> list[tuple[str, str]]
         if not isinstance(content, str) or not content.strip():
             raise DatasetInvalid(f"{where}.content is missing/empty")
         out.append((role, content))
-    if out[-1][0] != "assistant":
-        raise DatasetInvalid(f"row {n}: field {col!r} must end with an assistant message")
-    if not any(r == "user" for r, _ in out):
+    if out[-1][0] != last:
+        article = "an" if last == "assistant" else "a"
+        raise DatasetInvalid(f"row {n}: field {col!r} must end with {article} {last} message")
+    if need_user and not any(r == "user" for r, _ in out):
         raise DatasetInvalid(f"row {n}: field {col!r} has no user message")
     return out
 
@@ -190,6 +204,18 @@ def validate_row(raw: Any, n: int, fmt: Format, columns: Mapping[str, str]) -> E
         return Example(row=n, target=completion, plain_prompt=prompt)
     if fmt == "text":
         return Example(row=n, text=_text(raw, n, c["text"]))
+    if fmt == "preference":
+        prompt_col = c["prompt"]
+        if isinstance(raw.get(prompt_col), str):
+            messages: tuple[tuple[str, str], ...] = (("user", _text(raw, n, prompt_col)),)
+        else:
+            messages = tuple(_messages(raw, n, prompt_col, last="user"))
+        return Example(
+            row=n,
+            messages=messages,
+            target=_answer(raw, n, c["chosen"]),
+            rejected=_answer(raw, n, c["rejected"]),
+        )
     raise DatasetInvalid(f"unknown dataset format {fmt!r}")
 
 
@@ -213,9 +239,10 @@ def subsample(examples: Sequence[Example], max_rows: int | None, seed: int) -> l
 
 
 def _canonical(ex: Example) -> bytes:
-    return json.dumps(
-        [ex.messages, ex.target, ex.text, ex.plain_prompt], ensure_ascii=False, sort_keys=True
-    ).encode()
+    fields: list[Any] = [ex.messages, ex.target, ex.text, ex.plain_prompt]
+    if ex.rejected:  # only preference rows: the other formats keep their hashes
+        fields.append(ex.rejected)
+    return json.dumps(fields, ensure_ascii=False, sort_keys=True).encode()
 
 
 def rows_sha256(examples: Sequence[Example]) -> str:
@@ -299,6 +326,21 @@ def to_record(
     if completion_only:
         return {"prompt": prompt_text, "completion": ex.target}
     return {"text": prompt_text + ex.target}
+
+
+def preference_record(
+    ex: Example, chat_template: bool, system_prompt: str | None
+) -> dict[str, Any]:
+    """The record TRL's DPOTrainer expects: conversational with a chat template (so
+    training sees the layout the model is prompted with), plain text without one."""
+    if chat_template:
+        return {
+            "prompt": chat_messages(ex, system_prompt),
+            "chosen": [{"role": "assistant", "content": ex.target}],
+            "rejected": [{"role": "assistant", "content": ex.rejected}],
+        }
+    prompt = "\n\n".join(c for _, c in ex.messages) + "\n\n"
+    return {"prompt": prompt, "chosen": ex.target, "rejected": ex.rejected}
 
 
 def prompt_for_generation(ex: Example, tokenizer: Any, system_prompt: str | None = None) -> str:

@@ -22,6 +22,7 @@ from . import (
     adapters,
     artifacts,
     data,
+    dpo,
     evaluate,
     hyperparams,
     memory_planner,
@@ -53,6 +54,7 @@ class LocalInputs:
     model: Path | None = None
     data: Path | None = None
     eval: Path | None = None
+    start_adapter: Path | None = None  # startFrom.path: a run folder (manifest + adapter/)
 
 
 @dataclass
@@ -194,6 +196,7 @@ def prepare_model(
     base_path: Path,
     device: model_loading.Device,
     train_rows: int | None = None,
+    start_adapter: Path | None = None,
 ) -> tuple[Any, optimizations.Decision]:
     """Choose the hyper-parameters and plan for this GPU, load the base, apply the
     techniques, attach LoRA.
@@ -241,7 +244,12 @@ def prepare_model(
     )
     optimizations.apply_before_adapters(model, decision)
     set_seed(spec.training.seed)  # the adapters' initialization
-    model = get_peft_model(model, adapters.build_lora_config(spec.lora))
+    if start_adapter is not None:  # spec.startFrom: its LoRA shape replaces spec.lora
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, start_adapter, is_trainable=True)
+    else:
+        model = get_peft_model(model, adapters.build_lora_config(spec.lora))
     optimizations.apply_after_adapters(model, decision)
     return model, decision
 
@@ -272,6 +280,17 @@ def build_trainer(
         interactive,
         decision.hyper,
     ) | optimizations.sft_overrides(decision)
+    if cfg.spec.objective == "dpo":
+        return dpo.build_trainer(
+            model,
+            dpo.config_kwargs(kw, cfg.spec),
+            cfg.spec.effective_dpo.reference,
+            tokenizer,
+            train_ds,
+            eval_ds,
+            callbacks,
+            mixins=(FirstStepWarmup,),
+        )
     bases: tuple[type, ...] = (FirstStepWarmup, SFTTrainer)
     if decision.oom_recovery:
         bases = (oom_recovery.OomRecovery, *bases)
@@ -405,7 +424,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
     )
     base_path = model_loading.materialize(resolved, bm.trust_remote_code)
     tokenizer = model_loading.load_tokenizer(base_path, bm.trust_remote_code)
-    model, decision = prepare_model(cfg, base_path, device, len(prepared.train))
+    start = fetch_start_adapter(ctx)
+    model, decision = prepare_model(cfg, base_path, device, len(prepared.train), start)
     trainable, total = adapters.count_parameters(model)
     pct = 100.0 * trainable / total if total else 0.0
     log.info("trainable params: %d of %d (%.3f%%)", trainable, total, pct)
@@ -420,11 +440,18 @@ def run(ctx: RunContext) -> dict[str, Any]:
     chat = bool(getattr(tokenizer, "chat_template", None))
     co = spec.training.completion_only_loss
     system = spec.dataset.system_prompt
-    train_ds = Dataset.from_list([data.to_record(e, chat, co, system) for e in prepared.train])
-    eval_ds = (
-        Dataset.from_list([data.to_record(e, chat, co, system) for e in prepared.eval])
-        if prepared.eval
-        else None
+    dpo_run = spec.objective == "dpo"
+
+    def record(e: data.Example) -> dict[str, Any]:
+        if dpo_run:
+            return data.preference_record(e, chat, system)
+        return data.to_record(e, chat, co, system)
+
+    train_ds = Dataset.from_list([record(e) for e in prepared.train])
+    eval_ds = Dataset.from_list([record(e) for e in prepared.eval]) if prepared.eval else None
+    # objective dpo: the starting model's held-out preference accuracy, before it changes
+    preference_start = (
+        dpo.preference_accuracy(model, tokenizer, prepared.eval, system) if dpo_run else None
     )
 
     # -- trainer
@@ -506,7 +533,9 @@ def run(ctx: RunContext) -> dict[str, Any]:
         # every status interval so the status never stands still for minutes
         remaining.begin("evalLoss")
         pub.update({"stage": "Evaluating", **remaining.fields()}, force=True)
-        losses = evaluate.eval_losses(trainer, eval_ds is not None)
+        # DPO's eval loss against a reference equal to the base says nothing: preference
+        # accuracy instead
+        losses = evaluate.eval_losses(trainer, eval_ds is not None and not dpo_run)
         remaining.done("evalLoss")
         remaining.begin("generations")
         pub.update(remaining.fields(), force=True)
@@ -529,6 +558,17 @@ def run(ctx: RunContext) -> dict[str, Any]:
         if losses["evalLossAdapter"] is not None:
             history["eval"].append([state.global_step, losses["evalLossAdapter"]])
         report = evaluate.build_report(losses, gens, len(prepared.eval), history)
+        if dpo_run:
+            report["preferenceAccuracyStart"] = preference_start
+            report["preferenceAccuracyAdapter"] = dpo.preference_accuracy(
+                trainer.model, tokenizer, prepared.eval, system
+            )
+            report["rewardMargins"] = dpo.margin_history(state.log_history)
+            log.info(
+                "held-out preference accuracy: start %s → adapter %s",
+                preference_start,
+                report["preferenceAccuracyAdapter"],
+            )
         log.info(
             "eval loss base %s → adapter %s", losses["evalLossBase"], losses["evalLossAdapter"]
         )
@@ -562,11 +602,19 @@ def run(ctx: RunContext) -> dict[str, Any]:
         if svg:
             (stage_dir / "eval" / "loss.svg").write_text(svg)
         files = artifacts.describe_files(stage_dir)
-        metrics = {
+        metrics: dict[str, Any] = {
             **run_metrics(state, out, prior_runtime),
             **{
                 k: report[k]
-                for k in ("evalLossBase", "evalLossAdapter", "perplexityBase", "perplexityAdapter")
+                for k in (
+                    "evalLossBase",
+                    "evalLossAdapter",
+                    "perplexityBase",
+                    "perplexityAdapter",
+                    "preferenceAccuracyStart",
+                    "preferenceAccuracyAdapter",
+                )
+                if k in report
             },
             "trainableParams": trainable,
             "totalParams": total,
@@ -610,11 +658,39 @@ def run(ctx: RunContext) -> dict[str, Any]:
             "evalLossAdapter": report["evalLossAdapter"],
             "perplexityBase": report["perplexityBase"],
             "perplexityAdapter": report["perplexityAdapter"],
+            "preferenceAccuracyStart": report.get("preferenceAccuracyStart"),
+            "preferenceAccuracyAdapter": report.get("preferenceAccuracyAdapter"),
         }
         result = {k: v for k, v in result.items() if v is not None}
         remaining.done("upload")
         pub.update({"stage": "Done", "result": result, **remaining.fields()}, force=True)
         return result
+
+
+def fetch_start_adapter(ctx: RunContext) -> Path | None:
+    """spec.startFrom's adapter, downloaded and checked against its run's manifest (the
+    operator resolves startFrom.fineTune to that run's prefix: cfg.startAdapterUri)."""
+    from .serve import AdapterInvalid, fetch_adapter
+
+    spec = ctx.cfg.spec
+    uri = ctx.local.start_adapter or ctx.cfg.start_adapter_uri
+    if uri is None and spec.start_from is not None:
+        uri = spec.start_from.s3
+    if uri is None:
+        if spec.start_from is not None:
+            raise ConfigInvalid(
+                f"startFrom.fineTune {spec.start_from.fine_tune!r} was not resolved to an "
+                "adapter (the operator sets startAdapterUri; `loraf run` needs startFrom.path)"
+            )
+        return None
+    dest = ctx.work_dir / "start-adapter"
+    shutil.rmtree(dest, ignore_errors=True)
+    try:
+        out = fetch_adapter(str(uri), dest, spec.output.endpoint, spec.output.region)
+    except AdapterInvalid as e:
+        raise ConfigInvalid(f"startFrom: {e}") from e
+    log.info("starting from adapter %s", uri)
+    return out
 
 
 def upload_size_estimate(trainable: int, total: int, output: Any) -> int:

@@ -384,7 +384,7 @@ class BaseModelSpec(SpecModel):
 # ---------------------------------------------------------------------------------------------
 # spec: dataset
 
-DatasetFormat = Literal["alpaca", "chat", "prompt-completion", "text"]
+DatasetFormat = Literal["alpaca", "chat", "prompt-completion", "text", "preference"]
 FileFormat = Literal["auto", "jsonl", "json", "parquet", "csv"]
 
 _DATA_SOURCE_RULES = _rules(
@@ -449,6 +449,16 @@ class ColumnMapping(SpecModel):
         default=None, description="Column for prompt-completion `completion`.", max_length=128
     )
     text: str | None = Field(default=None, description="Column for plain `text`.", max_length=128)
+    chosen: str | None = Field(
+        default=None,
+        description="Column for preference `chosen` (preferred answer).",
+        max_length=128,
+    )
+    rejected: str | None = Field(
+        default=None,
+        description="Column for preference `rejected` (dispreferred answer).",
+        max_length=128,
+    )
 
 
 class DatasetSpec(DataSource):
@@ -457,7 +467,9 @@ class DatasetSpec(DataSource):
     format: DatasetFormat = Field(
         description=(
             "Row format: alpaca (instruction/input/output), chat (messages: [{role, content}]), "
-            "prompt-completion (prompt/completion) or text (raw text)."
+            "prompt-completion (prompt/completion), text (raw text) or preference "
+            "(prompt/chosen/rejected, for objective dpo; prompt is a string or a list of chat "
+            "messages, chosen and rejected are strings)."
         ),
     )
     file_format: FileFormat = Field(
@@ -490,6 +502,68 @@ class DatasetSpec(DataSource):
         "applies it to requests without a system message. Ignored without a chat template.",
         max_length=16384,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# spec: objective, preference tuning, starting adapter
+
+Objective = Literal["sft", "dpo"]
+DPOLossType = Literal["sigmoid", "ipo", "hinge", "robust"]
+DPOReference = Literal["base", "startingAdapter"]
+
+
+class DPOSpec(SpecModel):
+    """Direct Preference Optimization (TRL's DPOTrainer) knobs; used with objective dpo."""
+
+    beta: float = Field(
+        default=0.1,
+        description="How far the adapter may move from the reference: higher keeps it closer "
+        "(TRL's beta).",
+        gt=0,
+        le=10,
+    )
+    loss_type: DPOLossType = Field(
+        default="sigmoid",
+        description="sigmoid (the DPO paper's loss), ipo, hinge or robust (label noise).",
+    )
+    reference: DPOReference = Field(
+        default="base",
+        description="What the adapter is compared against: base (the frozen base model, "
+        "adapters disabled) or startingAdapter (a frozen copy of startFrom's adapter, the "
+        "model before preference tuning; needs startFrom).",
+    )
+
+
+_START_FROM_RULES = _rules(*exactly_one("fineTune", "s3"))
+
+
+class StartFrom(SpecModel):
+    """An adapter to continue training from (DPO after SFT, or more SFT). Exactly one of
+    fineTune or s3."""
+
+    model_config = ConfigDict(json_schema_extra=_START_FROM_RULES)
+
+    fine_tune: str | None = Field(
+        default=None,
+        description="Name of a LoRAFineTune in the same namespace: its succeeded run's "
+        "verified adapter. The run waits (condition Running=False, reason "
+        "WaitingForStartingAdapter) while that fine-tune has not succeeded.",
+        min_length=1,
+        max_length=253,
+    )
+    s3: str | None = Field(
+        default=None,
+        description="s3:// prefix of a run (the folder holding manifest.json and adapter/); "
+        "the adapter's sha256 is checked against the manifest.",
+        max_length=MAX_URI,
+        pattern=S3_URI_PATTERN,
+    )
+
+    @model_validator(mode="after")
+    def _check_source(self) -> StartFrom:
+        if _count_set(self.fine_tune, self.s3) != 1:
+            raise ValueError("startFrom: exactly one of fineTune or s3 must be set")
+        return self
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1177,6 +1251,26 @@ class ServingSpec(SpecModel):
 
 _FINETUNE_RULES = _rules(
     cel(
+        "(has(self.objective) && self.objective == 'dpo') == (self.dataset.format == 'preference')",
+        "objective dpo needs dataset.format preference, and a preference dataset needs "
+        "objective dpo",
+        ".dataset.format",
+        reason="FieldValueInvalid",
+    ),
+    cel(
+        "!has(self.dpo) || (has(self.objective) && self.objective == 'dpo')",
+        "spec.dpo is only allowed when spec.objective is dpo",
+        ".dpo",
+        reason="FieldValueForbidden",
+    ),
+    cel(
+        "!has(self.dpo) || !has(self.dpo.reference) || self.dpo.reference != 'startingAdapter' "
+        "|| has(self.startFrom)",
+        "dpo.reference startingAdapter needs spec.startFrom",
+        ".dpo.reference",
+        reason="FieldValueRequired",
+    ),
+    cel(
         "self.method == 'qlora' || !has(self.quantization)",
         "spec.quantization is only allowed when spec.method is qlora",
         ".quantization",
@@ -1218,6 +1312,19 @@ class LoRAFineTuneSpec(SpecModel):
         default="lora",
         description="lora trains adapters on frozen bf16/fp16 weights; qlora on 4/8-bit "
         "quantized weights (less memory, somewhat slower).",
+    )
+    objective: Objective = Field(
+        default="sft",
+        description="sft (supervised: learn the answers) or dpo (Direct Preference "
+        "Optimization: prefer chosen over rejected answers; needs dataset.format preference).",
+    )
+    dpo: DPOSpec | None = Field(
+        default=None, description="DPO knobs (objective dpo; unset: the defaults)."
+    )
+    start_from: StartFrom | None = Field(
+        default=None,
+        description="Continue from an existing adapter (e.g. DPO on top of an SFT run): its "
+        "LoRA shape replaces spec.lora.",
     )
     lora: LoRASpec = Field(
         default_factory=LoRASpec, description="Adapter shape.", json_schema_extra=_OBJECT_DEFAULT
@@ -1261,7 +1368,20 @@ class LoRAFineTuneSpec(SpecModel):
     def _check_method(self) -> LoRAFineTuneSpec:
         if self.quantization is not None and self.method != "qlora":
             raise ValueError("spec.quantization is only allowed when spec.method is qlora")
+        if (self.objective == "dpo") != (self.dataset.format == "preference"):
+            raise ValueError(
+                "objective dpo needs dataset.format preference, and a preference dataset "
+                "needs objective dpo"
+            )
+        if self.dpo is not None and self.objective != "dpo":
+            raise ValueError("spec.dpo is only allowed when spec.objective is dpo")
+        if self.effective_dpo.reference == "startingAdapter" and self.start_from is None:
+            raise ValueError("dpo.reference startingAdapter needs spec.startFrom")
         return self
+
+    @property
+    def effective_dpo(self) -> DPOSpec:
+        return self.dpo or DPOSpec()
 
     @property
     def effective_quantization(self) -> QuantizationSpec | None:
@@ -1347,6 +1467,14 @@ class EvalSummary(StatusModel):
     perplexity_adapter: float | None = Field(
         default=None, description="Eval perplexity with the adapter."
     )
+    preference_accuracy_start: float | None = Field(
+        default=None,
+        description="objective dpo: held-out rows whose chosen answer the starting model "
+        "(base or startFrom's adapter) scores above rejected.",
+    )
+    preference_accuracy_adapter: float | None = Field(
+        default=None, description="objective dpo: the same for the trained adapter."
+    )
 
 
 class RunResult(Artifacts, EvalSummary):
@@ -1387,6 +1515,20 @@ class TrainingPlan(StatusModel):
 
 
 Stage = Literal["Loading", "Validating", "Training", "Evaluating", "Uploading", "Done"]
+
+
+class DPOProgress(StatusModel):
+    """DPO's training metrics (objective dpo), from the latest log line: rewards are
+    beta-scaled log-probability ratios of the adapter over the reference."""
+
+    rewards_chosen: float | None = Field(default=None, description="Mean reward of chosen.")
+    rewards_rejected: float | None = Field(default=None, description="Mean reward of rejected.")
+    reward_accuracy: float | None = Field(
+        default=None, description="Fraction of rows whose chosen reward beats rejected's."
+    )
+    reward_margin: float | None = Field(
+        default=None, description="Mean reward of chosen minus rejected (grows as it learns)."
+    )
 
 
 class Progress(StatusModel):
@@ -1433,6 +1575,7 @@ class Progress(StatusModel):
     plan: TrainingPlan | None = Field(
         default=None, description="How the trainer runs the requested batch on this GPU."
     )
+    dpo: DPOProgress | None = Field(default=None, description="DPO metrics (objective dpo).")
     result: RunResult | None = Field(
         default=None, description="What the run uploaded (set at the end)."
     )

@@ -34,9 +34,16 @@ class TrainerConfig(BaseModel):
     generation: int = Field(description="metadata.generation this run was started for.", ge=0)
     run: int = Field(description="Run number (1, 2, ...).", ge=1)
     spec: LoRAFineTuneSpec = Field(description="The resource's spec at run start.")
+    start_adapter_uri: str | None = Field(
+        default=None,
+        description="spec.startFrom.fineTune resolved by the operator: the s3:// prefix of "
+        "that fine-tune's succeeded run (manifest.json + adapter/).",
+    )
 
     @classmethod
-    def for_resource(cls, obj: LoRAFineTune | dict[str, Any], run: int) -> TrainerConfig:
+    def for_resource(
+        cls, obj: LoRAFineTune | dict[str, Any], run: int, start_adapter_uri: str | None = None
+    ) -> TrainerConfig:
         """Build the config of run `run` from a LoRAFineTune (model or raw object)."""
         ft = obj if isinstance(obj, LoRAFineTune) else LoRAFineTune.model_validate(obj)
         meta = ft.metadata
@@ -47,6 +54,7 @@ class TrainerConfig(BaseModel):
             generation=int(meta.get("generation", 0) or 0),
             run=run,
             spec=ft.spec,
+            start_adapter_uri=start_adapter_uri,
         )
 
     # -- S3 layout ---------------------------------------------------------------------------

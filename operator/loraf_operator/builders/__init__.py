@@ -28,13 +28,17 @@ __all__ = [
 
 
 def build_run(
-    ft: LoRAFineTune, run: int, defaults: BuildDefaults | None = None
+    ft: LoRAFineTune,
+    run: int,
+    defaults: BuildDefaults | None = None,
+    start_adapter_uri: str | None = None,
 ) -> list[dict[str, Any]]:
-    """All children of run `run`, in creation order (the Job last: it needs the others)."""
+    """All children of run `run`, in creation order (the Job last: it needs the others).
+    `start_adapter_uri`: spec.startFrom.fineTune resolved (start_from.resolve)."""
     return [
         build_service_account(ft, run),
         build_role(ft, run),
         build_role_binding(ft, run),
-        build_config_map(ft, run),
+        build_config_map(ft, run, start_adapter_uri),
         build_job(ft, run, defaults),
     ]

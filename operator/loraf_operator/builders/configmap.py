@@ -21,12 +21,15 @@ def config_yaml(cfg: TrainerConfig) -> str:
     return yaml.dump(cfg.to_dict(), Dumper=_Dumper, sort_keys=False)
 
 
-def build_config_map(ft: LoRAFineTune, run: int) -> dict[str, Any]:
+def build_config_map(
+    ft: LoRAFineTune, run: int, start_adapter_uri: str | None = None
+) -> dict[str, Any]:
+    cfg = TrainerConfig.for_resource(ft, run, start_adapter_uri)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": child_metadata(ft, run, config_map_name(ft.name, run)),
-        "data": {CONFIG_KEY: config_yaml(TrainerConfig.for_resource(ft, run))},
+        "data": {CONFIG_KEY: config_yaml(cfg)},
         # The config of a run never changes: a new spec is a new run with a new ConfigMap.
         "immutable": True,
     }
