@@ -85,6 +85,6 @@ def result(run_prefix: str, manifest: Mapping[str, Any]) -> tuple[Obj, Obj]:
         sha256=weights.get("sha256"),
     )
     metrics = manifest.get("metrics") or {}
-    keys = ("evalLossBase", "evalLossAdapter", "perplexityBase", "perplexityAdapter")
+    keys = [f.alias or name for name, f in EvalSummary.model_fields.items()]
     evaluation = EvalSummary.model_validate({k: metrics.get(k) for k in keys})
     return artifacts.to_dict(), evaluation.to_dict()
