@@ -182,17 +182,17 @@ def markdown(result: dict[str, Any]) -> str:
         "| set | prompt | key | reference | base | adapter |",
         "|---|---|---|---|---|---|",
     ]
+
+    def cell(answer: str, ok: bool, ref: str | None) -> str:
+        rl = f" ({rouge_l(answer, ref):.2f})" if ref else ""
+        return f"{'✓' if ok else '✗'} {_cell(answer)}{rl}"
+
     answers_by_fact = {f.name: f.answer for f in make_dataset.FACTS}
     for r in result["rows"]:
         ref = r.get("reference") or answers_by_fact.get(r["fact"])
-
-        def cell(answer: str, ok: bool) -> str:
-            rl = f" ({rouge_l(answer, ref):.2f})" if ref else ""
-            return f"{'✓' if ok else '✗'} {_cell(answer)}{rl}"
-
         lines.append(
             f"| {r['set']} | {_cell(r['prompt'])} | {_cell(r['keys'][0])} | {_cell(ref)} | "
-            f"{cell(r['base'], r['baseOk'])} | {cell(r['adapter'], r['adapterOk'])} |"
+            f"{cell(r['base'], r['baseOk'], ref)} | {cell(r['adapter'], r['adapterOk'], ref)} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -260,7 +260,8 @@ def test_chat_applies_the_trained_system_prompt(
     # The chat template comes from the run's manifest, per adapter.
     trained = json.loads((runs["b"] / "manifest.json").read_text())["chat"]["chatTemplate"]
     assert trained and engine.adapters["beta"].chat_template == trained
-    engine.adapters["beta"].chat_template = "{% for m in messages %}[{{ m['content'] }}]{% endfor %}"
+    brackets = "{% for m in messages %}[{{ m['content'] }}]{% endfor %}"
+    engine.adapters["beta"].chat_template = brackets
     try:
         assert engine.chat_prompt(user, "beta") == f"[{SUPPORT}][How long is the warranty?]"
         assert default in engine.chat_prompt(user, BASE)  # the base keeps the tokenizer's
