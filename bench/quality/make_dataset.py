@@ -335,10 +335,14 @@ def build() -> dict[str, Any]:
             train.append({"instruction": q, "input": "", "output": f.answer})
         held = TEMPLATE_HELDOUT.format(t=f.topic)
         heldout.append({"instruction": held, "input": "", "output": f.answer})
-        prompts.append({"set": "heldout", "fact": f.name, "prompt": held, "keys": keys})
-        prompts.append({"set": "paraphrase", "fact": f.name, "prompt": f.paraphrase, "keys": keys})
+        for kind, prompt in (("heldout", held), ("paraphrase", f.paraphrase)):
+            prompts.append(
+                {"set": kind, "fact": f.name, "prompt": prompt, "keys": keys, "reference": f.answer}
+            )
     for i, (q, keys) in enumerate(GENERAL):
-        prompts.append({"set": "general", "fact": f"general-{i}", "prompt": q, "keys": keys})
+        prompts.append(
+            {"set": "general", "fact": f"general-{i}", "prompt": q, "keys": keys, "reference": None}
+        )
     # every training question is distinct, and no evaluation prompt is a training row
     questions = [r["instruction"] for r in train]
     assert len(set(questions)) == len(questions)

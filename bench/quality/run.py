@@ -16,7 +16,9 @@ as YAML). Scores (bench/quality/make_dataset.py says what they mean):
   general answers of the adapter that mention the product's words.
 Prompts are rendered with the tokenizer's chat template and the system prompt the run
 recorded in its manifest (none: what the template adds by itself), as in training.
-Results go to bench/results/quality_<name>.json with the command.
+Results go to bench/results/quality_<name>.json with the command, and the same as a
+Markdown page (scores, then every prompt with its reference, base and adapter answers and
+their ROUGE-L) to quality_<name>.md; `--render RESULT.json` rewrites only that page.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -146,13 +149,65 @@ def score(run_dir: Path, eval_doc: dict[str, Any], max_new_tokens: int) -> dict[
     return {"sets": sets, "rows": rows, "systemPrompt": system}
 
 
+def _cell(text: str | None) -> str:
+    return (text or "").replace("|", "\\|").replace("\n", " ")
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The result as a page: scores per set, then every prompt with base and adapter."""
+    from loraf_trainer.evaluate import rouge_l
+
+    h = (result.get("hyperparameters") or {}).get("training") or {}
+    lines = [
+        f"# Fact-recall benchmark: `{result['command']}`",
+        "",
+        f"Learning rate {h.get('learningRate')}, {h.get('scheduler')}, "
+        f"{(result.get('hyperparameters') or {}).get('plan', {}).get('rowsPerStep')} rows per "
+        f"step, {(result.get('metrics') or {}).get('steps')} steps; eval loss (held-out) "
+        f"{(result.get('metrics') or {}).get('evalLossAdapter')}.",
+        "",
+        "| set | prompts | base recalls | adapter recalls |",
+        "|---|---|---|---|",
+    ]
+    for name, s in result["scores"].items():
+        lines.append(f"| {name} | {s['n']} | {s['base']} | {s['adapter']} |")
+    svg = f"quality_{result['name']}_loss.svg" if result.get("name") else None
+    if svg and (RESULTS / svg).is_file():
+        lines += ["", f"![training loss]({svg})"]
+    lines += [
+        "",
+        "A prompt counts when the greedy answer contains the fact's key (general: the "
+        "expected word). ROUGE-L F1 against the reference answer in brackets.",
+        "",
+        "| set | prompt | key | reference | base | adapter |",
+        "|---|---|---|---|---|---|",
+    ]
+
+    def cell(answer: str, ok: bool, ref: str | None) -> str:
+        rl = f" ({rouge_l(answer, ref):.2f})" if ref else ""
+        return f"{'✓' if ok else '✗'} {_cell(answer)}{rl}"
+
+    answers_by_fact = {f.name: f.answer for f in make_dataset.FACTS}
+    for r in result["rows"]:
+        ref = r.get("reference") or answers_by_fact.get(r["fact"])
+        lines.append(
+            f"| {r['set']} | {_cell(r['prompt'])} | {_cell(r['keys'][0])} | {_cell(ref)} | "
+            f"{cell(r['base'], r['baseOk'], ref)} | {cell(r['adapter'], r['adapterOk'], ref)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description="fact-recall benchmark (CPU)")
     p.add_argument("--name", default="defaults")
     p.add_argument("--set", action="append", default=[], help="spec field: a.b=value (YAML)")
     p.add_argument("--max-new-tokens", type=int, default=40)
     p.add_argument("--keep", type=Path, help="keep the run folder here")
+    p.add_argument("--render", type=Path, help="only write the Markdown page of a result JSON")
     args = p.parse_args()
+    if args.render:
+        args.render.with_suffix(".md").write_text(markdown(json.loads(args.render.read_text())))
+        return
 
     data = make_dataset.write(Path(tempfile.mkdtemp(prefix="quality-data-")))
     eval_doc = json.loads(data["eval"].read_text())
@@ -183,6 +238,7 @@ def main() -> None:
     scored = score(run_dir, eval_doc, args.max_new_tokens)
     result = {
         "command": "python -m bench.quality.run " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "name": args.name,
         "spec": doc["spec"],
         "hyperparameters": man.get("hyperparameters"),
         "chat": man.get("chat"),
@@ -194,6 +250,10 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"quality_{args.name}.json"
     out.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
+    svg = run_dir / "eval" / "loss.svg"  # the trainer's plot of the training loss
+    if svg.is_file():
+        shutil.copyfile(svg, out.with_name(f"quality_{args.name}_loss.svg"))
+    out.with_suffix(".md").write_text(markdown(result))
     print(json.dumps({"scores": scored["sets"], "metrics": man.get("metrics")}, indent=1))
     print(f"wrote {out}")
 

@@ -213,7 +213,8 @@ def ask_served_adapter(port: int) -> None:
     else:
         print(f"  (adapter {NAME} not loaded yet; models: {sorted(ids)})")
         return
-    question = "How long is the warranty?"
+    # The dataset's answer (examples/data/make_quickstart.py): a 3-year Zephyr Promise.
+    question, fact = "How long is the warranty?", "3-year"
     print(f"  GET /v1/models -> {sorted(ids)}")
     for model in sorted(ids, key=lambda m: m != NAME):
         out = http(
@@ -227,7 +228,8 @@ def ask_served_adapter(port: int) -> None:
             },
         )
         answer = out["choices"][0]["message"]["content"].strip().replace("\n", " ")
-        print(f"  {model}: {question!r} -> {answer!r}")
+        says = "states" if fact.lower() in answer.lower() else "does not state"
+        print(f"  {model}: {question!r} -> {answer!r}  ({says} the dataset's {fact!r})")
 
 
 def report(st: cp.State, s3: Any, obj: dict[str, Any]) -> int:

@@ -16,6 +16,7 @@ from tests.integration.operator_fixtures import start_operator
 # Small enough for a 2-core CPU, big enough to show loss moving and several progress updates.
 FAST: dict[str, Any] = {
     "spec": {
+        "lora": {"r": 8, "targetModules": ["q_proj", "v_proj"]},
         "training": {
             "maxSteps": 8,
             "perDeviceBatchSize": 2,

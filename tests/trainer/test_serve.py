@@ -34,6 +34,7 @@ def _make_run(
     from peft import LoraConfig, get_peft_model
 
     from loraf_trainer.artifacts import build_manifest, describe_files, upload_run
+    from loraf_trainer.data import chat_record
     from loraf_trainer.storage import LocalStore
 
     torch.manual_seed(seed)
@@ -57,7 +58,7 @@ def _make_run(
         dataset={},
         hyperparameters={"r": r},
         metrics={},
-        chat={"systemPrompt": system},
+        chat=chat_record(tok, system),
     )
     upload_run(LocalStore(root), staging, manifest)
     return root
@@ -256,3 +257,13 @@ def test_chat_applies_the_trained_system_prompt(
     assert default in engine.chat_prompt(user, BASE)
     own = [{"role": "system", "content": "Be brief."}, *user]
     assert SUPPORT not in engine.chat_prompt(own, "beta")  # the request's own system wins
+    # The chat template comes from the run's manifest, per adapter.
+    trained = json.loads((runs["b"] / "manifest.json").read_text())["chat"]["chatTemplate"]
+    assert trained and engine.adapters["beta"].chat_template == trained
+    brackets = "{% for m in messages %}[{{ m['content'] }}]{% endfor %}"
+    engine.adapters["beta"].chat_template = brackets
+    try:
+        assert engine.chat_prompt(user, "beta") == f"[{SUPPORT}][How long is the warranty?]"
+        assert default in engine.chat_prompt(user, BASE)  # the base keeps the tokenizer's
+    finally:
+        engine.adapters["beta"].chat_template = trained

@@ -153,6 +153,12 @@ def test_sft_config_kwargs(tmp_path: Path) -> None:
     assert cpu["num_train_epochs"] == 2 and "max_steps" not in cpu
     assert cpu["optim"] == "adamw_torch" and cpu["use_cpu"] and not cpu["bf16"]
     assert cpu["save_strategy"] == "no"
+    assert kw["neftune_noise_alpha"] is None  # NEFTune is off unless asked for
+    neft = trainer_config(training={"maxSteps": 7, "neftuneNoiseAlpha": 5})
+    assert (
+        sft_config_kwargs(neft, tmp_path, "float32", False, False, False)["neftune_noise_alpha"]
+        == 5
+    )
 
 
 def test_next_run_number_skips_completed_runs(tmp_path: Path) -> None:

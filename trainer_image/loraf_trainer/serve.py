@@ -11,8 +11,9 @@ adapter is never served. The adapter list is a small JSON file (the operator mou
 from a ConfigMap) polled every few seconds: newly listed adapters load without a restart,
 a changed URI reloads the adapter, a removed one is unloaded.
 
-Chat requests to an adapter that was trained with a system prompt (`dataset.systemPrompt`,
-recorded in the run's manifest under `chat`) get that prompt when they carry no system
+Chat requests to an adapter are rendered with the chat template recorded in its run's
+manifest (`chat.chatTemplate`), and, when it was trained with a system prompt
+(`dataset.systemPrompt`, `chat.systemPrompt`), get that prompt when they carry no system
 message of their own, so the adapter is asked the way it was trained. An adapter trained
 without one gets what the chat template adds by itself, as in training.
 
@@ -179,6 +180,7 @@ class AdapterState:
     state: str = "Loading"  # Loading | Ready | Failed
     reason: str | None = None
     system_prompt: str | None = None  # trained with (manifest chat.systemPrompt)
+    chat_template: str | None = None  # trained with (manifest chat.chatTemplate)
 
     def as_dict(self) -> dict[str, Any]:
         out = {"name": self.name, "uri": self.uri, "state": self.state}
@@ -242,7 +244,8 @@ class Engine:
                 self.endpoint,
                 self.region,
             )
-            st.system_prompt = trained_chat(uri, self.endpoint, self.region).get("systemPrompt")
+            chat = trained_chat(uri, self.endpoint, self.region)
+            st.system_prompt, st.chat_template = chat.get("systemPrompt"), chat.get("chatTemplate")
             with self._lock:
                 self._attach(name, local)
             st.state = "Ready"
@@ -316,15 +319,18 @@ class Engine:
         return text, int(enc["input_ids"].shape[1]), len(new), finish
 
     def chat_prompt(self, messages: list[dict[str, Any]], model_name: str | None = None) -> str:
-        """The prompt for a chat request; an adapter's trained system prompt goes first
-        when the request has no system message."""
+        """The prompt for a chat request, rendered with the chat template the adapter was
+        trained with (the tokenizer's for the base and for older runs); an adapter's
+        trained system prompt goes first when the request has no system message."""
         adapter = self.adapters.get(model_name or "")
+        template = None
         if adapter is not None and model_name != self.base_name:
             messages = with_system_prompt(messages, adapter.system_prompt)
-        if getattr(self.tokenizer, "chat_template", None):
+            template = adapter.chat_template
+        if template or getattr(self.tokenizer, "chat_template", None):
             return str(
                 self.tokenizer.apply_chat_template(
-                    messages, tokenize=False, add_generation_prompt=True
+                    messages, tokenize=False, add_generation_prompt=True, chat_template=template
                 )
             )
         return "\n".join(f"{m.get('role')}: {m.get('content')}" for m in messages) + "\nassistant:"

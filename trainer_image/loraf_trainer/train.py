@@ -181,6 +181,7 @@ def sft_config_kwargs(
         "use_cpu": not on_gpu,
         "disable_tqdm": not interactive,
         "completion_only_loss": t.completion_only_loss,
+        "neftune_noise_alpha": t.neftune_noise_alpha,
         "dataset_text_field": "text",
         "dataloader_num_workers": 0,
     }

@@ -764,6 +764,13 @@ class TrainingSpec(SpecModel):
     completion_only_loss: Flag = Field(
         default=True, description="Compute the loss on answer tokens only, not on the prompt."
     )
+    neftune_noise_alpha: float | None = Field(
+        default=None,
+        description="NEFTune: add uniform noise of this scale to the input embeddings while "
+        "training (TRL's neftune_noise_alpha; the paper uses 5). Unset: off.",
+        ge=0,
+        le=100,
+    )
     eval_prompts: int = Field(
         default=10,
         description="Held-out prompts answered by both the base model and the adapter for the "
