@@ -1262,7 +1262,7 @@ _FINETUNE_RULES = _rules(
         "objective dpo needs dataset.format preference, and a preference dataset needs "
         "objective dpo",
         ".dataset.format",
-        reason="FieldValueInvalid",
+        reason="FieldValueForbidden",
     ),
     cel(
         "!has(self.dpo) || (has(self.objective) && self.objective == 'dpo')",
