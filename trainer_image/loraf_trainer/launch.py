@@ -106,6 +106,11 @@ def run(launch: Launch, loraf_args: Sequence[str], termination_log: str) -> int:
     base = str(messages / "termination-log")
     os.environ["LORAF_TERMINATION_LOG"] = base
     os.environ[RANKED_TERMINATION] = "1"
+    if launch.rendezvous_endpoint is not None:
+        # A fresh store address every rendezvous round. With the shared store (torch's
+        # default) a pod that replaces a failed one waits forever for MASTER_ADDR: the
+        # surviving rank 0 publishes it only in the first round (torch 2.13).
+        os.environ["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
     argv = torchrun_argv(launch, loraf_args)
     log.info("torchrun %s", " ".join(argv))
     try:
