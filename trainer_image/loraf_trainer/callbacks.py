@@ -242,7 +242,8 @@ class CheckpointCallback(TrainerCallback):
         local = Path(args.output_dir or ".") / f"checkpoint-{step}"
         if self.ranks.distributed:
             self._share_rank_state(local, step)
-        if not self.ranks.main:
+        if not self.ranks.main:  # took part; rank 0 stores it
+            self.saved_steps.append(step)
             self.stored_step = step
             return
         if not local.is_dir():
