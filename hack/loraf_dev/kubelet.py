@@ -402,7 +402,7 @@ class ProcessKubelet:
             j = client.BatchV1Api().read_namespaced_job(job, pod.metadata.namespace)
         except ApiException:
             return []
-        if j.spec.completion_mode != "Indexed":
+        if j.spec is None or j.spec.completion_mode != "Indexed":
             return []
         return [f"{job}-{i}" for i in range(int(j.spec.completions or 1))]
 

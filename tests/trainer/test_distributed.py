@@ -12,8 +12,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from .conftest import make_spec, write_manifest
 
 # Relative difference of the adapters (Frobenius norm of the difference over the norm of
