@@ -155,6 +155,9 @@ def decide(
     asked = spec.resources.strategy
     d.strategy = "fsdp" if asked == "fsdp" else ("ddp" if world_size > 1 else "single")
     if not on_gpu:
+        if d.strategy == "fsdp":  # accelerate shards on GPUs only
+            d.strategy = "ddp" if world_size > 1 else "single"
+            d.notes.append("fsdp: GPUs only; the CPU ranks train data parallel")
         return d
     model_type = getattr(model_config, "model_type", "")
     if o.fused_kernels and not liger:
