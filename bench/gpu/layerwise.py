@@ -57,9 +57,10 @@ def build(config: Any, device_name: str, dtype: Any, compute_dtype: Any, bnb_con
                     quant_type="nf4",
                     device="meta",
                 )
-                q.weight = bnb.nn.Params4bit(
+                packed = bnb.nn.Params4bit(
                     w, requires_grad=False, compress_statistics=True, quant_type="nf4"
-                ).to(dev)
+                )
+                q.weight = packed.to(dev)  # type: ignore[misc]  # quantizes on .to()
                 setattr(parent, name, q)
                 del w
         _materialize(layer, dev, dtype)

@@ -234,7 +234,7 @@ def build_project(cfg: dict[str, Any], out_dir: Path, meter: Any) -> tuple[Any, 
     if cfg.get("layerwise"):  # a base too big to write out: built in 4 bits layer by layer
         from bench.gpu import layerwise
 
-        model_loading.load_model = layerwise.load_model  # type: ignore[assignment]
+        model_loading.load_model = layerwise.load_model
     t0 = time.perf_counter()
     model, decision = ltrain.prepare_model(tcfg, path, device, world_size=rk.world_size)
     if "liger_layers" in cfg:  # ablation: Liger's layer kernels with or without compile
