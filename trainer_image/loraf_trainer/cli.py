@@ -220,7 +220,10 @@ def next_run_number(store_for: Any) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     if args.pvc_root:
         os.environ["LORAF_PVC_ROOT"] = args.pvc_root
-    if args.nproc_per_node > 1 and not ranks.under_torchrun():
+    strategy = ((_read_manifest(args.manifest).get("spec") or {}).get("resources") or {}).get(
+        "strategy", "auto"
+    )
+    if launch.needed(args.nproc_per_node, strategy) and not ranks.under_torchrun():
         work = str(_work_dir(args.work_dir))
         argv = ["run", args.manifest, "--work-dir", work]
         for flag, value in (("--output", args.output), ("--run", args.run)):
