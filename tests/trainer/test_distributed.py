@@ -15,9 +15,8 @@ from typing import Any
 from .conftest import make_spec, write_manifest
 
 # Relative difference of the adapters (Frobenius norm of the difference over the norm of
-# the single-rank adapter, over all LoRA tensors). Summation order alone stays orders of
-# magnitude below this; different rows or a missed gradient all-reduce land far above it
-# (a 2-row vs 1-row step differs by ~30 %).
+# the single-rank adapter, over all LoRA tensors). Summation order alone gave 8.0e-06
+# (measured); the tolerance leaves two orders of magnitude for other CPUs and libraries.
 TOLERANCE = 1e-3
 STEPS = 4
 
