@@ -214,8 +214,11 @@ def main() -> int:
         "benchmark": "serving_cpu",
         "command": "python bench/serving_cpu.py " + " ".join(sys.argv[1:]),
         # Load average at the end: other work on the machine slows both engines.
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()]},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()],
+        },
         "model": "SmolLM2-135M-Instruct (GGUF Q4_1 dequantized to bf16)",
         "adapters": "rank 16 on q/k/v/o_proj",
         "max_tokens": MAX_TOKENS,

@@ -13,7 +13,7 @@ train.build_trainer, as train.run calls them), one subprocess per row:
   (FSDP full shard through the Trainer, QLoRA with bnb_4bit_quant_storage).
 
 `--shape-70b tiny --shape-fsdp tiny` runs the same rows at a few-MB shape (CPU: the smoke
-test in tests/trainer/test_bench_multi_gpu.py). Writes gpu_multigpu_<70b shape>.json.
+test in tests/trainer/test_bench_multi_gpu.py). Writes gpu_multigpu_<70b shape>_<row ids>.json.
 """
 
 from __future__ import annotations
@@ -96,10 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     only = {x for x in a.only.split(",") if x}
     results: list[dict[str, Any]] = []
-    path = out / f"gpu_multigpu_{a.shape_70b}.json"
-    for i, cfg in enumerate(rows(a.shape_70b, a.shape_fsdp, a.steps)):
-        if only and cfg["id"] not in only:
-            continue
+    todo = [r for r in rows(a.shape_70b, a.shape_fsdp, a.steps) if not only or r["id"] in only]
+    path = out / f"gpu_multigpu_{a.shape_70b}_{'_'.join(r['id'] for r in todo)}.json"
+    for i, cfg in enumerate(todo):
         model_dir = Path(a.models) / (cfg["shape"] + ("-config" if cfg.get("layerwise") else ""))
         t = time.perf_counter()
         if cfg.get("layerwise"):

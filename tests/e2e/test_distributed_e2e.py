@@ -74,7 +74,7 @@ def test_two_pod_indexed_run_resumes_after_losing_a_pod(
         {"spec": LEAN},
         {
             "spec": {
-                "resources": {"gpus": 1, "nodes": 2, "terminationGracePeriodSeconds": 20},
+                "resources": {"gpus": 1, "nodes": 2, "terminationGracePeriodSeconds": 40},
                 "training": {"maxSteps": steps, "checkpointSteps": 2, "perDeviceBatchSize": 1},
                 "backoffLimit": 0,  # a counted pod failure would fail the run at once
             }

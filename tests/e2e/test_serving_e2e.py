@@ -90,9 +90,7 @@ def test_finetune_is_served_survives_restart_and_loads_adapters_at_runtime(
 
     # The adapter answers held-out questions closer to the domain than the base model.
     base_id = next(i for i in ids if i != "served")
-    score = {
-        m: sum(domain_score(chat(port, m, p)) for p in HELD_OUT) for m in ("served", base_id)
-    }
+    score = {m: sum(domain_score(chat(port, m, p)) for p in HELD_OUT) for m in ("served", base_id)}
     assert score["served"] > score[base_id], score
 
     # Restarting the serving pod keeps the adapter.

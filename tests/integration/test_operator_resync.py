@@ -193,8 +193,7 @@ def test_resync_pod_creation_refused_fails_the_run(
     assert ft["status"]["run"]["completionTime"]
     wait_until(
         "the Job deleted (no more retries by the Job controller)",
-        lambda: cluster.kubectl("get", "job", f"{name}-r1", "-n", ns, check=False).returncode
-        != 0,
+        lambda: cluster.kubectl("get", "job", f"{name}-r1", "-n", ns, check=False).returncode != 0,
     )
     failed = [
         e

@@ -20,7 +20,7 @@ def test_multi_gpu_bench_rows_run_at_a_tiny_shape(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     p = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
-    doc = json.loads((tmp_path / "gpu_multigpu_tiny.json").read_text())
+    doc = json.loads((tmp_path / "gpu_multigpu_tiny_qlora-70b_fsdp1-qlora-8b.json").read_text())
     assert doc["command"].startswith("python3 -m bench.gpu.multi_gpu")
     by_id = {r["config"]["id"]: r for r in doc["results"]}
     assert set(by_id) == {"qlora-70b", "fsdp1-qlora-8b"}

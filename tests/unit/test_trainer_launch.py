@@ -13,7 +13,8 @@ def test_one_pod_is_standalone() -> None:
     lch = launch.from_env(4, 1, 120, env={})
     argv = launch.torchrun_argv(lch, ["train", "--config", "/etc/loraf/config.yaml"])
     assert argv[:2] == ["--nproc-per-node=4", "--standalone"]
-    assert "--shutdown-timeout=120" in argv
+    assert "--shutdown-timeout=119" in argv  # before the kubelet's SIGKILL
+    assert launch.rank_grace_s(120) == 116 and launch.rank_grace_s(3) == 1
     assert argv[-5:] == ["-m", "loraf_trainer", "train", "--config", "/etc/loraf/config.yaml"]
     assert not any(a.startswith("--rdzv-endpoint") for a in argv)
 

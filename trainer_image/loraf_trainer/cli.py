@@ -110,7 +110,13 @@ def _load_config(path: str) -> Any:
 
 def _relaunch(lch: launch.Launch, argv: list[str]) -> int:
     """This command again, as torchrun workers (launch.py); returns their exit code."""
-    return launch.run(lch, argv, os.environ.get("LORAF_TERMINATION_LOG", TERMINATION_LOG))
+    code = launch.run(lch, argv, os.environ.get("LORAF_TERMINATION_LOG", TERMINATION_LOG))
+    if code == ExitCode.PREEMPTED:  # the grace period is running out: skip the teardown
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def cmd_train(args: argparse.Namespace) -> int:

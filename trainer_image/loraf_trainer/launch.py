@@ -31,6 +31,17 @@ log = logging.getLogger(__name__)
 
 # Worker restarts a surviving pod's agent allows (a replaced peer pod costs one).
 MAX_RESTARTS = 3
+# After SIGTERM the launcher must outlive its workers and still exit before the kubelet's
+# SIGKILL (137 would count against backoffLimit): the ranks plan their shutdown within
+# the grace period less this (train.run), torchrun kills a straggler 1 s before the end.
+LAUNCHER_MARGIN_S = 4.0
+
+
+def rank_grace_s(grace_s: float) -> float:
+    """The grace period a rank plans its SIGTERM shutdown in, under the launcher."""
+    return max(1.0, grace_s - LAUNCHER_MARGIN_S)
+
+
 RANKED_TERMINATION = "LORAF_RANKED_TERMINATION"
 
 
@@ -87,7 +98,8 @@ def torchrun_argv(launch: Launch, loraf_args: Sequence[str]) -> list[str]:
         ]
         if launch.local_addr:
             argv.append(f"--local-addr={launch.local_addr}")
-    argv += [f"--shutdown-timeout={launch.shutdown_timeout_s}", "-m", "loraf_trainer"]
+    timeout = max(1, launch.shutdown_timeout_s - 1)
+    argv += [f"--shutdown-timeout={timeout}", "-m", "loraf_trainer"]
     return argv + list(loraf_args)
 
 

@@ -295,7 +295,7 @@ def load_model(
         "trust_remote_code": trust_remote_code,
         "device_map": {"": device.index if device.on_gpu else "cpu"},
     }
-    if fsdp and (quantization is None or not device.on_gpu):
+    if fsdp:  # transformers places the weights (bitsandbytes: this rank's current GPU)
         del kwargs["device_map"]
     if quantization is not None:
         storage = kwargs["dtype"] if fsdp else None

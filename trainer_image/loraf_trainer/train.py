@@ -24,6 +24,7 @@ from . import (
     data,
     evaluate,
     hyperparams,
+    launch,
     memory_planner,
     model_loading,
     oom_recovery,
@@ -407,7 +408,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
     spec = cfg.spec
     rk = ranks.current()
     ranks.init(rk)
-    ctx.preemption.grace_s = spec.resources.termination_grace_period_seconds
+    grace = spec.resources.termination_grace_period_seconds
+    ctx.preemption.grace_s = launch.rank_grace_s(grace) if ranks.under_torchrun() else grace
     # Ranks step in lockstep: a SIGTERM stops them at the same step end (CheckpointCallback
     # agrees on it), never by interrupting one rank mid-step.
     ctx.preemption.interruptible = not rk.distributed
