@@ -167,6 +167,11 @@ def decide(
     else:
         d.fused_kernels = o.fused_kernels
     d.compile, d.cpu_embeddings, d.oom_recovery = o.compile, o.cpu_embeddings, o.oom_recovery
+    if d.oom_recovery and world_size > 1:
+        # a rank that splits its micro-batch alone would run more backward passes than the
+        # others and block their gradient all-reduce
+        d.oom_recovery = False
+        d.notes.append("oom recovery: one rank only; off with several ranks")
     # Dynamo cannot trace Liger's layer kernels (triton CompilationError → graph breaks
     # around each): with compile, inductor fuses norms/RoPE/SwiGLU itself and Liger keeps
     # only the fused linear cross-entropy, outside the layers (+22 % measured, bench/README.md).
