@@ -98,7 +98,7 @@ def make_spec(cfg: dict[str, Any]) -> Any:
                 "targetModules": ["all-linear"],
             },
             "training": training,
-            "resources": {"gpus": 1},
+            "resources": {"gpus": 1, "strategy": cfg.get("strategy", "auto")},
             "output": {"s3": "s3://bench/out"},
         }
     )
@@ -189,6 +189,28 @@ class Profiler:
         return _Profiler()
 
 
+def planner_estimate(spec: Any, model_dir: Path, budget_gib: float | None) -> dict[str, Any]:
+    """The memory planner's plan for this workload at `budget_gib` (default: this GPU's
+    total memory), computed without a GPU, to stand beside the measured peak."""
+    from transformers import AutoConfig
+
+    from loraf_trainer import memory_planner as mp
+    from loraf_trainer import optimizations
+
+    if budget_gib is None:
+        import torch
+
+        if not torch.cuda.is_available():
+            return {"error": "no GPU and no estimate_budget_gib"}
+        budget_gib = torch.cuda.get_device_properties(0).total_memory / GIB
+    config = AutoConfig.from_pretrained(model_dir)
+    try:
+        d = optimizations.decide(spec, config, True, budget_gib, optimizations.liger_available())
+    except mp.NoFit as e:
+        return {"budget_gib": round(budget_gib, 2), "no_fit": str(e)}
+    return d.status() | {"estPeakAllocatedGiB": d.plan.est_peak_allocated_gib if d.plan else None}
+
+
 def _tokenizer_and_rows(cfg: dict[str, Any], model_dir: Path, vocab: int) -> tuple[Any, Any]:
     from bench.gpu import synthetic
 
@@ -203,7 +225,7 @@ def build_project(cfg: dict[str, Any], out_dir: Path, meter: Any) -> tuple[Any, 
     train.build_trainer (TRL SFTTrainer with the plan, OOM recovery), as train.run() calls
     them; only the rows are synthetic."""
     from loraf_operator.api.trainer_config import TrainerConfig
-    from loraf_trainer import adapters, model_loading
+    from loraf_trainer import adapters, model_loading, ranks
     from loraf_trainer import train as ltrain
     from loraf_trainer.callbacks import ProgressCallback
     from loraf_trainer.status_reporter import StatusPublisher
@@ -211,14 +233,21 @@ def build_project(cfg: dict[str, Any], out_dir: Path, meter: Any) -> tuple[Any, 
     spec = make_spec(cfg)
     tcfg = TrainerConfig(namespace="bench", name="bench", uid="0", generation=1, run=1, spec=spec)
     path = Path(cfg["model_dir"])
-    device = model_loading.pick_device()
+    rk = ranks.current()
+    ranks.init(rk)  # under torchrun (the FSDP rows), as train.run does
+    device = model_loading.pick_device(rk.local_rank)
     tokenizer = model_loading.load_tokenizer(path)
+    if cfg.get("layerwise"):  # a base too big to write out: built in 4 bits layer by layer
+        from bench.gpu import layerwise
+
+        model_loading.load_model = layerwise.load_model
     t0 = time.perf_counter()
-    model, decision = ltrain.prepare_model(tcfg, path, device)
+    model, decision = ltrain.prepare_model(tcfg, path, device, world_size=rk.world_size)
     if "liger_layers" in cfg:  # ablation: Liger's layer kernels with or without compile
         decision.liger_layers = bool(cfg["liger_layers"])
     extra: dict[str, Any] = {"load_s": round(time.perf_counter() - t0, 2)}
     extra["plan"] = decision.status() | {"notes": decision.notes}
+    extra["planner_estimate"] = planner_estimate(spec, path, cfg.get("estimate_budget_gib"))
     trainable, total = adapters.count_parameters(model)
     extra |= {"trainable_params": trainable, "total_params": total}
     train_ds, _ = _tokenizer_and_rows(cfg, path, model.config.vocab_size)
@@ -236,6 +265,7 @@ def build_project(cfg: dict[str, Any], out_dir: Path, meter: Any) -> tuple[Any, 
         on_oom=lambda split, retries: oom.append([split, retries]),
     )
     extra["oom_recoveries"] = oom
+    extra["fsdp_enabled"] = bool(getattr(trainer, "is_fsdp_enabled", False))
     return trainer, extra
 
 

@@ -51,6 +51,20 @@ SHAPES: dict[str, dict[str, Any]] = {
         "use_sliding_window": False,
         "tie_word_embeddings": False,
     },
+    # Llama-3-70B (Meta's config.json): built layer by layer in 4 bits (bench/gpu/layerwise.py).
+    "llama3-70b": {
+        "model_type": "llama",
+        "hidden_size": 8192,
+        "intermediate_size": 28672,
+        "num_hidden_layers": 80,
+        "num_attention_heads": 64,
+        "num_key_value_heads": 8,
+        "vocab_size": 128256,
+        "max_position_embeddings": 8192,
+        "rope_theta": 500000.0,
+        "rms_norm_eps": 1e-5,
+        "tie_word_embeddings": False,
+    },
     # A few MB: lets the harness itself be tested on a CPU.
     "tiny": {
         "model_type": "llama",
@@ -87,6 +101,14 @@ def save_tokenizer(dest: Path, vocab_words: int = 1000) -> None:
         tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
     )
     fast.save_pretrained(dest)
+
+
+def make_config_only(shape: str, dest: Path) -> Path:
+    """config.json and a tokenizer, no weights: the layer-by-layer builder makes those."""
+    dest.mkdir(parents=True, exist_ok=True)
+    build_config(shape).save_pretrained(dest)
+    save_tokenizer(dest)
+    return dest
 
 
 def make_checkpoint(shape: str, dest: Path, seed: int = 0) -> Path:

@@ -36,6 +36,7 @@ GPU_NODES = ("gpu-node-0", "gpu-node-1")
 CPU_NODES = ("cpu-node-0",)
 # Pods bound to this node are run as local processes by loraf_dev.kubelet, not by kwok.
 LOCAL_NODE = "loraf-local"
+LOCAL_GPUS = 4
 GPU_PER_NODE = 8
 GPU_PRODUCT = "NVIDIA-H100-80GB-HBM3"
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
@@ -232,13 +233,18 @@ def nodes() -> list[dict]:
     gpu_taint = [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]
     out = [node_manifest(n, GPU_PER_NODE, gpu_labels, gpu_taint) for n in GPU_NODES]
     out += [node_manifest(n, 0, {}, []) for n in CPU_NODES]
-    # The local node looks like a one-GPU node (the trainer runs on the CPU there). Its own
-    # taint keeps pods off it unless they ask for it, so kwok-driven tests never land here.
+    # The local node looks like a node of LOCAL_GPUS GPUs (the trainer runs on the CPU there,
+    # one rank per GPU asked for: multi-GPU and multi-node runs fit). Its own taint keeps
+    # pods off it unless they ask for it, so kwok-driven tests never land here.
     out.append(
         node_manifest(
             LOCAL_NODE,
-            1,
-            {**gpu_labels, "nvidia.com/gpu.count": "1", "loraf.dev/process-kubelet": "true"},
+            LOCAL_GPUS,
+            {
+                **gpu_labels,
+                "nvidia.com/gpu.count": str(LOCAL_GPUS),
+                "loraf.dev/process-kubelet": "true",
+            },
             [
                 *gpu_taint,
                 {"key": "loraf.dev/process-kubelet", "value": "true", "effect": "NoSchedule"},

@@ -22,6 +22,22 @@ Pods share the host's network, which is loopback only here: an argument ``0.0.0.
 server's "all interfaces") becomes ``127.0.0.1``, and ``LORAF_BIND_HOST=127.0.0.1`` tells
 the project's own servers the same.
 
+What the real kubelet (and cluster DNS) give a pod that this one emulates differently:
+- Names: each container gets its own ``/etc/hosts`` (bind-mounted, as the kubelet manages
+  it) naming the pod's ``hostname``, and with a ``subdomain`` its FQDN
+  ``<hostname>.<subdomain>.<ns>.svc.cluster.local``; for a pod of an Indexed Job also
+  every peer's ``<job>-<index>.<subdomain>...`` (cluster DNS would answer those through
+  the headless Service). Every name means 127.0.0.1, where all pods are.
+- Ports: a real pod has its own IP, so every pod of a run can listen on the same port
+  (torchrun's rendezvous on 29400); here they share one loopback with everything else on
+  the machine (other runs, other test sessions). Each ``containerPort`` a container
+  declares is therefore mapped to a free loopback port, one per Job and port (the pods of
+  one Job agree on it), and env values that are that port (``29400``) or end in it
+  (``host:29400``) are rewritten before ``$(VAR)`` expansion.
+- Processes: a container is every process in its mount namespace (a real runtime uses the
+  container's cgroup); SIGTERM goes to the main process's group, SIGKILL (after the grace
+  period) and the container's end to all of them, so no worker process outlives its pod.
+
 Not part of the product. Needs root (for ``unshare -m``), as on the CI machine.
 """
 
@@ -61,7 +77,7 @@ def now() -> str:
 
 @dataclass
 class Proc:
-    """One container's process."""
+    """One container's process (and, through its mount namespace, its descendants)."""
 
     name: str
     image: str
@@ -72,6 +88,7 @@ class Proc:
     started_at: str
     probe: tuple[int, str] | None  # readiness httpGet (port, path)
     ready: bool = False
+    mnt_ns: str | None = None  # the container's mount namespace, once it exists
 
 
 @dataclass
@@ -120,6 +137,74 @@ def _readiness(c: Any) -> tuple[int, str] | None:
     return int(port), probe.http_get.path or "/"
 
 
+def _mnt_ns(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/mnt")
+    except OSError:
+        return None
+
+
+def container_namespace(p: Proc) -> str | None:
+    """The container's own mount namespace (None until `unshare` has made it: a process
+    still in ours must never count as the container)."""
+    if p.mnt_ns is None:
+        ns = _mnt_ns(p.proc.pid)
+        if ns is not None and ns != _mnt_ns(os.getpid()):
+            p.mnt_ns = ns
+    return p.mnt_ns
+
+
+def kill_namespace(ns: str, sig: int = signal.SIGKILL) -> int:
+    """Signal every process in mount namespace `ns`; returns how many."""
+    hit = 0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and _mnt_ns(int(entry)) == ns:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(entry), sig)
+                hit += 1
+    return hit
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rewrite_ports(env: dict[str, str], ports: dict[int, int]) -> dict[str, str]:
+    """Env values that are a mapped port, or end in `:<port>`, with the mapped port."""
+    out = dict(env)
+    for k, v in env.items():
+        for old, new in ports.items():
+            if v == str(old):
+                out[k] = str(new)
+            elif v.endswith(f":{old}"):
+                out[k] = v[: -len(str(old))] + str(new)
+    return out
+
+
+def hosts_file(pod: Any, peers: list[str]) -> str:
+    """/etc/hosts of a pod: localhost, its own names and its Indexed Job peers' names."""
+    import socket
+
+    # The pod shares this machine's hostname (no UTS namespace): it must resolve too, as
+    # a real pod's own hostname does (gloo looks up the hostname to pick its interface).
+    lines = [
+        f"127.0.0.1\tlocalhost {socket.gethostname()}",
+        "::1\tlocalhost ip6-localhost ip6-loopback",
+    ]
+    spec, ns = pod.spec, pod.metadata.namespace
+    for host in dict.fromkeys([spec.hostname or pod.metadata.name, *peers]):
+        names = [host]
+        if spec.subdomain:
+            fq = f"{host}.{spec.subdomain}"
+            names = [f"{fq}.{ns}.svc.cluster.local", f"{fq}.{ns}.svc", f"{fq}.{ns}", fq, host]
+        lines.append("127.0.0.1\t" + " ".join(dict.fromkeys(names)))
+    return "\n".join(lines) + "\n"
+
+
 def _http_ok(port: int, path: str) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
@@ -145,6 +230,7 @@ class ProcessKubelet:
         self.core = client.CoreV1Api()
         self.running: dict[str, Running] = {}
         self.done: set[str] = set()
+        self.ports: dict[tuple[str, int], int] = {}  # (Job uid, containerPort) -> host port
         self.lock = threading.Lock()
         self.stop = threading.Event()
 
@@ -238,6 +324,11 @@ class ProcessKubelet:
         return out
 
     def _field(self, pod: Any, path: str) -> str:
+        # metadata.annotations['k'] / metadata.labels['k'] (the Job controller gives
+        # JOB_COMPLETION_INDEX this way)
+        m = re.fullmatch(r"metadata\.(annotations|labels)\['([^']+)'\]", path)
+        if m:
+            return str((getattr(pod.metadata, m.group(1)) or {}).get(m.group(2), ""))
         return {
             "metadata.name": pod.metadata.name,
             "metadata.namespace": pod.metadata.namespace,
@@ -286,7 +377,34 @@ class ProcessKubelet:
                 optional = vf.secret_key_ref or vf.config_map_key_ref
                 if not (optional and optional.optional):
                     raise
-        return env
+        return rewrite_ports(env, self._port_map(pod, c))
+
+    def _port_map(self, pod: Any, c: Any) -> dict[int, int]:
+        """containerPort -> the loopback port standing in for it, shared by a Job's pods."""
+        owner = (pod.metadata.labels or {}).get("batch.kubernetes.io/controller-uid")
+        owner = owner or pod.metadata.uid
+        out: dict[int, int] = {}
+        with self.lock:
+            for port in c.ports or []:
+                key = (owner, int(port.container_port))
+                if key not in self.ports:
+                    self.ports[key] = free_port()
+                out[key[1]] = self.ports[key]
+        return out
+
+    def _peers(self, pod: Any) -> list[str]:
+        """Hostnames of an Indexed Job's pods (`<job>-<index>`), for the hosts file."""
+        labels = pod.metadata.labels or {}
+        job = labels.get("batch.kubernetes.io/job-name")
+        if not (job and pod.spec.subdomain):
+            return []
+        try:
+            j = client.BatchV1Api().read_namespaced_job(job, pod.metadata.namespace)
+        except ApiException:
+            return []
+        if j.spec is None or j.spec.completion_mode != "Indexed":
+            return []
+        return [f"{job}-{i}" for i in range(int(j.spec.completions or 1))]
 
     # --- lifecycle -------------------------------------------------------------------
     def _spawn(self, pod: Any, c: Any, root: Path, vols: dict[str, Path]) -> Proc:
@@ -305,6 +423,9 @@ class ProcessKubelet:
         tlog.write_text("")
         binds = [(vols[m.name], m.mount_path) for m in c.volume_mounts or [] if m.name in vols]
         binds.append((tlog, tlog_path))
+        hosts = cdir / "hosts"
+        hosts.write_text(hosts_file(pod, self._peers(pod)))
+        binds.append((hosts, "/etc/hosts"))
         argv = _loopback([_expand(a, env) for a in [*(c.command or []), *(c.args or [])]])
         script = ["set -e"]
         for src, dst in binds:
@@ -507,8 +628,12 @@ class ProcessKubelet:
         codes: dict[str, int] = {}
         while len(codes) < len(r.procs):
             for name, p in r.procs.items():
+                if name not in codes:
+                    container_namespace(p)  # learnt while the process lives
                 if name not in codes and (code := p.proc.poll()) is not None:
                     codes[name] = code
+                    if p.mnt_ns is not None and kill_namespace(p.mnt_ns):
+                        log.info("%s/%s[%s]: killed processes left over", r.namespace, r.pod, name)
                     log.info("%s/%s[%s] exited %d", r.namespace, r.pod, name, code)
                     if code != 0 and not r.stopping.is_set():
                         self._signal_all(r, signal.SIGTERM)
@@ -533,6 +658,9 @@ class ProcessKubelet:
         for p in list(r.procs.values()):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.proc.pid, sig)
+            ns = container_namespace(p) if sig == signal.SIGKILL else None
+            if ns is not None:
+                kill_namespace(ns)
 
     def _kill_after(self, r: Running) -> None:
         deadline = time.monotonic() + r.grace

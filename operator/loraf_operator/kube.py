@@ -61,6 +61,7 @@ class Kind:
 KINDS: dict[str, Kind] = {
     "ServiceAccount": Kind("/api/v1", "serviceaccounts"),
     "ConfigMap": Kind("/api/v1", "configmaps"),
+    "Service": Kind("/api/v1", "services"),
     "Pod": Kind("/api/v1", "pods"),
     "Secret": Kind("/api/v1", "secrets"),
     "Event": Kind("/api/v1", "events"),

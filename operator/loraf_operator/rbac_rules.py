@@ -145,7 +145,14 @@ RULES: tuple[Rule, ...] = (
         ("",),
         ("services", "configmaps"),
         ("get", "create", "patch"),
-        "the serving Service and adapter-list ConfigMap (server-side apply)",
+        "the serving Service and adapter-list ConfigMap (server-side apply); get and "
+        "create also make a multi-node run's headless rendezvous Service",
+    ),
+    Rule(
+        ("",),
+        ("services",),
+        ("delete",),
+        "delete a multi-node run's rendezvous Service when the run is replaced",
     ),
     Rule(
         ("", "events.k8s.io"),

@@ -25,6 +25,7 @@ from .api.models import COND_FAILED, GROUP, VERSION, LoRAFineTune
 from .artifact_check import Verdict, verify_run
 from .builders import build_run, child_name, config_map_name, run_spec_hash
 from .builders.labels import JOB_NAME, QUEUE_NAME, SPEC_HASH
+from .builders.naming import service_name
 from .kube import ApiError, Kube
 from .peering import standby
 from .run_tracking import (
@@ -58,8 +59,16 @@ Key = tuple[str, str]
 Index = Mapping[Any, Iterable[Any]]
 
 # Child kinds in deletion order (the Job first: it is what consumes GPUs).
-_CHILD_KINDS = ("Job", "RoleBinding", "Role", "ServiceAccount", "ConfigMap")
+_CHILD_KINDS = ("Job", "Service", "RoleBinding", "Role", "ServiceAccount", "ConfigMap")
 log = logging.getLogger(__name__)
+
+
+def _child_name(kind: str, name: str, run: int) -> str:
+    if kind == "ConfigMap":
+        return config_map_name(name, run)
+    return service_name(name, run) if kind == "Service" else child_name(name, run)
+
+
 # Status writes are retried this often (seconds between attempts) on errors that a moment
 # can fix (RBAC being restored, apiserver overload, a dropped connection); what is still
 # failing after that is repaired by the periodic resync.
@@ -358,13 +367,14 @@ class Reconciler:
             return  # the Job is created last: everything before it exists
         await self._check_secrets(ft)
         start_uri = await self._start_adapter(ft)
-        sa, role, binding, cm, job_obj = build_run(
+        *before, job_obj = build_run(
             ft, run, self.settings.build_defaults, start_adapter_uri=start_uri
         )
+        binding = next(o for o in before if o["kind"] == "RoleBinding")
         # In parallel where allowed: the RoleBinding needs its Role (the apiserver checks we
         # hold what it grants by reading the Role), and the Job goes last: it marks the
         # run's children complete.
-        await asyncio.gather(*(self._create_owned(obj, uid) for obj in (sa, role, cm)))
+        await asyncio.gather(*(self._create_owned(o, uid) for o in before if o is not binding))
         await self._create_owned(binding, uid)
         if await self._create_owned(job_obj, uid):
             metrics.RUNS_STARTED.inc()
@@ -470,9 +480,7 @@ class Reconciler:
         """Delete run `run`'s children (its pods go with the Job). Returns the Job seen."""
         job = await self.kube.get("Job", ft.namespace, child_name(ft.name, run))
         for kind in _CHILD_KINDS:
-            name = (
-                config_map_name(ft.name, run) if kind == "ConfigMap" else child_name(ft.name, run)
-            )
+            name = _child_name(kind, ft.name, run)
             await self.kube.delete(kind, ft.namespace, name, propagation="Background")
         return job
 
@@ -602,11 +610,7 @@ class Reconciler:
         if run.get("number") and not finished(status.get("conditions") or []):
             for kind in _CHILD_KINDS:
                 number = int(run["number"])
-                name = (
-                    config_map_name(meta["name"], number)
-                    if kind == "ConfigMap"
-                    else child_name(meta["name"], number)
-                )
+                name = _child_name(kind, meta["name"], number)
                 await self.kube.delete(kind, meta["namespace"], name)
             patch["history"] = append_history(status, history_entry(status, now, "InvalidSpec"))
         if run.get("number"):

@@ -48,13 +48,15 @@ def pod_anti_affinity(term: dict[str, Any]) -> dict[str, Any]:
 
 # (id, manifest, texts the apiserver's error must all contain)
 REJECTED: list[tuple[str, dict[str, Any], list[str]]] = [
-    # -- resources.gpus: the trainer cannot use more than one GPU yet
+    # -- more than one GPU: what cannot work is refused with the reason
     (
-        "gpus-2",
-        res(gpus=2),
-        ["spec.resources.gpus: Forbidden", "multi-GPU training is not supported yet"],
+        "nodes-without-gpus",
+        res(gpus=0, nodes=2),
+        ["spec.resources.nodes: Forbidden", "nodes > 1 needs gpus >= 1"],
     ),
-    ("gpus-16", res(gpus=16), ["multi-GPU training is not supported yet"]),
+    ("nodes-0", res(nodes=0), ["spec.resources.nodes", "should be greater than or equal to 1"]),
+    ("nodes-65", res(nodes=65), ["spec.resources.nodes", "should be less than or equal to 64"]),
+    ("strategy-unknown", res(strategy="zero3"), ["spec.resources.strategy", "Unsupported value"]),
     # -- tolerations (were free-form: the Job create failed with 422)
     (
         "toleration-operator",
@@ -256,6 +258,9 @@ REJECTED: list[tuple[str, dict[str, Any], list[str]]] = [
 ACCEPTED: list[tuple[str, dict[str, Any]]] = [
     ("gpus-0", res(gpus=0)),
     ("gpus-1", res(gpus=1, gpuType="NVIDIA-H100-80GB-HBM3")),
+    ("gpus-8-fsdp", res(gpus=8, strategy="fsdp")),
+    ("nodes-4", res(gpus=2, nodes=4, strategy="auto")),
+    ("gpus-0-one-node", res(gpus=0, nodes=1)),
     (
         "tolerations",
         res(

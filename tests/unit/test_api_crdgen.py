@@ -103,12 +103,12 @@ def test_finetune_schema_details() -> None:
     for name in ("priorityClassName", "modelCachePvc", "gpuType"):
         assert "pattern" in res[name], name
     assert "pattern" in res["imagePullSecrets"]["items"]
-    # Until multi-GPU training exists, gpus > 1 is refused at apply time.
-    gpu_rules = spec["properties"]["resources"]["x-kubernetes-validations"]
-    assert any(
-        r["rule"] == "!has(self.gpus) || self.gpus <= 1" and "multi-GPU" in r["message"]
-        for r in gpu_rules
-    )
+    # A multi-node run without GPUs is refused at apply time; more GPUs per pod are not.
+    rules = spec["properties"]["resources"]["x-kubernetes-validations"]
+    assert not any("self.gpus <= 1" in r["rule"] for r in rules)
+    assert any(r.get("fieldPath") == ".nodes" and "needs gpus" in r["message"] for r in rules)
+    assert res["strategy"]["enum"] == ["auto", "ddp", "fsdp"]
+    assert (res["nodes"]["minimum"], res["nodes"]["maximum"]) == (1, 64)
     status = schema_of(CRDS["finetune"])["properties"]["status"]["properties"]
     assert status["conditions"]["x-kubernetes-list-type"] == "map"
     assert status["conditions"]["x-kubernetes-list-map-keys"] == ["type"]

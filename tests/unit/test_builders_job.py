@@ -230,3 +230,39 @@ def test_spec_hash_ignores_suspend_and_serving_only() -> None:
     assert job["metadata"]["annotations"]["loraf.dev/spec-hash"] == h
     assert job["metadata"]["annotations"]["loraf.dev/finetune"] == "demo"
     assert job["spec"]["template"]["metadata"]["labels"]["loraf.dev/run"] == "1"
+
+
+# -- more than one GPU / node
+
+
+def test_one_pod_with_several_gpus_is_a_plain_job() -> None:
+    job = build_job(ft({"resources": {"gpus": 4}}), 1, DEFAULTS)
+    assert job["spec"]["completions"] == job["spec"]["parallelism"] == 1
+    assert "completionMode" not in job["spec"] and "subdomain" not in pod_spec(job)
+    assert container(job)["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    assert not any(e["name"].startswith("LORAF_RENDEZVOUS") for e in container(job)["env"])
+    assert [o["kind"] for o in build_run(ft({"resources": {"gpus": 4}}), 1)].count("Service") == 0
+
+
+def test_multi_node_run_is_an_indexed_job_with_a_headless_service() -> None:
+    from loraf_operator.builders import build_rendezvous_service
+
+    f = ft({"resources": {"gpus": 8, "nodes": 3}})
+    job = build_job(f, 2, DEFAULTS)
+    spec = job["spec"]
+    assert (spec["completions"], spec["parallelism"], spec["completionMode"]) == (3, 3, "Indexed")
+    assert spec["podFailurePolicy"] == build_job(ft(), 2, DEFAULTS)["spec"]["podFailurePolicy"]
+    assert pod_spec(job)["subdomain"] == "demo-r2"
+    env = {e["name"]: e for e in container(job)["env"]}
+    assert env["LORAF_RENDEZVOUS_ENDPOINT"]["value"] == "demo-r2-0.demo-r2:29400"
+    assert env["LORAF_RENDEZVOUS_ID"]["value"] == "demo-r2"
+    assert env["LORAF_POD_IP"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    assert container(job)["ports"] == [{"name": "rendezvous", "containerPort": 29400}]
+    svc = build_rendezvous_service(f, 2)
+    assert svc is not None
+    assert svc["metadata"]["name"] == "demo-r2"
+    assert svc["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"]
+    assert svc["spec"]["selector"] == {"batch.kubernetes.io/job-name": "demo-r2"}
+    kinds = [o["kind"] for o in build_run(f, 2)]
+    assert kinds.index("Service") < kinds.index("Job") == len(kinds) - 1

@@ -46,3 +46,27 @@ def test_label_value() -> None:
     assert label_value("demo") == "demo"
     long = "n" * 100
     assert len(label_value(long)) <= 63 and label_value(long) != label_value(long + "x")
+
+
+@pytest.mark.parametrize(
+    ("name", "run", "expected"),
+    [
+        ("demo", 1, "demo-r1"),
+        ("team.a", 3, "team-a-r3"),  # no dots in a Service name
+        ("7b-tune", 1, "r7b-tune-r1"),  # a letter first
+    ],
+)
+def test_service_names_are_rfc1035_labels(name: str, run: int, expected: str) -> None:
+    from loraf_operator.builders.naming import service_name
+
+    assert service_name(name, run) == expected
+
+
+@pytest.mark.parametrize("name", ["9" * 70, "1" + "a" * 60, "x" * 253])
+def test_long_service_names_stay_labels_and_distinct(name: str) -> None:
+    from loraf_operator.builders.naming import service_name
+
+    got = {service_name(name, r) for r in (1, 2, 12)}
+    assert len(got) == 3
+    for s in got:
+        assert len(s) <= 63 and re.match(r"^[a-z]([-a-z0-9]*[a-z0-9])?$", s), s

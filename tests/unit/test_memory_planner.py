@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from loraf_trainer import memory_planner as mp
-from tests.unit.model_shapes import LLAMA3_8B
+from tests.unit.model_shapes import LLAMA3_8B, LLAMA3_70B
 
 SHAPE = mp.ModelShape.from_config(LLAMA3_8B)
 QLORA = mp.Workload(SHAPE, quantized=True, seq_len=1024, rows_per_step=4, fused_kernels=True)
@@ -113,3 +113,71 @@ def test_dropout_free_plan_at_24_gib_stays_inside_with_the_measured_peak() -> No
     p = mp.plan(NO_DROPOUT_QLORA, 24)
     assert (p.micro_batch, p.checkpointed_layers) == (4, 3)  # what ran: 22.20 GiB reserved
     assert 22.20 <= p.est_peak_reserved_gib <= 24
+
+
+# -- more than one GPU: DDP (everything on every GPU) vs FSDP full shard (split N ways)
+
+SHAPE_70B = mp.ModelShape.from_config(LLAMA3_70B)
+
+
+def _w70(quantized: bool, world: int, sharded: bool = False) -> mp.Workload:
+    return mp.Workload(
+        SHAPE_70B,
+        quantized=quantized,
+        seq_len=1024,
+        rows_per_step=4,
+        fused_kernels=True,
+        optimizer="paged_adamw_8bit" if quantized else "adamw_torch",
+        adapter_bytes=2 if quantized else 4,
+        world_size=world,
+        sharded=sharded,
+    )
+
+
+def test_fsdp_splits_weights_and_adapter_state_but_gathers_two_layers() -> None:
+    one, four = _w70(False, 1), _w70(False, 4, sharded=True)
+    layer = one.layer_weight_bytes()
+    head_and_emb = 2 * 2 * SHAPE_70B.embedding_params()
+    assert four.weight_bytes() == (80 * layer) // 4 + 2 * layer + head_and_emb
+    assert four.adapter_state_bytes() == one.adapter_state_bytes() // 4
+    # DDP keeps a second copy of the adapter gradients in its buckets
+    ddp = _w70(False, 4)
+    n = SHAPE_70B.lora_params(16)
+    assert ddp.adapter_state_bytes() == one.adapter_state_bytes() + 4 * n
+    assert ddp.weight_bytes() == one.weight_bytes()
+
+
+@pytest.mark.parametrize(
+    ("shape", "quantized", "world", "budget", "strategy", "expected"),
+    [
+        # 8B fits one 80 GB GPU: data parallel is the faster choice on two
+        (SHAPE, False, 2, 80, "auto", "ddp"),
+        (SHAPE, True, 1, 80, "auto", "single"),
+        # 70B bf16 (~131 GiB of weights) fits no single 80 GB GPU: sharded over four
+        (SHAPE_70B, False, 4, 80, "auto", "fsdp"),
+        # 70B 4-bit (~37 GiB) fits one 80 GB GPU: DDP on two (the seeds' table: 2× A100 80GB)
+        (SHAPE_70B, True, 2, 80, "auto", "ddp"),
+        # ...but not one 40 GB GPU: then it must be sharded
+        (SHAPE_70B, True, 2, 40, "auto", "fsdp"),
+        # what the spec insists on is kept
+        (SHAPE, False, 2, 80, "fsdp", "fsdp"),
+        (SHAPE, False, 1, 80, "fsdp", "fsdp"),
+    ],
+)
+def test_strategy_table(
+    shape: mp.ModelShape, quantized: bool, world: int, budget: float, strategy: str, expected: str
+) -> None:
+    w = _w70(quantized, world)
+    w = mp.Workload(**{**w.__dict__, "shape": shape})
+    chosen, p = mp.plan_strategy(w, budget, strategy)
+    assert chosen == expected
+    assert p.est_peak_reserved_gib <= budget
+
+
+def test_no_fit_on_too_few_gpus_even_sharded() -> None:
+    # 70B LoRA bf16 on two 80 GB GPUs: 65 GiB of weights each plus activations and the
+    # gathered layers does not fit (the seeds' table says four GPUs)
+    with pytest.raises(mp.NoFit):
+        mp.plan_strategy(_w70(False, 2), 80, "auto")
+    with pytest.raises(mp.NoFit):  # forced DDP never shards
+        mp.plan_strategy(_w70(False, 4), 80, "ddp")

@@ -99,12 +99,12 @@ def test_missing_dataset_file_exits_65(env: Path) -> None:
     assert "does not exist" in termination(env)
 
 
-def test_multi_gpu_is_refused_with_64(env: Path) -> None:
-    # The apiserver refuses gpus > 1 already (the same model rule); a config written by
-    # hand still fails with 64 and says why.
-    rc = cli.main(["train", "--config", str(write_config(env, resources={"gpus": 2}))])
-    assert rc == ExitCode.CONFIG_INVALID
-    assert "multi-GPU training is not supported yet" in termination(env)
+def test_multi_node_without_gpus_is_refused_with_64(env: Path) -> None:
+    # The apiserver refuses it already (the same model rule, as CEL); a config written by
+    # hand still fails with 64 and says why, before any rank is started.
+    cfg = write_config(env, resources={"gpus": 0, "nodes": 2})
+    assert cli.main(["train", "--config", str(cfg)]) == ExitCode.CONFIG_INVALID
+    assert "nodes > 1 needs gpus >= 1" in termination(env)
 
 
 def test_unreadable_or_invalid_config_exits_64(env: Path) -> None:

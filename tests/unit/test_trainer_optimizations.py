@@ -143,3 +143,24 @@ def test_a_config_without_a_decoder_shape_keeps_the_spec() -> None:
     gpt2_like = SimpleNamespace(model_type="gpt2", num_hidden_layers=12, hidden_size=768)
     d = opt.decide(spec(memoryBudgetGiB=24), gpt2_like, on_gpu=True, free_gib=79.0, liger=True)
     assert d.plan is None and d.micro_batch == 4 and "no decoder shape" in d.notes[-1]
+
+
+def test_several_ranks_choose_a_strategy_and_turn_oom_recovery_off() -> None:
+    raw = {
+        "baseModel": {"huggingFace": "org/m"},
+        "dataset": {"s3": "s3://bkt/d.jsonl", "format": "alpaca"},
+        "training": {"maxSteps": 5, "perDeviceBatchSize": 2},
+        "output": {"s3": "s3://bkt/o"},
+        "resources": {"gpus": 2},
+    }
+    spec = LoRAFineTuneSpec.model_validate(raw)
+    d = opt.decide(spec, LLAMA3_8B, True, 80.0, False, 1000, world_size=2)
+    assert (d.strategy, d.world_size, d.oom_recovery) == ("ddp", 2, False)
+    assert d.status()["strategy"] == "ddp" and d.status()["worldSize"] == 2
+    one = opt.decide(spec, LLAMA3_8B, True, 80.0, False, 1000)
+    assert (one.strategy, one.oom_recovery) == ("single", True)
+    cpu = opt.decide(
+        LoRAFineTuneSpec.model_validate({**raw, "resources": {"gpus": 2, "strategy": "fsdp"}}),
+        LLAMA3_8B, False, None, False, 1000, world_size=2,
+    )  # fmt: skip
+    assert cpu.strategy == "ddp" and any("GPUs only" in n for n in cpu.notes)

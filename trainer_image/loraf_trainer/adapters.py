@@ -64,12 +64,16 @@ def build_lora_config(lora: Any) -> Any:
     return LoraConfig(**lora_kwargs(lora))
 
 
-def build_bnb_config(quant: Any, on_gpu: bool) -> Any:
+def build_bnb_config(quant: Any, on_gpu: bool, quant_storage: Any = None) -> Any:
+    """`quant_storage` (a torch dtype): the dtype 4-bit weights are packed in; FSDP needs
+    it to equal the other weights' dtype to shard them (QLoRA under FSDP)."""
     from transformers import BitsAndBytesConfig
 
     kw = bnb_kwargs(quant, on_gpu)
     if "bnb_4bit_compute_dtype" in kw:
         kw["bnb_4bit_compute_dtype"] = torch_dtype(kw["bnb_4bit_compute_dtype"])
+    if quant_storage is not None and kw.get("load_in_4bit"):
+        kw["bnb_4bit_quant_storage"] = quant_storage
     return BitsAndBytesConfig(**kw)
 
 

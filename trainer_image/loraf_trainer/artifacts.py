@@ -12,6 +12,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +74,17 @@ def cast_safetensors(path: Path, dtype_name: str) -> None:
 def save_adapter(model: Any, tokenizer: Any, out: Path, dtype_name: str) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
+    cast_safetensors(out / ADAPTER_WEIGHTS, dtype_name)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def adapter_from_folder(saved: Path, tokenizer: Any, out: Path, dtype_name: str) -> Path:
+    """An adapter the Trainer saved (FSDP: gathered from every rank), as save_adapter
+    writes one: its config and weights, cast to dtype_name, and the tokenizer."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("adapter_config.json", ADAPTER_WEIGHTS):
+        shutil.copyfile(saved / name, out / name)
     cast_safetensors(out / ADAPTER_WEIGHTS, dtype_name)
     tokenizer.save_pretrained(out)
     return out

@@ -14,6 +14,7 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from . import ranks as rank_state
 from .checkpoints import Preemption, upload_checkpoint, write_ledger
 from .status_reporter import Remaining, StatusPublisher, eta_seconds, format_eta
 from .storage import Store
@@ -187,7 +188,9 @@ class CheckpointCallback(TrainerCallback):
         checkpoint_minutes: float | None,
         keep: int = 2,
         prior_runtime_s: float = 0.0,
+        ranks: rank_state.Ranks | None = None,
     ) -> None:
+        self.ranks = ranks or rank_state.Ranks()
         self.store = store
         self.preemption = preemption
         self.interval_s = checkpoint_minutes * 60 if checkpoint_minutes else None
@@ -237,11 +240,15 @@ class CheckpointCallback(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
         self.preemption.in_step = False
-        if self.preemption.requested:
+        stop = self.preemption.requested
+        due = bool(self.interval_s and time.monotonic() - self._last_save >= self.interval_s)
+        if self.ranks.distributed:  # every rank saves and stops at the same step
+            stop, due = rank_state.agree(stop, due)
+        if stop:
             log.warning("SIGTERM: saving a checkpoint at step %d and stopping", state.global_step)
             control.should_save = True
             control.should_training_stop = True
-        elif self.interval_s and time.monotonic() - self._last_save >= self.interval_s:
+        elif due:
             control.should_save = True
         if state.max_steps and state.global_step >= state.max_steps:
             control.should_save = True
@@ -254,6 +261,12 @@ class CheckpointCallback(TrainerCallback):
     ) -> None:
         step = state.global_step
         local = Path(args.output_dir or ".") / f"checkpoint-{step}"
+        if self.ranks.distributed:
+            self._share_rank_state(local, step)
+        if not self.ranks.main:  # took part; rank 0 stores it
+            self.saved_steps.append(step)
+            self.stored_step = step
+            return
         if not local.is_dir():
             log.warning("checkpoint folder %s missing after save", local)
             return
@@ -268,3 +281,13 @@ class CheckpointCallback(TrainerCallback):
         log.info(
             "checkpoint step-%d stored at %s", step, self.store.uri(f"checkpoints/step-{step}")
         )
+
+    def _share_rank_state(self, local: Path, step: int) -> None:
+        """What a resume on the same world size needs from every rank: its RNG state
+        (rng_state_<rank>.pth). Ranks of rank 0's pod write into the folder rank 0 uploads;
+        ranks of other pods upload their own file. The barrier makes sure every file is
+        in place before rank 0 uploads and writes the completion marker."""
+        mine = local / f"rng_state_{self.ranks.rank}.pth"
+        if self.ranks.node_rank != 0 and mine.is_file():
+            self.store.put_files([(mine, f"checkpoints/step-{step}/{mine.name}")])
+        rank_state.barrier()

@@ -111,13 +111,16 @@ def upload_checkpoint(store: Store, local: Path, step: int, keep: int = 2) -> No
         store.delete_prefix(f"checkpoints/step-{old}")
 
 
-def fetch_latest_checkpoint(store: Store, work_dir: Path) -> Path | None:
-    """Download the newest complete checkpoint into work_dir/checkpoint-<k>."""
+def fetch_latest_checkpoint(store: Store, work_dir: Path, download: bool = True) -> Path | None:
+    """Download the newest complete checkpoint into work_dir/checkpoint-<k>; with
+    `download` False only say where it goes (another rank of the pod downloads it)."""
     steps = complete_checkpoints(store)
     if not steps:
         return None
     step = steps[-1]
     dest = work_dir / f"checkpoint-{step}"
+    if not download:
+        return dest
     store.get_prefix(f"checkpoints/step-{step}", dest)
     (dest / MARKER).unlink(missing_ok=True)
     log.info("resuming from %s (step %d)", store.uri(f"checkpoints/step-{step}"), step)
@@ -172,6 +175,7 @@ class Preemption:
     ) -> None:
         self.requested = False
         self.deferred = False
+        self.interruptible = True  # may SIGALRM cut a step short (one rank only)
         self.grace_s = grace_s
         self.on_deadline = on_deadline  # writes the termination message
         self.clock = clock
@@ -223,7 +227,7 @@ class Preemption:
                 self._watchdog = threading.Timer(exit_after, self._deadline, (exit_after,))
                 self._watchdog.daemon = True
                 self._watchdog.start()
-                if self.deferred:
+                if self.deferred and self.interruptible:
                     signal.setitimer(signal.ITIMER_REAL, max(step_wait, 0.001))
                 log.warning(
                     "SIGTERM: grace period %g s; the running step may take %.1f s more, "

@@ -2,6 +2,7 @@
 
   loraf train --config /etc/loraf/config.yaml   # what the operator's Job runs
   loraf run finetune.yaml [--output DIR|s3://…] # the same manifest, on this machine
+  loraf run finetune.yaml --nproc-per-node 2     # ... with 2 ranks (gloo on a CPU)
   loraf verify DIR|s3://…/run-<n>               # check an upload against its manifest
   loraf serve --config serve.yaml               # OpenAI-compatible server (transformers engine)
 
@@ -25,6 +26,7 @@ from typing import Any
 
 from loraf_operator.api.exitcodes import ExitCode
 
+from . import launch, ranks
 from .errors import ConfigInvalid, TrainerError
 from .optimizations import allocator_defaults
 
@@ -35,6 +37,8 @@ TERMINATION_LOG = "/dev/termination-log"
 
 def write_termination_message(message: str) -> None:
     path = os.environ.get("LORAF_TERMINATION_LOG", TERMINATION_LOG)
+    if os.environ.get(launch.RANKED_TERMINATION):  # a torchrun worker: the launcher picks
+        path = launch.rank_message_path(path, os.environ.get("RANK", "0"))
     try:
         with open(path, "w", encoding="utf-8") as f:
             f.write(message.strip().splitlines()[0][:4000] if message.strip() else "failed")
@@ -104,7 +108,32 @@ def _load_config(path: str) -> Any:
         raise ConfigInvalid(f"config {path} is not valid YAML: {e}") from e
 
 
+def _relaunch(lch: launch.Launch, argv: list[str]) -> int:
+    """This command again, as torchrun workers (launch.py); returns their exit code."""
+    code = launch.run(lch, argv, os.environ.get("LORAF_TERMINATION_LOG", TERMINATION_LOG))
+    if code == ExitCode.PREEMPTED:  # the grace period is running out: skip the teardown
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    if not ranks.under_torchrun():
+        try:
+            cfg = _load_config(args.config)
+        except TrainerError as e:
+            write_termination_message(e.message)
+            return int(e.exit_code)
+        res = cfg.spec.resources
+        if launch.needed(res.world_size, res.strategy):
+            work = str(_work_dir(args.work_dir))  # one scratch folder for the pod's ranks
+            lch = launch.from_env(
+                res.ranks_per_node, res.nodes, res.termination_grace_period_seconds
+            )
+            return _relaunch(lch, ["train", "--config", args.config, "--work-dir", work])
+
     def build(preemption: Any) -> Any:
         from .status_reporter import KubeSink, StatusPublisher
         from .storage import open_store
@@ -113,7 +142,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = _load_config(args.config)
         out = cfg.spec.output
         sink = None
-        if not os.environ.get("LORAF_NO_STATUS"):
+        if ranks.current().main and not os.environ.get("LORAF_NO_STATUS"):  # rank 0 alone
             try:
                 sink = KubeSink(cfg.namespace, cfg.name, cfg.uid or None)
             except Exception as e:  # never fail a run because status cannot be written
@@ -207,6 +236,18 @@ def next_run_number(store_for: Any) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     if args.pvc_root:
         os.environ["LORAF_PVC_ROOT"] = args.pvc_root
+    strategy = ((_read_manifest(args.manifest).get("spec") or {}).get("resources") or {}).get(
+        "strategy", "auto"
+    )
+    if launch.needed(args.nproc_per_node, strategy) and not ranks.under_torchrun():
+        work = str(_work_dir(args.work_dir))
+        argv = ["run", args.manifest, "--work-dir", work]
+        for flag, value in (("--output", args.output), ("--run", args.run)):
+            if value is not None:
+                argv += [flag, str(value)]
+        if args.pvc_root:
+            argv += ["--pvc-root", args.pvc_root]
+        return _relaunch(launch.Launch(args.nproc_per_node), argv)
 
     def build(preemption: Any) -> Any:
         from pydantic import ValidationError
@@ -249,7 +290,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             work_dir=_work_dir(args.work_dir),
             publisher=publisher,
             preemption=preemption,
-            interactive=True,
+            interactive=ranks.current().main,
             retry=retry,
             local=local,
         )
@@ -282,6 +323,13 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--run", type=int, help="run number (default: the first without a manifest)")
     r.add_argument("--pvc-root", help="folder holding one sub-folder per PVC claim name")
     r.add_argument("--work-dir", help="scratch folder (default a temp dir)")
+    r.add_argument(
+        "--nproc-per-node",
+        type=int,
+        default=1,
+        help="training ranks on this machine (torchrun; gloo on a CPU); "
+        "spec.resources.strategy says ddp or fsdp",
+    )
     r.set_defaults(func=cmd_run)
     v = sub.add_parser("verify", help="check a run's files against its manifest.json")
     v.add_argument("location", help="run folder or s3://…/run-<n>")

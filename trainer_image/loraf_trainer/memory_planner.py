@@ -109,6 +109,9 @@ class Workload:
     optimizer: str = "paged_adamw_8bit"
     adapter_bytes: int = 2  # adapter params/grads: bf16 (TRL casts QLoRA's), 4 for fp32
     cpu_embeddings: bool = False  # input embedding table kept in host memory
+    # More than one rank (docs/trainer.md, "More than one GPU"): rows_per_step is per rank.
+    world_size: int = 1
+    sharded: bool = False  # FSDP full shard: weights and adapter state split over the ranks
 
     def activation_bytes_per_token_layer(self) -> int:
         """Saved tensors of one non-checkpointed decoder layer, per token (bf16)."""
@@ -133,17 +136,33 @@ class Workload:
             b += int(DROPOUT_FREE_COPY_BYTES[self.adapter_bytes] * adapter_inputs)
         return b
 
+    def layer_weight_bytes(self) -> int:
+        """One decoder layer's frozen linear weights (4-bit packed or bf16)."""
+        per = Q4_BYTES_PER_PARAM if self.quantized else 2
+        return int(self.shape.layer_linear_params() * per)
+
     def weight_bytes(self) -> int:
+        """Frozen weights resident on one GPU. Under FSDP each rank keeps 1/world of the
+        decoder layers plus the two layers being gathered (the running one and the
+        prefetched next); embeddings and head sit in the root unit, gathered for the whole
+        step, so they count in full."""
         s = self.shape
-        linear = s.layers * s.layer_linear_params()
         emb = s.embedding_params()
         head = 0 if s.tied else emb
-        w = int(linear * (Q4_BYTES_PER_PARAM if self.quantized else 2)) + 2 * head
-        return w + (0 if self.cpu_embeddings else 2 * emb)
+        layers = s.layers * self.layer_weight_bytes()
+        if self.sharded:
+            layers = layers // self.world_size + min(2, s.layers) * self.layer_weight_bytes()
+        return layers + 2 * head + (0 if self.cpu_embeddings else 2 * emb)
 
     def adapter_state_bytes(self) -> int:
+        """Adapter weights, gradients and optimizer state: split over the ranks under FSDP;
+        under DDP every rank holds them all plus DDP's gradient buckets (one more copy of
+        the gradients)."""
         n = self.shape.lora_params(self.lora_r)
-        return n * (2 * self.adapter_bytes + OPTIMIZER_STATE_BYTES.get(self.optimizer, 8))
+        per = n * (2 * self.adapter_bytes + OPTIMIZER_STATE_BYTES.get(self.optimizer, 8))
+        if self.sharded:
+            return per // self.world_size
+        return per + (n * self.adapter_bytes if self.world_size > 1 else 0)
 
 
 @dataclass(frozen=True)
@@ -176,6 +195,32 @@ class Plan:
 
 class NoFit(ValueError):
     """Even micro-batch 1 with every layer checkpointed exceeds the budget."""
+
+
+def plan_strategy(
+    w: Workload,
+    budget_gib: float,
+    strategy: str,
+    allow_checkpointing: bool = True,
+) -> tuple[str, Plan]:
+    """("ddp" | "fsdp" | "single", plan) for w.world_size ranks. `strategy` auto: DDP (no
+    communication of weights, the faster) when the whole model fits one GPU, else FSDP full
+    shard; ddp/fsdp: as asked. Raises NoFit when even that does not fit."""
+    from dataclasses import replace
+
+    if w.world_size == 1 and strategy != "fsdp":
+        return "single", plan(w, budget_gib, allow_checkpointing=allow_checkpointing)
+    if strategy in ("auto", "ddp"):
+        try:
+            return "ddp", plan(
+                replace(w, sharded=False), budget_gib, allow_checkpointing=allow_checkpointing
+            )
+        except NoFit:
+            if strategy == "ddp":
+                raise
+    return "fsdp", plan(
+        replace(w, sharded=True), budget_gib, allow_checkpointing=allow_checkpointing
+    )
 
 
 def peak_allocated_bytes(w: Workload, micro: int, checkpointed: int) -> int:

@@ -233,18 +233,21 @@ def _detach_quantizer(model: Any) -> None:
 class Device:
     kind: str  # "cuda" | "cpu"
     dtype_name: str  # dtype for unquantized weights
+    index: int = 0  # the CUDA device of this rank (its LOCAL_RANK)
 
     @property
     def on_gpu(self) -> bool:
         return self.kind == "cuda"
 
 
-def pick_device() -> Device:
-    """cuda (bf16 where supported, else fp16) when present; CPU trains in fp32."""
+def pick_device(local_rank: int = 0) -> Device:
+    """cuda (bf16 where supported, else fp16) when present, GPU `local_rank` for a rank;
+    CPU trains in fp32."""
     import torch
 
     if torch.cuda.is_available():
-        return Device("cuda", "bfloat16" if torch.cuda.is_bf16_supported() else "float16")
+        dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        return Device("cuda", dtype, local_rank)
     return Device("cpu", "float32")
 
 
@@ -275,8 +278,13 @@ def load_model(
     quantization: Any = None,
     trust_remote_code: bool = False,
     dtype_name: str | None = None,
+    fsdp: bool = False,
 ) -> Any:
-    """The frozen base: full precision/bf16 for LoRA, bitsandbytes 4/8-bit for QLoRA."""
+    """The frozen base: full precision/bf16 for LoRA, bitsandbytes 4/8-bit for QLoRA.
+
+    Under FSDP the weights load on rank 0's host memory only (the Trainer shards and
+    broadcasts them, optimizations.fsdp_env); a 4-bit base quantizes on each rank's GPU
+    and stores its packed weights in the compute dtype, which FSDP can flatten and shard."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -285,10 +293,13 @@ def load_model(
     kwargs: dict[str, Any] = {
         "dtype": getattr(torch, dtype_name or device.dtype_name),
         "trust_remote_code": trust_remote_code,
-        "device_map": {"": 0 if device.on_gpu else "cpu"},
+        "device_map": {"": device.index if device.on_gpu else "cpu"},
     }
+    if fsdp:  # transformers places the weights (bitsandbytes: this rank's current GPU)
+        del kwargs["device_map"]
     if quantization is not None:
-        kwargs["quantization_config"] = build_bnb_config(quantization, device.on_gpu)
+        storage = kwargs["dtype"] if fsdp else None
+        kwargs["quantization_config"] = build_bnb_config(quantization, device.on_gpu, storage)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError, KeyError) as e:

@@ -45,6 +45,8 @@ class Decision:
     notes: list[str] = field(default_factory=list)  # why a switch is off
     # learning rate, schedule and batch (the spec's, or hyperparams' rule)
     hyper: hyperparams.Hyper | None = None
+    strategy: str = "single"  # single, ddp or fsdp (docs/trainer.md, "More than one GPU")
+    world_size: int = 1
 
     @property
     def liger_running(self) -> bool:
@@ -72,6 +74,8 @@ class Decision:
             "checkpointedLayers": self.checkpointed_layers,
             "layers": self.layers,
             "techniques": self.techniques,
+            "strategy": self.strategy,
+            "worldSize": self.world_size,
         }
         if self.plan is not None:
             out["budgetGiB"] = round(self.plan.budget_gib, 2)
@@ -93,7 +97,12 @@ def liger_available() -> bool:
 
 
 def workload(
-    spec: Any, model_config: Any, fused: bool, cpu_embeddings: bool, rows_per_step: int
+    spec: Any,
+    model_config: Any,
+    fused: bool,
+    cpu_embeddings: bool,
+    rows_per_step: int,
+    world_size: int = 1,
 ) -> mp.Workload:
     t = spec.training
     q = spec.effective_quantization
@@ -109,6 +118,7 @@ def workload(
         # TRL keeps QLoRA adapters in bf16; LoRA adapters train in fp32
         adapter_bytes=2 if q is not None else 4,
         cpu_embeddings=cpu_embeddings,
+        world_size=world_size,
     )
 
 
@@ -119,11 +129,14 @@ def decide(
     free_gib: float | None,
     liger: bool,
     train_rows: int | None = None,
+    world_size: int = 1,
 ) -> Decision:
     """What to use for this run. On a CPU: the batch as given (or chosen by
     hyperparams), no technique, and gradient checkpointing only when the spec asks for it.
     `train_rows` feeds the defaults rule (None: unknown, treated as a large dataset).
-    Raises memory_planner.NoFit when the model cannot fit the budget at all."""
+    With `world_size` ranks: DDP or FSDP (spec.resources.strategy; auto asks the planner,
+    and is DDP where nothing is planned). Raises memory_planner.NoFit when the model cannot
+    fit the budget at all."""
     t, o = spec.training, spec.training.optimizations
     layers = int(getattr(model_config, "num_hidden_layers", 0) or 0)
     hidden = getattr(model_config, "hidden_size", None)
@@ -144,8 +157,14 @@ def decide(
         checkpointed_layers=layers if checkpointing else 0,
         layers=layers,
         hyper=hyper,
+        world_size=world_size,
     )
+    asked = spec.resources.strategy
+    d.strategy = "fsdp" if asked == "fsdp" else ("ddp" if world_size > 1 else "single")
     if not on_gpu:
+        if d.strategy == "fsdp":  # accelerate shards on GPUs only
+            d.strategy = "ddp" if world_size > 1 else "single"
+            d.notes.append("fsdp: GPUs only; the CPU ranks train data parallel")
         return d
     model_type = getattr(model_config, "model_type", "")
     if o.fused_kernels and not liger:
@@ -155,6 +174,11 @@ def decide(
     else:
         d.fused_kernels = o.fused_kernels
     d.compile, d.cpu_embeddings, d.oom_recovery = o.compile, o.cpu_embeddings, o.oom_recovery
+    if d.oom_recovery and world_size > 1:
+        # a rank that splits its micro-batch alone would run more backward passes than the
+        # others and block their gradient all-reduce
+        d.oom_recovery = False
+        d.notes.append("oom recovery: one rank only; off with several ranks")
     # Dynamo cannot trace Liger's layer kernels (triton CompilationError → graph breaks
     # around each, -22 % measured, bench/README.md): with compile, inductor fuses
     # norms/RoPE/SwiGLU itself and no Liger kernel runs.
@@ -166,14 +190,14 @@ def decide(
         return d
     try:
         fused = d.fused_kernels or d.compile  # Liger's or inductor's fused layers
-        w = workload(spec, model_config, fused, d.cpu_embeddings, hyper.rows_per_step)
+        w = workload(spec, model_config, fused, d.cpu_embeddings, hyper.rows_per_step, world_size)
         w.shape.layer_linear_params()  # every dimension is a number
     except (AttributeError, TypeError):
         d.notes.append(
             f"planner: no decoder shape in the {model_type!r} config; spec used as given"
         )
         return d
-    p = mp.plan(w, budget, allow_checkpointing=checkpointing)
+    d.strategy, p = mp.plan_strategy(w, budget, asked, allow_checkpointing=checkpointing)
     d.plan, d.micro_batch, d.grad_accum = p, p.micro_batch, p.grad_accum
     d.checkpointed_layers = p.checkpointed_layers
     return d
@@ -301,6 +325,26 @@ def release_compiled(model: Any, d: Decision) -> None:
             layer._compiled_call_impl = None  # what nn.Module.compile() set
 
 
+# FSDP (full shard) through the Trainer's own integration: decoder layers wrapped one by
+# one (the peft adapters get their own units, transformers' update_fsdp_plugin_peft), weights
+# loaded once on rank 0 and broadcast, the full adapter state gathered for saving.
+FSDP_CONFIG: dict[str, Any] = {
+    "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+    "cpu_ram_efficient_loading": True,
+    "sync_module_states": True,
+    "use_orig_params": False,
+    "state_dict_type": "FULL_STATE_DICT",
+    "activation_checkpointing": False,  # the model's own, as without FSDP
+}
+
+
+def fsdp_env() -> None:
+    """Before the base loads: transformers loads FSDP weights on rank 0 only (the others on
+    the meta device) when accelerate's env says FSDP with RAM-efficient loading."""
+    os.environ["ACCELERATE_USE_FSDP"] = "true"
+    os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = "true"
+
+
 def sft_overrides(d: Decision) -> dict[str, Any]:
     """SFTConfig arguments that the decision replaces."""
     out: dict[str, Any] = {
@@ -308,4 +352,9 @@ def sft_overrides(d: Decision) -> dict[str, Any]:
         "gradient_accumulation_steps": d.grad_accum,
         "use_liger_kernel": d.liger_running,
     }
+    if d.strategy == "fsdp":
+        out["fsdp"] = "full_shard auto_wrap"
+        out["fsdp_config"] = dict(FSDP_CONFIG)
+    elif d.strategy == "ddp":
+        out["ddp_find_unused_parameters"] = False  # every adapter gets a gradient
     return out

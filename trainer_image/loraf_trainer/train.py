@@ -25,10 +25,12 @@ from . import (
     dpo,
     evaluate,
     hyperparams,
+    launch,
     memory_planner,
     model_loading,
     oom_recovery,
     optimizations,
+    ranks,
 )
 from .checkpoints import (
     Preemption,
@@ -197,10 +199,11 @@ def prepare_model(
     base_path: Path,
     device: model_loading.Device,
     train_rows: int | None = None,
+    world_size: int = 1,
     start_adapter: Path | None = None,
 ) -> tuple[Any, optimizations.Decision]:
-    """Choose the hyper-parameters and plan for this GPU, load the base, apply the
-    techniques, attach LoRA.
+    """Choose the hyper-parameters, plan and strategy (DDP/FSDP for more than one rank)
+    for this GPU, load the base, apply the techniques, attach LoRA.
 
     The plan needs only the model's config, so a budget the model cannot fit fails
     before the weights are loaded. `train_rows` feeds the defaults rule (hyperparams)."""
@@ -213,15 +216,25 @@ def prepare_model(
     config = AutoConfig.from_pretrained(base_path, trust_remote_code=trust)
     try:
         decision = optimizations.decide(
-            spec, config, device.on_gpu, free, optimizations.liger_available(), train_rows
+            spec,
+            config,
+            device.on_gpu,
+            free,
+            optimizations.liger_available(),
+            train_rows,
+            world_size,
         )
     except memory_planner.NoFit as e:
         raise ConfigInvalid(
-            f"the model does not fit in GPU memory: {e}; use a larger GPU, method qlora, "
-            "a shorter training.maxSeqLength or a larger training.memoryBudgetGiB"
+            f"the model does not fit in GPU memory: {e}; use a larger GPU, more GPUs "
+            "(resources.gpus, strategy fsdp), method qlora, a shorter training.maxSeqLength "
+            "or a larger training.memoryBudgetGiB"
         ) from e
     log.info(
-        "plan: micro-batch %d × accumulation %d, %d/%d layers checkpointed; techniques: %s%s",
+        "plan: %s over %d rank(s), micro-batch %d × accumulation %d per rank, %d/%d layers "
+        "checkpointed; techniques: %s%s",
+        decision.strategy,
+        decision.world_size,
         decision.micro_batch,
         decision.grad_accum,
         decision.checkpointed_layers,
@@ -240,8 +253,15 @@ def prepare_model(
             h.total_steps,
             f" (chosen by the defaults rule: {', '.join(h.chosen)})" if h.chosen else "",
         )
+    fsdp = decision.strategy == "fsdp"
+    if fsdp:
+        optimizations.fsdp_env()
     model = model_loading.load_model(
-        base_path, device, quantization=spec.effective_quantization, trust_remote_code=trust
+        base_path,
+        device,
+        quantization=spec.effective_quantization,
+        trust_remote_code=trust,
+        fsdp=fsdp,
     )
     optimizations.apply_before_adapters(model, decision)
     set_seed(spec.training.seed)  # the adapters' initialization
@@ -406,14 +426,20 @@ def hyperparameters(
 def run(ctx: RunContext) -> dict[str, Any]:
     cfg, pub = ctx.cfg, ctx.publisher
     spec = cfg.spec
-    ctx.preemption.grace_s = spec.resources.termination_grace_period_seconds
+    rk = ranks.current()
+    ranks.init(rk)
+    grace = spec.resources.termination_grace_period_seconds
+    ctx.preemption.grace_s = launch.rank_grace_s(grace) if ranks.under_torchrun() else grace
+    # Ranks step in lockstep: a SIGTERM stops them at the same step end (CheckpointCallback
+    # agrees on it), never by interrupting one rank mid-step.
+    ctx.preemption.interruptible = not rk.distributed
     pub.update({"runNumber": cfg.run, "stage": "Validating"}, force=True)
     check_storage(ctx)
     prepared = load_dataset(ctx)
 
     # -- model
     pub.update({"stage": "Loading"}, force=True)
-    device = model_loading.pick_device()
+    device = model_loading.pick_device(rk.local_rank)
     if spec.resources.gpus >= 1 and not device.on_gpu:
         log.warning(
             "resources.gpus is %d but no CUDA device is visible: training on CPU",
@@ -426,7 +452,9 @@ def run(ctx: RunContext) -> dict[str, Any]:
     base_path = model_loading.materialize(resolved, bm.trust_remote_code)
     tokenizer = model_loading.load_tokenizer(base_path, bm.trust_remote_code)
     start = fetch_start_adapter(ctx)
-    model, decision = prepare_model(cfg, base_path, device, len(prepared.train), start)
+    model, decision = prepare_model(
+        cfg, base_path, device, len(prepared.train), rk.world_size, start
+    )
     trainable, total = adapters.count_parameters(model)
     pct = 100.0 * trainable / total if total else 0.0
     log.info("trainable params: %d of %d (%.3f%%)", trainable, total, pct)
@@ -460,10 +488,16 @@ def run(ctx: RunContext) -> dict[str, Any]:
 
     trainer_dir = ctx.work_dir / "trainer"
     trainer_dir.mkdir(parents=True, exist_ok=True)
-    resume = fetch_latest_checkpoint(ctx.store, trainer_dir)
+    # One download per pod (its ranks share the work folder), then everyone reads it.
+    resume = fetch_latest_checkpoint(ctx.store, trainer_dir, download=rk.local_rank == 0)
+    ranks.barrier()
     prior_runtime = prior_runtime_seconds(resume)
     ckpt_cb = CheckpointCallback(
-        ctx.store, ctx.preemption, spec.training.checkpoint_minutes, prior_runtime_s=prior_runtime
+        ctx.store,
+        ctx.preemption,
+        spec.training.checkpoint_minutes,
+        prior_runtime_s=prior_runtime,
+        ranks=rk,
     )
 
     def on_oom(split: int, retries: int) -> None:
@@ -484,7 +518,10 @@ def run(ctx: RunContext) -> dict[str, Any]:
         eval_ds,
         trainer_dir,
         device,
-        [ProgressCallback(pub, log_lines=not ctx.interactive, remaining=remaining), ckpt_cb],
+        [
+            ProgressCallback(pub, log_lines=not ctx.interactive and rk.main, remaining=remaining),
+            ckpt_cb,
+        ],
         interactive=ctx.interactive,
         on_oom=on_oom,
     )
@@ -545,14 +582,21 @@ def run(ctx: RunContext) -> dict[str, Any]:
             remaining.refine("generations", seconds / done * of)
             pub.update(remaining.fields())
 
-        gens = evaluate.generations(
-            trainer.model,
-            tokenizer,
-            prepared.eval,
-            spec.training.eval_prompts,
-            ctx.max_new_tokens,
-            on_answer=answered,
-            system_prompt=system,
+        # Rank 0 alone generates: under DDP its model is whole; under FSDP no rank holds
+        # the whole model, so the report has no generations.
+        prompts = 0 if decision.strategy == "fsdp" else spec.training.eval_prompts
+        gens = (
+            evaluate.generations(
+                trainer.model,
+                tokenizer,
+                prepared.eval,
+                prompts,
+                ctx.max_new_tokens,
+                on_answer=answered,
+                system_prompt=system,
+            )
+            if rk.main
+            else []
         )
         remaining.done("generations")
         history = evaluate.loss_history(state.log_history)
@@ -581,10 +625,21 @@ def run(ctx: RunContext) -> dict[str, Any]:
             force=True,
         )
         stage_dir = ctx.work_dir / "upload"
+        if decision.strategy == "fsdp":
+            # Every rank takes part in gathering the full adapter; rank 0 writes it.
+            fsdp_dir = ctx.work_dir / "fsdp-adapter"
+            trainer.save_model(str(fsdp_dir))
+        if not rk.main:
+            return {}  # rank 0 alone uploads (and publishes the result)
         shutil.rmtree(stage_dir, ignore_errors=True)
-        adapter_dir = artifacts.save_adapter(
-            trainer.model, tokenizer, stage_dir / "adapter", spec.output.adapter_dtype
-        )
+        if decision.strategy == "fsdp":
+            adapter_dir = artifacts.adapter_from_folder(
+                fsdp_dir, tokenizer, stage_dir / "adapter", spec.output.adapter_dtype
+            )
+        else:
+            adapter_dir = artifacts.save_adapter(
+                trainer.model, tokenizer, stage_dir / "adapter", spec.output.adapter_dtype
+            )
         del trainer, model
         if spec.output.merged_weights:
             artifacts.merge_export(

@@ -1101,26 +1101,45 @@ class BaseResources(SpecModel):
         return self
 
 
-MULTI_GPU_MESSAGE = "multi-GPU training is not supported yet: set resources.gpus to 0 or 1"
+Strategy = Literal["auto", "ddp", "fsdp"]
+MULTI_NODE_NEEDS_GPUS = (
+    "nodes > 1 needs gpus >= 1: a multi-node run trains on GPUs (try several ranks on a "
+    "CPU with `loraf run --nproc-per-node`)"
+)
 
 
 class Resources(BaseResources):
-    """Compute resources and scheduling of the training pod."""
+    """Compute resources and scheduling of the training pod(s)."""
 
     model_config = ConfigDict(
         json_schema_extra=_rules(
             *_RESOURCES_RULE_LIST,
-            # Until multi-GPU training exists the trainer refuses gpus > 1 (exit 64); the
-            # apiserver refuses it first, so no Job ever reserves GPUs it cannot use.
             cel(
-                "!has(self.gpus) || self.gpus <= 1",
-                MULTI_GPU_MESSAGE,
-                ".gpus",
+                "!has(self.nodes) || self.nodes <= 1 || (has(self.gpus) && self.gpus >= 1)",
+                MULTI_NODE_NEEDS_GPUS,
+                ".nodes",
                 reason="FieldValueForbidden",
             ),
         )
     )
 
+    nodes: int = Field(
+        default=1,
+        description="Pods (machines) the run trains on, each with `gpus` GPUs and one rank "
+        "per GPU. Above 1 the run is an Indexed Job with a headless Service; torchrun's c10d "
+        "rendezvous meets on the pod of index 0. One pod failing restarts every rank from the "
+        "last stored checkpoint; the preemption of any pod is a preemption of the run.",
+        ge=1,
+        le=64,
+    )
+    strategy: Strategy = Field(
+        default="auto",
+        description="How ranks share the work when the run has more than one: ddp (every "
+        "rank holds the whole model, data parallel), fsdp (full shard: weights, gradients and "
+        "optimizer state split over the ranks; QLoRA stores its 4-bit weights in bf16 so FSDP "
+        "can shard them), or auto: ddp when the memory planner finds the model fits one GPU, "
+        "else fsdp (ddp where nothing is known about the GPU's memory, e.g. on a CPU).",
+    )
     affinity: Annotated[dict[str, Any], WireDict(Affinity)] | None = Field(
         default=None, description="Pod affinity (core/v1 Affinity)."
     )
@@ -1155,10 +1174,19 @@ class Resources(BaseResources):
     )
 
     @model_validator(mode="after")
-    def _check_single_gpu(self) -> Resources:
-        if self.gpus > 1:
-            raise ValueError(f"{MULTI_GPU_MESSAGE} (got {self.gpus})")
+    def _check_nodes(self) -> Resources:
+        if self.nodes > 1 and self.gpus < 1:
+            raise ValueError(f"resources.{MULTI_NODE_NEEDS_GPUS}")
         return self
+
+    @property
+    def ranks_per_node(self) -> int:
+        """Training processes per pod: one per GPU (one on a CPU-only pod)."""
+        return max(1, self.gpus)
+
+    @property
+    def world_size(self) -> int:
+        return self.ranks_per_node * self.nodes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1509,6 +1537,12 @@ class TrainingPlan(StatusModel):
     techniques: list[str] | None = Field(
         default=None, description="Techniques in use, e.g. fused-kernels, compile."
     )
+    strategy: Literal["single", "ddp", "fsdp"] | None = Field(
+        default=None,
+        description="How the ranks share the work: single (one rank), ddp or fsdp "
+        "(spec.resources.strategy, or the planner's choice under auto).",
+    )
+    world_size: int | None = Field(default=None, description="Training ranks (processes).")
     learning_rate: float | None = Field(default=None, description="Peak learning rate used.")
     scheduler: str | None = Field(default=None, description="Learning-rate schedule used.")
     warmup_steps: int | None = Field(default=None, description="Warmup steps.")

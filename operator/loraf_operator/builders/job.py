@@ -1,4 +1,5 @@
-"""The run's batch/v1 Job: one pod running `loraf train` on the mounted TrainerConfig.
+"""The run's batch/v1 Job: one pod running `loraf train` on the mounted TrainerConfig (an
+Indexed Job of `resources.nodes` pods, with a headless Service, for a multi-node run).
 
 Retry semantics live in the Job, not in the operator: `backoffLimit` counts infrastructure
 failures, `podFailurePolicy` fails the Job at once on the trainer's user-error exit codes
@@ -11,12 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..api import distributed as dist
 from ..api.exitcodes import FAIL_FAST_CODES, RETRIED_FREE_CODES
 from ..api.models import LoRAFineTune
 from ..api.trainer_config import CONFIG_MOUNT_PATH
 from .common import GPU_RESOURCE, BuildDefaults, child_metadata, container_resources, generation
-from .labels import QUEUE_NAME, run_annotations, run_labels
-from .naming import child_name, config_map_name
+from .labels import JOB_NAME, QUEUE_NAME, run_annotations, run_labels
+from .naming import child_name, config_map_name, service_name
 
 CONTAINER = "trainer"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
@@ -83,6 +85,47 @@ def build_env(ft: LoRAFineTune, defaults: BuildDefaults) -> list[dict[str, Any]]
     if spec.resources.model_cache_pvc:
         env.append({"name": "HF_HOME", "value": f"{CACHE_DIR}/huggingface"})
     return env
+
+
+def rendezvous_env(ft: LoRAFineTune, run: int) -> list[dict[str, Any]]:
+    """Where a multi-node run's ranks meet (api/distributed.py): the pod of index 0."""
+    if ft.spec.resources.nodes <= 1:
+        return []
+    job = child_name(ft.name, run)
+    host = f"{job}-0.{service_name(ft.name, run)}"
+    return [
+        {"name": dist.ENV_RENDEZVOUS_ENDPOINT, "value": f"{host}:{dist.RENDEZVOUS_PORT}"},
+        {"name": dist.ENV_RENDEZVOUS_PORT, "value": str(dist.RENDEZVOUS_PORT)},
+        {"name": dist.ENV_RENDEZVOUS_ID, "value": job},
+        {"name": dist.ENV_POD_IP, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+    ]
+
+
+def build_rendezvous_service(ft: LoRAFineTune, run: int) -> dict[str, Any] | None:
+    """The headless Service that gives a multi-node run's pods DNS names
+    (`<job>-<index>.<service>`); None for a one-pod run. Not-ready pods are published: the
+    rendezvous happens before any pod could be called ready."""
+    if ft.spec.resources.nodes <= 1:
+        return None
+    name = service_name(ft.name, run)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": child_metadata(ft, run, name),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {JOB_NAME: child_name(ft.name, run)},
+            "ports": [
+                {
+                    "name": dist.RENDEZVOUS_PORT_NAME,
+                    "port": dist.RENDEZVOUS_PORT,
+                    "targetPort": dist.RENDEZVOUS_PORT,
+                    "protocol": "TCP",
+                }
+            ],
+        },
+    }
 
 
 def _pvc_claims(ft: LoRAFineTune) -> list[str]:
@@ -161,7 +204,7 @@ def build_container(ft: LoRAFineTune, run: int, defaults: BuildDefaults) -> dict
         "name": CONTAINER,
         "image": ft.spec.resources.image or defaults.trainer_image,
         "command": ["loraf", "train", "--config", CONFIG_MOUNT_PATH],
-        "env": build_env(ft, defaults),
+        "env": build_env(ft, defaults) + rendezvous_env(ft, run),
         "volumeMounts": mounts,
         # The trainer writes a one-line reason here before a non-zero exit; on a crash
         # without one, the log tail is used instead.
@@ -178,6 +221,10 @@ def build_container(ft: LoRAFineTune, run: int, defaults: BuildDefaults) -> dict
     resources = build_resources(ft)
     if resources:
         container["resources"] = resources
+    if ft.spec.resources.nodes > 1:
+        container["ports"] = [
+            {"name": dist.RENDEZVOUS_PORT_NAME, "containerPort": dist.RENDEZVOUS_PORT}
+        ]
     return container
 
 
@@ -209,10 +256,13 @@ def build_job(ft: LoRAFineTune, run: int, defaults: BuildDefaults | None = None)
         "volumes": volumes,
         **build_scheduling(ft),
     }
+    nodes = spec.resources.nodes
+    if nodes > 1:
+        pod_spec["subdomain"] = service_name(ft.name, run)  # hostname <job>-<index> is the Job's
     job_spec: dict[str, Any] = {
         "backoffLimit": spec.backoff_limit,
-        "completions": 1,
-        "parallelism": 1,
+        "completions": nodes,
+        "parallelism": nodes,
         "suspend": spec.suspend,
         "podFailurePolicy": pod_failure_policy(),
         "template": {
@@ -223,6 +273,10 @@ def build_job(ft: LoRAFineTune, run: int, defaults: BuildDefaults | None = None)
             "spec": pod_spec,
         },
     }
+    if nodes > 1:
+        # One pod per node, each knowing its index; all of them are one run (one Job, one
+        # Kueue workload, one `suspend`).
+        job_spec["completionMode"] = "Indexed"
     if spec.active_deadline_seconds is not None:
         job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
     if spec.ttl_seconds_after_finished is not None:

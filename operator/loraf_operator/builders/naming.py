@@ -53,3 +53,15 @@ def label_value(value: str) -> str:
     if len(value) <= MAX_LABEL:
         return value
     return _cut(value, f"-{_digest(value)}", MAX_LABEL)
+
+
+def service_name(name: str, run: int) -> str:
+    """Name of run `run`'s headless rendezvous Service (multi-node runs), also the pods'
+    `subdomain`. A Service name is an RFC 1035 label (a letter first, no dots), which a
+    resource name need not be: dots become dashes and a leading digit gets an `r`."""
+    base = child_name(name, run).replace(".", "-")
+    if base[0].isalpha():
+        return base
+    if len(base) < MAX_LABEL:
+        return "r" + base
+    return _cut("r" + name.replace(".", "-"), f"-{_digest(f'{name}-r{run}')}-r{run}", MAX_LABEL)
