@@ -164,3 +164,24 @@ def test_several_ranks_choose_a_strategy_and_turn_oom_recovery_off() -> None:
         LLAMA3_8B, False, None, False, 1000, world_size=2,
     )  # fmt: skip
     assert cpu.strategy == "ddp" and any("GPUs only" in n for n in cpu.notes)
+
+
+def test_fsdp_swaps_a_bitsandbytes_optimizer_and_plans_with_its_state() -> None:
+    # bitsandbytes' 8-bit update refused FSDP's sharded parameters on an H200 ("mixed
+    # torch.Tensor and DTensor"): under FSDP the adapters train with adamw_torch
+    raw = {
+        "baseModel": {"huggingFace": "org/m"},
+        "dataset": {"s3": "s3://bkt/d.jsonl", "format": "alpaca"},
+        "method": "qlora",
+        "training": {"maxSteps": 5, "perDeviceBatchSize": 4},
+        "output": {"s3": "s3://bkt/o"},
+        "resources": {"gpus": 1, "strategy": "fsdp"},
+    }
+    spec = LoRAFineTuneSpec.model_validate(raw)
+    d = opt.decide(spec, LLAMA3_8B, True, 80.0, True, 1000)
+    assert d.strategy == "fsdp" and d.optimizer == "adamw_torch" and not d.compile
+    assert opt.sft_overrides(d)["optim"] == "adamw_torch"
+    assert any("cannot update sharded parameters" in n for n in d.notes)
+    single = opt.decide(spec.model_copy(update={"resources": spec.resources.model_copy(
+        update={"strategy": "auto"})}), LLAMA3_8B, True, 80.0, True, 1000)  # fmt: skip
+    assert single.optimizer is None and "optim" not in opt.sft_overrides(single)

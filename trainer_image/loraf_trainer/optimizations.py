@@ -11,6 +11,7 @@ on a CPU; the `apply_*` functions change the model in place:
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import os
@@ -47,6 +48,7 @@ class Decision:
     hyper: hyperparams.Hyper | None = None
     strategy: str = "single"  # single, ddp or fsdp (docs/trainer.md, "More than one GPU")
     world_size: int = 1
+    optimizer: str | None = None  # replaces the spec's optimizer (FSDP: fit_fsdp)
 
     @property
     def liger_running(self) -> bool:
@@ -198,9 +200,34 @@ def decide(
         )
         return d
     d.strategy, p = mp.plan_strategy(w, budget, asked, allow_checkpointing=checkpointing)
+    if fit_fsdp(d, spec) and d.optimizer is not None:  # plan again with its optimizer state
+        w = dataclasses.replace(w, optimizer=d.optimizer)
+        d.strategy, p = mp.plan_strategy(w, budget, "fsdp", allow_checkpointing=checkpointing)
     d.plan, d.micro_batch, d.grad_accum = p, p.micro_batch, p.grad_accum
     d.checkpointed_layers = p.checkpointed_layers
     return d
+
+
+# bitsandbytes' optimizers: their update kernels refuse FSDP's sharded (DTensor) parameters
+# ("got mixed torch.Tensor and DTensor", measured on an H200, bench/results).
+BNB_OPTIMIZERS = frozenset({"paged_adamw_8bit", "adamw_8bit", "paged_adamw_32bit"})
+
+
+def fit_fsdp(d: Decision, spec: Any) -> bool:
+    """What FSDP needs changed (True when d.strategy is fsdp): a torch optimizer instead
+    of a bitsandbytes one (the adapters' state is small and sharded N ways anyway), and
+    no torch.compile of the wrapped layers (a combination not measured yet)."""
+    if d.strategy != "fsdp":
+        return False
+    if spec.effective_optimizer in BNB_OPTIMIZERS:
+        d.optimizer = "adamw_torch"
+        d.notes.append(
+            f"fsdp: {spec.effective_optimizer} cannot update sharded parameters; adamw_torch"
+        )
+    if d.compile:
+        d.compile, d.liger_layers = False, True
+        d.notes.append("fsdp: compile off (not measured under FSDP)")
+    return True
 
 
 # --- applying a decision ---------------------------------------------------------------
@@ -352,6 +379,8 @@ def sft_overrides(d: Decision) -> dict[str, Any]:
         "gradient_accumulation_steps": d.grad_accum,
         "use_liger_kernel": d.liger_running,
     }
+    if d.optimizer is not None:
+        out["optim"] = d.optimizer
     if d.strategy == "fsdp":
         out["fsdp"] = "full_shard auto_wrap"
         out["fsdp_config"] = dict(FSDP_CONFIG)

@@ -399,7 +399,9 @@ def hyperparameters(
     out: only the techniques actually used are listed, under plan.techniques)."""
     spec = cfg.spec
     q = spec.effective_quantization
-    training = spec.training.to_dict() | {"optimizer": spec.effective_optimizer}
+    training = spec.training.to_dict() | {
+        "optimizer": decision.optimizer or spec.effective_optimizer
+    }
     h = decision.hyper
     if h is not None:
         training |= {
