@@ -216,7 +216,9 @@ def _tokenizer_and_rows(cfg: dict[str, Any], model_dir: Path, vocab: int) -> tup
 
     rows = cfg["steps"] * cfg["micro"] * cfg["ga"]
     if cfg.get("objective") == "dpo":
-        return synthetic.preference_dataset(rows, cfg["seq"], seed=cfg.get("data_seed", 1234)), None
+        words = min(1000, vocab - 3)  # the throwaway tokenizer's words that the model embeds
+        ds = synthetic.preference_dataset(rows, cfg["seq"], words, seed=cfg.get("data_seed", 1234))
+        return ds, None
     return synthetic.dataset(rows, cfg["seq"], vocab, seed=cfg.get("data_seed", 1234)), None
 
 
@@ -278,7 +280,7 @@ def build_trl_dpo(
     from trl import DPOConfig, DPOTrainer
 
     cuda = torch.cuda.is_available()
-    train_ds, _ = _tokenizer_and_rows(cfg, Path(cfg["model_dir"]), 0)
+    train_ds, _ = _tokenizer_and_rows(cfg, Path(cfg["model_dir"]), model.config.vocab_size)
     args = DPOConfig(
         output_dir=str(out),
         per_device_train_batch_size=cfg["micro"],
