@@ -185,3 +185,18 @@ def test_fsdp_swaps_a_bitsandbytes_optimizer_and_plans_with_its_state() -> None:
     single = opt.decide(spec.model_copy(update={"resources": spec.resources.model_copy(
         update={"strategy": "auto"})}), LLAMA3_8B, True, 80.0, True, 1000)  # fmt: skip
     assert single.optimizer is None and "optim" not in opt.sft_overrides(single)
+
+
+def test_dpo_trains_without_compile() -> None:
+    raw = {
+        "baseModel": {"huggingFace": "org/m"},
+        "dataset": {"s3": "s3://bkt/d.jsonl", "format": "preference"},
+        "objective": "dpo",
+        "method": "qlora",
+        "training": {"maxSteps": 5, "perDeviceBatchSize": 4},
+        "output": {"s3": "s3://bkt/o"},
+    }
+    d = opt.decide(LoRAFineTuneSpec.model_validate(raw), LLAMA3_8B, True, 80.0, True, 1000)
+    assert not d.compile and "compile" not in d.techniques
+    assert any("objective dpo" in n for n in d.notes)
+    assert opt.sft_overrides(d)["use_liger_kernel"] is True  # Liger's layers run instead
