@@ -271,51 +271,42 @@ def build_project(cfg: dict[str, Any], out_dir: Path, meter: Any) -> tuple[Any, 
     return trainer, extra
 
 
-def build_trl_dpo(
-    cfg: dict[str, Any], model: Any, tokenizer: Any, peft_config: Any, meter: Any, out: Path
-) -> Any:
-    """TRL's documented DPO recipe: DPOTrainer(model, ref_model=None, peft_config=...),
-    the reference being the base with the adapter disabled."""
+def _trl_args(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
+    """TrainingArguments both TRL recipes (SFT and DPO) get: the same batch, schedule,
+    optimizer, precision and seed as the project runner."""
     import torch
-    from trl import DPOConfig, DPOTrainer
 
     cuda = torch.cuda.is_available()
-    train_ds, _ = _tokenizer_and_rows(cfg, Path(cfg["model_dir"]), model.config.vocab_size)
-    args = DPOConfig(
-        output_dir=str(out),
-        per_device_train_batch_size=cfg["micro"],
-        gradient_accumulation_steps=cfg["ga"],
-        max_length=cfg["seq"],
-        max_steps=cfg["steps"],
-        learning_rate=cfg.get("lr", 2e-4),
-        lr_scheduler_type="constant",
-        beta=0.1,
-        optim="paged_adamw_8bit" if cfg["method"] == "qlora" else "adamw_torch",
-        bf16=cuda,
-        use_cpu=not cuda,
-        gradient_checkpointing=cfg.get("gc", "full") != "none",
-        seed=cfg.get("seed", 42),
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
-    return DPOTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_ds,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=[meter],
-    )
+    return {
+        "output_dir": str(out),
+        "per_device_train_batch_size": cfg["micro"],
+        "gradient_accumulation_steps": cfg["ga"],
+        "max_length": cfg["seq"],
+        "max_steps": cfg["steps"],
+        "learning_rate": cfg.get("lr", 2e-4),
+        "lr_scheduler_type": "constant",
+        "optim": "paged_adamw_8bit" if cfg["method"] == "qlora" else "adamw_torch",
+        "bf16": cuda,
+        "use_cpu": not cuda,
+        "gradient_checkpointing": cfg.get("gc", "full") != "none",
+        "seed": cfg.get("seed", 42),
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+    }
 
 
 def build_trl(cfg: dict[str, Any], out_dir: Path, meter: Any) -> tuple[Any, dict[str, Any]]:
+    """TRL's documented recipes: SFTTrainer, or (objective dpo) DPOTrainer with
+    ref_model=None, the reference being the base with the adapter disabled."""
     import torch
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, set_seed
-    from trl import SFTConfig, SFTTrainer
+    from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
+
+    from loraf_trainer import adapters
 
     path = Path(cfg["model_dir"])
     qlora = cfg["method"] == "qlora"
@@ -344,37 +335,16 @@ def build_trl(cfg: dict[str, Any], out_dir: Path, meter: Any) -> tuple[Any, dict
         target_modules="all-linear",
         task_type="CAUSAL_LM",
     )
-    if cfg.get("objective") == "dpo":
-        set_seed(cfg.get("seed", 42))
-        trainer = build_trl_dpo(cfg, model, tokenizer, peft_config, meter, out_dir)
-        from loraf_trainer import adapters as _adapters
-
-        trainable, total = _adapters.count_parameters(trainer.model)
-        return trainer, extra | {"trainable_params": trainable, "total_params": total}
-    args = SFTConfig(
-        output_dir=str(out_dir),
-        per_device_train_batch_size=cfg["micro"],
-        gradient_accumulation_steps=cfg["ga"],
-        max_length=cfg["seq"],
-        max_steps=cfg["steps"],
-        learning_rate=cfg.get("lr", 2e-4),
-        lr_scheduler_type="constant",
-        optim="paged_adamw_8bit" if qlora else "adamw_torch",
-        bf16=cuda,
-        use_cpu=not cuda,
-        gradient_checkpointing=cfg.get("gc", "full") != "none",
-        use_liger_kernel=bool(cfg.get("liger")),
-        seed=cfg.get("seed", 42),
-        data_seed=cfg.get("seed", 42),
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
-    set_seed(cfg.get("seed", 42))  # LoRA init happens inside SFTTrainer, before Trainer seeds
+    common = _trl_args(cfg, out_dir)
+    set_seed(cfg.get("seed", 42))  # LoRA init happens inside the trainer, before Trainer seeds
     train_ds, _ = _tokenizer_and_rows(cfg, path, model.config.vocab_size)
-    trainer = SFTTrainer(
+    trainer_cls: Any = SFTTrainer
+    args: Any = SFTConfig(
+        **common, use_liger_kernel=bool(cfg.get("liger")), data_seed=cfg.get("seed", 42)
+    )
+    if cfg.get("objective") == "dpo":
+        trainer_cls, args = DPOTrainer, DPOConfig(**common, beta=0.1)
+    trainer = trainer_cls(
         model=model,
         args=args,
         train_dataset=train_ds,
@@ -382,8 +352,6 @@ def build_trl(cfg: dict[str, Any], out_dir: Path, meter: Any) -> tuple[Any, dict
         peft_config=peft_config,
         callbacks=[meter],
     )
-    from loraf_trainer import adapters
-
     trainable, total = adapters.count_parameters(trainer.model)
     extra |= {"trainable_params": trainable, "total_params": total}
     return trainer, extra
