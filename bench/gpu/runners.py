@@ -84,6 +84,8 @@ def make_spec(cfg: dict[str, Any]) -> Any:
     }
     if cfg.get("budget_gib"):
         training["memoryBudgetGiB"] = cfg["budget_gib"]
+    if cfg.get("optim"):
+        training["optimizer"] = cfg["optim"]
     dpo = cfg.get("objective") == "dpo"
     return LoRAFineTuneSpec.model_validate(
         {
@@ -285,7 +287,8 @@ def _trl_args(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
         "max_steps": cfg["steps"],
         "learning_rate": cfg.get("lr", 2e-4),
         "lr_scheduler_type": "constant",
-        "optim": "paged_adamw_8bit" if cfg["method"] == "qlora" else "adamw_torch",
+        "optim": cfg.get("optim")
+        or ("paged_adamw_8bit" if cfg["method"] == "qlora" else "adamw_torch"),
         "bf16": cuda,
         "use_cpu": not cuda,
         "gradient_checkpointing": cfg.get("gc", "full") != "none",

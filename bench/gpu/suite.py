@@ -140,6 +140,39 @@ def suites(steps: int) -> dict[str, list[dict[str, Any]]]:
             },
             {"id": "a", **project(), **g1, "objective": "dpo", "steps": 10},
         ],
+        # Issue 17: where the time goes now (both fair-suite configurations, profiled over
+        # two steps), and the optimizer's share: bitsandbytes' 8-bit AdamW updates each of
+        # the 448 LoRA tensors with its own launches; torch's fused AdamW is one kernel
+        "profile": [
+            {
+                "id": "b",
+                **trl(True, gc="none", lora_dropout=0.0),
+                **g1,
+                "steps": 10,
+                "profile": "{out}/profile_trl_qlora.txt",
+            },
+            {
+                "id": "a",
+                **project(budget_gib=24, lora_dropout=0.0),
+                **g1,
+                "steps": 10,
+                "profile": "{out}/profile_project_qlora.txt",
+            },
+            {
+                "id": "b-fused",
+                **trl(True, gc="none", lora_dropout=0.0, baseline=False),
+                **g1,
+                "steps": 12,
+                "optim": "adamw_torch_fused",
+            },
+            {
+                "id": "a-fused",
+                **project(budget_gib=24, lora_dropout=0.0),
+                **g1,
+                "steps": 12,
+                "optim": "adamw_torch_fused",
+            },
+        ],
         # Goal 3, goal 4 at 80 GiB (the GPU's free memory), ablation, a real CUDA OOM.
         "lora": [
             {"id": "b", **trl(True), **g3, "steps": 10},

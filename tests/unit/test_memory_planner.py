@@ -89,6 +89,7 @@ def test_cpu_embeddings_free_the_table() -> None:
 
 NO_DROPOUT_QLORA = dataclasses.replace(QLORA, lora_dropout=False)
 NO_DROPOUT_LORA = dataclasses.replace(LORA, lora_dropout=False)
+DPO_QLORA = dataclasses.replace(NO_DROPOUT_QLORA, sequences_per_row=2, reference_forward=True)
 
 
 @pytest.mark.parametrize(
@@ -97,6 +98,9 @@ NO_DROPOUT_LORA = dataclasses.replace(LORA, lora_dropout=False)
         (NO_DROPOUT_QLORA, 4, 3, 21.63, 22.20),  # compiled, the spec's defaults at 24 GiB
         (NO_DROPOUT_LORA, 2, 0, 52.75, 53.98),  # compiled
         (NO_DROPOUT_LORA, 2, 0, 58.56, 58.78),  # eager
+        # DPO, Liger layers without compile (gpu_dpo_llama3-8b.json): chosen + rejected
+        # in one pass; counted as one sequence per row the estimate was 23.18 GiB
+        (DPO_QLORA, 4, 0, 40.48, 40.73),
     ],
 )
 def test_dropout_free_estimates_never_below_the_measured_peak(
@@ -107,6 +111,16 @@ def test_dropout_free_estimates_never_below_the_measured_peak(
     assert mp.peak_allocated_bytes(w, micro, ckpt) / GIB >= allocated_gib
     est_reserved = mp.peak_reserved_bytes(w, micro, ckpt) / GIB
     assert reserved_gib <= est_reserved <= 1.2 * reserved_gib
+
+
+def test_dpo_plans_for_both_sequences_of_a_row() -> None:
+    sft, dpo = mp.plan(NO_DROPOUT_QLORA, 24), mp.plan(DPO_QLORA, 24)
+    assert dpo.est_peak_reserved_gib <= 24
+    # twice the activations: checkpointing where SFT needs almost none (3 layers)
+    assert dpo.checkpointed_layers > 3 * sft.checkpointed_layers
+    # and the reference pass: more than the two sequences' own share of the step
+    two_sequences = dataclasses.replace(DPO_QLORA, reference_forward=False)
+    assert mp.step_cost(DPO_QLORA, 4, 0) > mp.step_cost(two_sequences, 4, 0)
 
 
 def test_dropout_free_plan_at_24_gib_stays_inside_with_the_measured_peak() -> None:

@@ -112,6 +112,11 @@ class Workload:
     # More than one rank (docs/trainer.md, "More than one GPU"): rows_per_step is per rank.
     world_size: int = 1
     sharded: bool = False  # FSDP full shard: weights and adapter state split over the ranks
+    # DPO: each row's chosen and rejected sequences go through the policy in one pass
+    # (twice the activations: 40.48 GiB measured for 8B QLoRA 1024×4, gpu_dpo_llama3-8b.json),
+    # and the frozen reference scores them again without gradients.
+    sequences_per_row: int = 1
+    reference_forward: bool = False
 
     def activation_bytes_per_token_layer(self) -> int:
         """Saved tensors of one non-checkpointed decoder layer, per token (bf16)."""
@@ -225,7 +230,7 @@ def plan_strategy(
 
 def peak_allocated_bytes(w: Workload, micro: int, checkpointed: int) -> int:
     s = w.shape
-    tokens = micro * w.seq_len
+    tokens = micro * w.seq_len * w.sequences_per_row
     act = int(w.activation_bytes_per_token_layer() * ACTIVATION_FACTOR)
     saved = tokens * ((s.layers - checkpointed) * act + checkpointed * 2 * s.hidden)
     # backward transient: one layer's activations (recomputed or not yet freed), its
@@ -241,11 +246,12 @@ def peak_reserved_bytes(w: Workload, micro: int, checkpointed: int) -> int:
 def step_cost(w: Workload, micro: int, checkpointed: int) -> float:
     """Relative cost of one optimizer step (rows_per_step rows)."""
     ga = w.rows_per_step // micro
-    tokens = micro * w.seq_len
+    tokens = micro * w.seq_len * w.sequences_per_row
     per_pass = PASS_OVERHEAD_TOKENS + (DEQUANT_TOKENS if w.quantized else 0)
     fwd = tokens + per_pass
     recompute = fwd * checkpointed / w.shape.layers
-    cost = ga * ((1 + BACKWARD_RATIO) * fwd + recompute)
+    reference = fwd if w.reference_forward else 0.0
+    cost = ga * ((1 + BACKWARD_RATIO) * fwd + recompute + reference)
     return cost * (1 + CPU_EMBED_COST if w.cpu_embeddings else 1.0)
 
 

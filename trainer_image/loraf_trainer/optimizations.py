@@ -121,6 +121,8 @@ def workload(
         adapter_bytes=2 if q is not None else 4,
         cpu_embeddings=cpu_embeddings,
         world_size=world_size,
+        sequences_per_row=2 if spec.objective == "dpo" else 1,
+        reference_forward=spec.objective == "dpo",
     )
 
 
@@ -187,7 +189,7 @@ def decide(
     if d.compile and spec.objective == "dpo":
         # On an H200 the compiled DPO step's first loss was 0.608, not log 2 as it must be
         # with a zero-initialized adapter (TRL's eager recipe: 0.693): policy and reference
-        # passes disagree under compile (bench/results/gpu_dpo_llama3-8b.json)
+        # passes disagree under compile (bench/results/gpu_dpo-compiled_llama3-8b.json)
         d.compile = False
         d.notes.append("compile: off for objective dpo (first loss differed from log 2)")
     d.liger_layers = not d.compile
