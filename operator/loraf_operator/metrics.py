@@ -6,6 +6,7 @@ import time
 from collections import Counter as _Tally
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -26,15 +27,7 @@ RECONCILE_SECONDS = Histogram(
 )
 ERRORS = Counter("loraf_reconcile_errors_total", "Handler errors.", ["handler"], registry=REGISTRY)
 
-_PHASES: tuple[Phase, ...] = (
-    "Pending",
-    "Queued",
-    "Scheduling",
-    "Running",
-    "Succeeded",
-    "Failed",
-    "Suspended",
-)
+_PHASES: tuple[Phase, ...] = get_args(Phase)
 _phase_of: dict[str, str] = {}
 
 

@@ -21,7 +21,9 @@ import kopf
 from pydantic import ValidationError
 
 from . import metrics, start_from
-from .api.models import COND_FAILED, GROUP, VERSION, LoRAFineTune
+from .api import conditions as why
+from .api.conditions import COND_FAILED, COND_SCHEDULED
+from .api.models import GROUP, VERSION, LoRAFineTune
 from .artifact_check import Verdict, verify_run
 from .builders import build_run, child_name, config_map_name, run_spec_hash
 from .builders.labels import JOB_NAME, QUEUE_NAME, SPEC_HASH
@@ -52,7 +54,7 @@ from .runs import (
     waits,
 )
 from .settings import Settings
-from .status import COND_SCHEDULED, apply, is_warning, now_iso, summary, transitions
+from .status import apply, is_warning, now_iso, summary, transitions
 
 Obj = dict[str, Any]
 Key = tuple[str, str]
@@ -388,7 +390,7 @@ class Reconciler:
         try:
             return start_from.resolve(ft, source)
         except start_from.Waiting as e:
-            raise RunWaiting(start_from.REASON_WAITING, str(e)) from None
+            raise RunWaiting(why.REASON_WAITING_FOR_STARTING_ADAPTER, str(e)) from None
 
     async def _check_secrets(self, ft: LoRAFineTune) -> None:
         """Raise RunWaiting unless every Secret the spec references exists with its keys.
@@ -408,7 +410,7 @@ class Reconciler:
             secret = await self.kube.get("Secret", ft.namespace, name)
             if secret is None:
                 raise RunWaiting(
-                    "SecretNotFound",
+                    why.REASON_SECRET_NOT_FOUND,
                     f"Secret {name} ({where}) does not exist in namespace {ft.namespace}; "
                     "no Job is created until it does",
                 )
@@ -417,7 +419,7 @@ class Reconciler:
             missing = [k for k in keys if k not in have]
             if missing:
                 raise RunWaiting(
-                    "SecretKeyMissing",
+                    why.REASON_SECRET_KEY_MISSING,
                     f"Secret {name} ({where}) has no key {', '.join(missing)}; "
                     "no Job is created until it does",
                 )
@@ -451,7 +453,7 @@ class Reconciler:
         self._event(
             body,
             type="Normal",
-            reason="RunStarted",
+            reason=why.REASON_RUN_STARTED,
             message=f"started run {run}: Job {child_name(ft.name, run)}",
         )
 
@@ -499,7 +501,7 @@ class Reconciler:
             if used:
                 patch["gpuHours"] = round(float(status.get("gpuHours") or 0) + used, 4)
             msg = f"spec changed: stopped run {p.stop}"
-            self._event(body, type="Normal", reason="RunStopped", message=msg)
+            self._event(body, type="Normal", reason=why.REASON_RUN_STOPPED, message=msg)
         if status.get("progress") is not None:
             # The one write of status.progress by the operator: a new run starts with none,
             # so run 2 never shows run 1's 100 %, loss and ETA while it waits. The old run's
@@ -545,7 +547,7 @@ class Reconciler:
         self._event(
             body,
             type="Normal",
-            reason="RunStarted",
+            reason=why.REASON_RUN_STARTED,
             message=f"started run {p.run}: Job {child_name(ft.name, p.run)}",
         )
 
@@ -612,7 +614,9 @@ class Reconciler:
                 number = int(run["number"])
                 name = _child_name(kind, meta["name"], number)
                 await self.kube.delete(kind, meta["namespace"], name)
-            patch["history"] = append_history(status, history_entry(status, now, "InvalidSpec"))
+            patch["history"] = append_history(
+                status, history_entry(status, now, why.REASON_INVALID_SPEC)
+            )
         if run.get("number"):
             patch["run"] = None
             if "history" not in patch:
@@ -845,7 +849,11 @@ class Reconciler:
                         )
                 updates, verdict = await self._verify(body, int(run["number"]), updates)
                 new = await self._write_observed(key, body, job, updates, verdict)
-                if job is not None and finished(new) and get_reason(new) == "PodCreationRefused":
+                if (
+                    job is not None
+                    and finished(new)
+                    and get_reason(new) == why.REASON_POD_CREATION_REFUSED
+                ):
                     # Stop the Job controller's retries: the run is over.
                     await self.kube.delete("Job", ns, job_name)
         if retry_start is not None:

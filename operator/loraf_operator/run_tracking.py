@@ -14,18 +14,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from .api.exitcodes import RETRIED_FREE_CODES, ExitCode, reason_for
-from .api.models import COND_FAILED, COND_RUNNING, COND_SUCCEEDED, COND_SUSPENDED
-from .status import (
+from .api import conditions as why
+from .api.conditions import (
+    COND_FAILED,
+    COND_RUNNING,
     COND_SCHEDULED,
-    QUEUED_MESSAGE,
-    REASON_QUEUED,
-    REASON_SUSPENDED,
-    Cond,
-    Condition,
-    is_true,
-    reason,
+    COND_SUCCEEDED,
+    COND_SUSPENDED,
 )
+from .api.exitcodes import RETRIED_FREE_CODES, ExitCode, reason_for
+from .status import QUEUED_MESSAGE, Cond, Condition, is_true, reason
 
 Obj = dict[str, Any]
 
@@ -33,15 +31,15 @@ Obj = dict[str, Any]
 _STARTING = frozenset({"ContainerCreating", "PodInitializing", ""})
 # DisruptionTarget reasons (set by Kubernetes before it kills a pod) and what we call them.
 _DISRUPTION_REASONS = {
-    "PreemptionByScheduler": "Preempted",
-    "PreemptionByKubeScheduler": "Preempted",
-    "EvictionByEvictionAPI": "Evicted",
-    "DeletionByTaintManager": "Evicted",
-    "DeletionByPodGC": "Evicted",
-    "TerminationByKubelet": "Evicted",
+    "PreemptionByScheduler": why.REASON_PREEMPTED,
+    "PreemptionByKubeScheduler": why.REASON_PREEMPTED,
+    "EvictionByEvictionAPI": why.REASON_EVICTED,
+    "DeletionByTaintManager": why.REASON_EVICTED,
+    "DeletionByPodGC": why.REASON_EVICTED,
+    "TerminationByKubelet": why.REASON_EVICTED,
 }
 # Evicted: the kubelet's own (DisruptionTarget); the rest: exit codes the Job ignores.
-_RETRIED_NOT_COUNTED = frozenset({"Evicted", *(reason_for(c) for c in RETRIED_FREE_CODES)})
+_RETRIED_NOT_COUNTED = frozenset({why.REASON_EVICTED, *(reason_for(c) for c in RETRIED_FREE_CODES)})
 _EXIT_CODE_RE = re.compile(r"exit code (\d+)")
 
 
@@ -110,17 +108,19 @@ def pod_failure(pod: Obj) -> PodFailure:
     message = str(term.get("message") or "").strip()
     disruption = _cond(pod, "DisruptionTarget")
     if disruption and disruption.get("status") == "True":
-        why = _DISRUPTION_REASONS.get(str(disruption.get("reason")), "Evicted")
-        return PodFailure(why, str(disruption.get("message") or message), code)
-    if status.get("reason") == "Evicted":
-        return PodFailure("Evicted", str(status.get("message") or message), code)
+        cause = _DISRUPTION_REASONS.get(str(disruption.get("reason")), why.REASON_EVICTED)
+        return PodFailure(cause, str(disruption.get("message") or message), code)
+    if status.get("reason") == "Evicted":  # the kubelet's pod status reason
+        return PodFailure(why.REASON_EVICTED, str(status.get("message") or message), code)
     if code == ExitCode.PREEMPTED:
-        return PodFailure("Preempted", message or "the trainer saved a checkpoint and exited", code)
-    if term.get("reason") == "OOMKilled":
-        return PodFailure("OOMKilled", message or "the trainer ran out of memory", code)
+        return PodFailure(
+            why.REASON_PREEMPTED, message or "the trainer saved a checkpoint and exited", code
+        )
+    if term.get("reason") == "OOMKilled":  # the kubelet's termination reason
+        return PodFailure(why.REASON_OOM_KILLED, message or "the trainer ran out of memory", code)
     if code is None:
         return PodFailure(
-            "PodFailed", str(status.get("message") or status.get("reason") or ""), None
+            why.REASON_POD_FAILED, str(status.get("message") or status.get("reason") or ""), None
         )
     return PodFailure(reason_for(int(code)), message, int(code))
 
@@ -174,12 +174,15 @@ def _join(*parts: str) -> str:
 def job_failure(job: Obj, pods: Sequence[Obj]) -> tuple[str, str]:
     """(reason, message) of a failed Job, as precise as its pods allow."""
     cond = _cond(job, "Failed") if _true(job, "Failed") else _cond(job, "FailureTarget")
-    job_reason = str((cond or {}).get("reason") or "JobFailed")
+    job_reason = str((cond or {}).get("reason") or why.REASON_JOB_FAILED)
     job_msg = str((cond or {}).get("message") or "")
     failed = _failed_pods(pods)
     last = pod_failure(failed[-1]) if failed else None
-    if job_reason == "DeadlineExceeded":
-        return "DeadlineExceeded", job_msg or "the run took longer than activeDeadlineSeconds"
+    if job_reason == "DeadlineExceeded":  # the Job's reasons are named like ours
+        return (
+            why.REASON_DEADLINE_EXCEEDED,
+            job_msg or "the run took longer than activeDeadlineSeconds",
+        )
     if job_reason == "PodFailurePolicy":
         fail_fast = next(
             (
@@ -194,19 +197,19 @@ def job_failure(job: Obj, pods: Sequence[Obj]) -> tuple[str, str]:
         m = _EXIT_CODE_RE.search(job_msg)  # pods already gone: the Job names the code
         if m:
             return reason_for(int(m.group(1))), job_msg
-        return "JobFailed", job_msg
+        return why.REASON_JOB_FAILED, job_msg
     if job_reason == "BackoffLimitExceeded":
         backoff = int((job.get("spec") or {}).get("backoffLimit", 0))
         head = f"failed {len(failed) or backoff + 1} time(s), backoffLimit {backoff} exceeded"
-        if last is not None and last.reason == "OOMKilled":
-            return "OOMKilled", _join(last.message, head)
-        return "BackoffLimitExceeded", _join(
+        if last is not None and last.reason == why.REASON_OOM_KILLED:
+            return why.REASON_OOM_KILLED, _join(last.message, head)
+        return why.REASON_BACKOFF_LIMIT_EXCEEDED, _join(
             head, f"last attempt: {last.describe()}" if last else ""
         )
     return job_reason, job_msg
 
 
-def _failed(why: str, msg: str, pods: Sequence[Obj], prev: Sequence[Condition]) -> list[Cond]:
+def _failed(cause: str, msg: str, pods: Sequence[Obj], prev: Sequence[Condition]) -> list[Cond]:
     """The run failed: every condition says so (no Scheduled=Unknown "waiting to retry")."""
     ran_on = next(
         (
@@ -217,15 +220,17 @@ def _failed(why: str, msg: str, pods: Sequence[Obj], prev: Sequence[Condition]) 
         "",
     )
     if ran_on:
-        scheduled = Cond(COND_SCHEDULED, "True", "PodScheduled", f"the run's pod ran on {ran_on}")
+        scheduled = Cond(
+            COND_SCHEDULED, "True", why.REASON_POD_SCHEDULED, f"the run's pod ran on {ran_on}"
+        )
     else:
-        scheduled = Cond(COND_SCHEDULED, "False", why, "the run ended before a pod was scheduled")
+        scheduled = Cond(COND_SCHEDULED, "False", cause, "the run ended before a pod was scheduled")
     return [
-        Cond(COND_SUSPENDED, "False", why, ""),
+        Cond(COND_SUSPENDED, "False", cause, ""),
         scheduled,
-        Cond(COND_RUNNING, "False", why, msg),
-        Cond(COND_SUCCEEDED, "False", why, ""),
-        Cond(COND_FAILED, "True", why, msg),
+        Cond(COND_RUNNING, "False", cause, msg),
+        Cond(COND_SUCCEEDED, "False", cause, ""),
+        Cond(COND_FAILED, "True", cause, msg),
     ]
 
 
@@ -255,16 +260,16 @@ def _started_before(prev: Sequence[Condition]) -> bool:
     """Whether this run's pod has run already (then a suspension is Suspended, not Queued)."""
     return (
         is_true(prev, COND_RUNNING)
-        or reason(prev, COND_RUNNING) == REASON_SUSPENDED
-        or (is_true(prev, COND_SUSPENDED) and reason(prev, COND_SUSPENDED) == REASON_SUSPENDED)
+        or reason(prev, COND_RUNNING) == why.REASON_SUSPENDED
+        or (is_true(prev, COND_SUSPENDED) and reason(prev, COND_SUSPENDED) == why.REASON_SUSPENDED)
     )
 
 
 def _not_suspended_reason(prev: Sequence[Condition]) -> str:
     """Resumed right after a suspension, else keep the reason (no churn, no extra events)."""
     if is_true(prev, COND_SUSPENDED):
-        return "Resumed"
-    return reason(prev, COND_SUSPENDED) or "NotSuspended"
+        return why.REASON_RESUMED
+    return reason(prev, COND_SUSPENDED) or why.REASON_NOT_SUSPENDED
 
 
 def _pod_conditions(pod: Obj, note: str) -> list[Cond]:
@@ -272,38 +277,55 @@ def _pod_conditions(pod: Obj, note: str) -> list[Cond]:
     name = _name(pod)
     sched = _cond(pod, "PodScheduled")
     if sched is not None and sched.get("status") == "False":
-        why = str(sched.get("reason") or "Unschedulable")
+        cause = str(sched.get("reason") or why.REASON_UNSCHEDULABLE)  # the scheduler's
         msg = str(sched.get("message") or "")
         return [
-            Cond(COND_SCHEDULED, "False", why, f"pod {name}: {msg}" if msg else f"pod {name}"),
-            Cond(COND_RUNNING, "False", "Pending", _join(f"pod {name} is not scheduled", note)),
+            Cond(COND_SCHEDULED, "False", cause, f"pod {name}: {msg}" if msg else f"pod {name}"),
+            Cond(
+                COND_RUNNING,
+                "False",
+                why.REASON_PENDING,
+                _join(f"pod {name} is not scheduled", note),
+            ),
         ]
     node = str((pod.get("spec") or {}).get("nodeName") or "")
     if sched is None and not node:
         return [
-            Cond(COND_SCHEDULED, "Unknown", "Pending", f"pod {name} waits for the scheduler"),
-            Cond(COND_RUNNING, "False", "Pending", _join(f"pod {name} is pending", note)),
+            Cond(
+                COND_SCHEDULED, "Unknown", why.REASON_PENDING, f"pod {name} waits for the scheduler"
+            ),
+            Cond(COND_RUNNING, "False", why.REASON_PENDING, _join(f"pod {name} is pending", note)),
         ]
-    scheduled = Cond(COND_SCHEDULED, "True", "PodScheduled", f"pod {name} is on node {node}")
+    scheduled = Cond(
+        COND_SCHEDULED, "True", why.REASON_POD_SCHEDULED, f"pod {name} is on node {node}"
+    )
     cs = _container_status(pod)
     state = cs.get("state") or {}
     waiting = state.get("waiting")
     if waiting and waiting.get("reason") not in _STARTING:
-        why = str(waiting["reason"])
+        cause = str(waiting["reason"])  # the kubelet's: ErrImagePull, ...
         return [
             scheduled,
-            Cond(COND_RUNNING, "False", why, _join(str(waiting.get("message") or ""), note)),
+            Cond(COND_RUNNING, "False", cause, _join(str(waiting.get("message") or ""), note)),
         ]
     if _phase(pod) == "Running" and state.get("running") is not None:
         return [
             scheduled,
             Cond(
-                COND_RUNNING, "True", "PodRunning", _join(f"pod {name} is running on {node}", note)
+                COND_RUNNING,
+                "True",
+                why.REASON_POD_RUNNING,
+                _join(f"pod {name} is running on {node}", note),
             ),
         ]
     return [
         scheduled,
-        Cond(COND_RUNNING, "False", "ContainerCreating", _join(f"pod {name} is starting", note)),
+        Cond(
+            COND_RUNNING,
+            "False",
+            why.REASON_CONTAINER_CREATING,
+            _join(f"pod {name} is starting", note),
+        ),
     ]
 
 
@@ -344,15 +366,17 @@ def creation_refused(
         mine,
         key=lambda e: _event_time(e, "lastTimestamp", "eventTime", "creationTimestamp") or now,
     )
-    why = str(last.get("message") or "the Job controller cannot create the pod")
+    cause = str(last.get("message") or "the Job controller cannot create the pod")
     if (now - first).total_seconds() >= timeout:
-        msg = f"the Job controller could not create the run's pod for {int(timeout)}s: {why}"
-        return _failed("PodCreationRefused", msg, pods, [])
+        msg = f"the Job controller could not create the run's pod for {int(timeout)}s: {cause}"
+        return _failed(why.REASON_POD_CREATION_REFUSED, msg, pods, [])
     until = (first + timedelta(seconds=timeout)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    msg = f"the Job controller cannot create the pod: {why} (the run fails at {until} unless fixed)"
+    msg = (
+        f"the Job controller cannot create the pod: {cause} (the run fails at {until} unless fixed)"
+    )
     return [
-        Cond(COND_SCHEDULED, "False", "FailedCreate", ""),
-        Cond(COND_RUNNING, "False", "FailedCreate", msg),
+        Cond(COND_SCHEDULED, "False", why.REASON_FAILED_CREATE, ""),
+        Cond(COND_RUNNING, "False", why.REASON_FAILED_CREATE, msg),
     ]
 
 
@@ -369,24 +393,24 @@ def job_completed(updates: Sequence[Cond]) -> bool:
     return any(c.type == COND_SUCCEEDED and c.status == "True" for c in updates)
 
 
-def verifying_artifacts(updates: Sequence[Cond], why: str) -> list[Cond]:
+def verifying_artifacts(updates: Sequence[Cond], problem: str) -> list[Cond]:
     """The Job completed but its upload could not be checked yet (S3 or the Secret is out
     of reach): still Running, with the reason; the resync looks again."""
     keep = [c for c in updates if c.type not in (COND_RUNNING, COND_SUCCEEDED, COND_FAILED)]
-    msg = f"the Job completed; checking the run's manifest in S3: {why}"
-    return [*keep, Cond(COND_RUNNING, "True", "VerifyingArtifacts", msg)]
+    msg = f"the Job completed; checking the run's manifest in S3: {problem}"
+    return [*keep, Cond(COND_RUNNING, "True", why.REASON_VERIFYING_ARTIFACTS, msg)]
 
 
-def artifacts_invalid(updates: Sequence[Cond], why: str) -> list[Cond]:
+def artifacts_invalid(updates: Sequence[Cond], problem: str) -> list[Cond]:
     """The Job completed without a valid upload (no manifest, a listed file missing or of
     the wrong size, a manifest of another run): the run failed."""
     keep = [c for c in updates if c.type not in (COND_RUNNING, COND_SUCCEEDED, COND_FAILED)]
-    msg = f"the Job completed but its upload does not check out: {why}"
+    msg = f"the Job completed but its upload does not check out: {problem}"
     return [
         *keep,
-        Cond(COND_RUNNING, "False", "ArtifactsInvalid", msg),
-        Cond(COND_SUCCEEDED, "False", "ArtifactsInvalid", ""),
-        Cond(COND_FAILED, "True", "ArtifactsInvalid", msg),
+        Cond(COND_RUNNING, "False", why.REASON_ARTIFACTS_INVALID, msg),
+        Cond(COND_SUCCEEDED, "False", why.REASON_ARTIFACTS_INVALID, ""),
+        Cond(COND_FAILED, "True", why.REASON_ARTIFACTS_INVALID, msg),
     ]
 
 
@@ -394,8 +418,8 @@ def job_deleted(job_name: str) -> list[Cond]:
     """The run's Job was deleted before it finished: the run failed (it is not recreated)."""
     msg = f"the run's Job {job_name} was deleted before it finished"
     return [
-        Cond(COND_RUNNING, "False", "JobDeleted", msg),
-        Cond(COND_FAILED, "True", "JobDeleted", msg),
+        Cond(COND_RUNNING, "False", why.REASON_JOB_DELETED, msg),
+        Cond(COND_FAILED, "True", why.REASON_JOB_DELETED, msg),
     ]
 
 
@@ -409,17 +433,18 @@ def observe(job: Obj | None, pods: Sequence[Obj], prev: Sequence[Condition]) -> 
         return []
     if _true(job, "Complete") or _true(job, "SuccessCriteriaMet"):
         # A run can finish between two looks at its pod: the pod surely was scheduled.
+        completed = why.REASON_COMPLETED
         scheduled = (
             []
             if is_true(prev, COND_SCHEDULED)
-            else [Cond(COND_SCHEDULED, "True", "Completed", "the run's pod ran to completion")]
+            else [Cond(COND_SCHEDULED, "True", completed, "the run's pod ran to completion")]
         )
         return [
             *scheduled,
-            Cond(COND_SUSPENDED, "False", "Completed", ""),
-            Cond(COND_RUNNING, "False", "Completed", "the run finished"),
-            Cond(COND_SUCCEEDED, "True", "Completed", SUCCEEDED_MESSAGE),
-            Cond(COND_FAILED, "False", "Completed", ""),
+            Cond(COND_SUSPENDED, "False", completed, ""),
+            Cond(COND_RUNNING, "False", completed, "the run finished"),
+            Cond(COND_SUCCEEDED, "True", completed, SUCCEEDED_MESSAGE),
+            Cond(COND_FAILED, "False", completed, ""),
         ]
     if _true(job, "Failed") or _true(job, "FailureTarget"):
         return _failed(*job_failure(job, pods), pods, prev)
@@ -430,15 +455,15 @@ def observe(job: Obj | None, pods: Sequence[Obj], prev: Sequence[Condition]) -> 
     suspended = bool((job.get("spec") or {}).get("suspend")) or _true(job, "Suspended")
     if suspended:
         started = _started_before(prev)
-        why = REASON_SUSPENDED if started else REASON_QUEUED
+        cause = why.REASON_SUSPENDED if started else why.REASON_QUEUED
         msg = (
             "the run is suspended; it resumes from its last checkpoint when unsuspended"
             if started
             else QUEUED_MESSAGE
         )
         return [
-            Cond(COND_SUSPENDED, "True", why, msg),
-            Cond(COND_RUNNING, "False", why, msg),
+            Cond(COND_SUSPENDED, "True", cause, msg),
+            Cond(COND_RUNNING, "False", cause, msg),
         ]
     resumed = Cond(COND_SUSPENDED, "False", _not_suspended_reason(prev), "")
     note = retry_note(pods, job)
@@ -451,20 +476,28 @@ def observe(job: Obj | None, pods: Sequence[Obj], prev: Sequence[Condition]) -> 
         done = next(p for p in pods if _phase(p) == "Succeeded")
         return [
             resumed,
-            Cond(COND_RUNNING, "True", "PodSucceeded", f"pod {_name(done)} finished"),
+            Cond(COND_RUNNING, "True", why.REASON_POD_SUCCEEDED, f"pod {_name(done)} finished"),
         ]
     failed = _failed_pods(pods)
     if failed:
         last = pod_failure(failed[-1])
         return [
             resumed,
-            Cond(COND_SCHEDULED, "Unknown", "Retrying", "waiting for the Job controller to retry"),
+            Cond(
+                COND_SCHEDULED,
+                "Unknown",
+                why.REASON_RETRYING,
+                "waiting for the Job controller to retry",
+            ),
             Cond(COND_RUNNING, "False", last.reason, _join(last.describe(), "retrying")),
         ]
     return [
         resumed,
         Cond(
-            COND_SCHEDULED, "Unknown", "Pending", "waiting for the Job controller to create the pod"
+            COND_SCHEDULED,
+            "Unknown",
+            why.REASON_PENDING,
+            "waiting for the Job controller to create the pod",
         ),
-        Cond(COND_RUNNING, "False", "NotStarted", "the run's pod does not exist yet"),
+        Cond(COND_RUNNING, "False", why.REASON_NOT_STARTED, "the run's pod does not exist yet"),
     ]

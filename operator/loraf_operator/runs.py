@@ -12,24 +12,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from .api.models import (
+from .api import conditions as why
+from .api.conditions import (
     COND_FAILED,
     COND_RUNNING,
+    COND_SCHEDULED,
     COND_SUCCEEDED,
     COND_SUSPENDED,
     COND_VALIDATED,
 )
+from .api.models import HistoryEntry, RunRef
 from .builders.labels import GENERATION, RUN
-from .status import (
-    COND_SCHEDULED,
-    QUEUED_MESSAGE,
-    REASON_QUEUED,
-    Cond,
-    Condition,
-    derive_phase,
-    get,
-    is_true,
-)
+from .status import QUEUED_MESSAGE, Cond, Condition, derive_phase, get, is_true
 
 Obj = dict[str, Any]
 HISTORY_CAP = 20
@@ -62,12 +56,14 @@ def trusted_run(status: Obj, owned: Sequence[Obj]) -> Obj:
     if claimed == number or (claimed > number and no_job_by_design):
         return status
     meta = job.get("metadata") or {}
-    fixed = {
-        **run,
-        "number": number,
-        "jobName": meta.get("name"),
-        "generation": int((meta.get("annotations") or {}).get(GENERATION) or 0),
-    }
+    fixed = RunRef.patch_of(
+        {
+            **run,
+            "number": number,
+            "jobName": meta.get("name"),
+            "generation": int((meta.get("annotations") or {}).get(GENERATION) or 0),
+        }
+    )
     return {**status, "run": fixed}
 
 
@@ -117,27 +113,38 @@ def plan(status: Obj, generation: int, spec_hash: str, run_hash: str | None) -> 
     return Plan("start", number + 1, stop=number)
 
 
+_VALID = Cond(COND_VALIDATED, "True", why.REASON_SPEC_VALID, "the spec is valid")
+
+
 def start_conditions(suspend: bool) -> list[Cond]:
     """The conditions of a run that was just created (its Job exists, no pod yet)."""
     conds = [
-        Cond(COND_VALIDATED, "True", "SpecValid", "the spec is valid"),
-        Cond(COND_SUCCEEDED, "False", "RunStarted", ""),
-        Cond(COND_FAILED, "False", "RunStarted", ""),
+        _VALID,
+        Cond(COND_SUCCEEDED, "False", why.REASON_RUN_STARTED, ""),
+        Cond(COND_FAILED, "False", why.REASON_RUN_STARTED, ""),
     ]
     if suspend:
         # Exactly what run_tracking.observe says of a suspended Job: no second patch.
-        conds.append(Cond(COND_SUSPENDED, "True", REASON_QUEUED, QUEUED_MESSAGE))
-        conds.append(Cond(COND_RUNNING, "False", REASON_QUEUED, QUEUED_MESSAGE))
+        conds.append(Cond(COND_SUSPENDED, "True", why.REASON_QUEUED, QUEUED_MESSAGE))
+        conds.append(Cond(COND_RUNNING, "False", why.REASON_QUEUED, QUEUED_MESSAGE))
     else:
-        conds.append(Cond(COND_RUNNING, "False", "NotStarted", "the run's pod does not exist yet"))
-        conds.append(Cond(COND_SUSPENDED, "False", "NotSuspended", ""))
-        conds.append(Cond(COND_SCHEDULED, "Unknown", "Pending", "waiting for the Job controller"))
+        conds.append(
+            Cond(COND_RUNNING, "False", why.REASON_NOT_STARTED, "the run's pod does not exist yet")
+        )
+        conds.append(Cond(COND_SUSPENDED, "False", why.REASON_NOT_SUSPENDED, ""))
+        conds.append(
+            Cond(COND_SCHEDULED, "Unknown", why.REASON_PENDING, "waiting for the Job controller")
+        )
     return conds
 
 
 #: Reasons of a run that waits, with no Job (no GPU held), for something its spec
 #: references: a Secret (or one of its keys), or startFrom.fineTune's succeeded adapter.
-WAIT_REASONS = ("SecretNotFound", "SecretKeyMissing", "WaitingForStartingAdapter")
+WAIT_REASONS = (
+    why.REASON_SECRET_NOT_FOUND,
+    why.REASON_SECRET_KEY_MISSING,
+    why.REASON_WAITING_FOR_STARTING_ADAPTER,
+)
 
 
 def wait_conditions(reason: str, message: str) -> list[Cond]:
@@ -148,10 +155,10 @@ def wait_conditions(reason: str, message: str) -> list[Cond]:
         Cond(COND_RUNNING, "False", reason, message),
     ]
     return [
-        Cond(COND_VALIDATED, "True", "SpecValid", "the spec is valid"),
-        Cond(COND_SUCCEEDED, "False", "RunStarted", ""),
-        Cond(COND_FAILED, "False", "RunStarted", ""),
-        Cond(COND_SUSPENDED, "False", "NotSuspended", ""),
+        _VALID,
+        Cond(COND_SUCCEEDED, "False", why.REASON_RUN_STARTED, ""),
+        Cond(COND_FAILED, "False", why.REASON_RUN_STARTED, ""),
+        Cond(COND_SUSPENDED, "False", why.REASON_NOT_SUSPENDED, ""),
         *waiting,
     ]
 
@@ -163,14 +170,18 @@ def waits(conditions: Sequence[Condition]) -> bool:
 
 def invalid_conditions(message: str) -> list[Cond]:
     return [
-        Cond(COND_VALIDATED, "False", "InvalidSpec", message),
-        Cond(COND_FAILED, "True", "InvalidSpec", message),
-        Cond(COND_SUCCEEDED, "False", "InvalidSpec", ""),
-        Cond(COND_RUNNING, "False", "InvalidSpec", "no Job is created for an invalid spec"),
+        Cond(COND_VALIDATED, "False", why.REASON_INVALID_SPEC, message),
+        Cond(COND_FAILED, "True", why.REASON_INVALID_SPEC, message),
+        Cond(COND_SUCCEEDED, "False", why.REASON_INVALID_SPEC, ""),
+        Cond(
+            COND_RUNNING, "False", why.REASON_INVALID_SPEC, "no Job is created for an invalid spec"
+        ),
     ]
 
 
-def history_entry(status: Obj, completion_time: str, unfinished_reason: str = "Superseded") -> Obj:
+def history_entry(
+    status: Obj, completion_time: str, unfinished_reason: str = why.REASON_SUPERSEDED
+) -> Obj:
     """The current run as a history entry (when a new run or an invalid spec replaces it).
 
     A finished run keeps its own outcome; a run stopped midway is `Stopped`, with the phase
@@ -187,19 +198,21 @@ def history_entry(status: Obj, completion_time: str, unfinished_reason: str = "S
             )
         )
     done = finished(conds)
-    entry: Obj = {
-        "number": int(run.get("number") or 0),
-        "generation": run.get("generation"),
-        # A run replaced midway is Stopped, never left reading "Running" in the history.
-        "phase": phase if done else "Stopped",
-        "stoppedIn": None if done else phase,
-        "reason": reason,
-        "startTime": run.get("startTime"),
-        "completionTime": run.get("completionTime") or completion_time,
-    }
-    if phase == "Succeeded" and status.get("artifacts"):
-        entry["artifacts"] = status["artifacts"]
-    return {k: v for k, v in entry.items() if v is not None}
+    entry = HistoryEntry.model_validate(
+        {
+            "number": int(run.get("number") or 0),
+            "generation": run.get("generation"),
+            # A run replaced midway is Stopped, never left reading "Running" in the history.
+            "phase": phase if done else "Stopped",
+            "stoppedIn": None if done else phase,
+            "reason": reason,
+            "startTime": run.get("startTime"),
+            "completionTime": run.get("completionTime") or completion_time,
+            "artifacts": (status.get("artifacts") or None) if phase == "Succeeded" else None,
+        },
+        extra="forbid",
+    )
+    return entry.to_dict()
 
 
 def append_history(status: Obj, entry: Obj) -> list[Obj]:

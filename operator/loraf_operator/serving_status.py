@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import status as conds
-from .api.models import LoRAServing
+from .api import conditions as why
+from .api.conditions import COND_READY
+from .api.models import AdapterStatus, LoRAServing, LoRAServingStatus
 from .builders import serving as build
 
 SERVER = "server"
@@ -60,18 +62,19 @@ def engine_exit(pods: list[dict[str, Any]]) -> str | None:
     return max(seen)[1] if seen else None
 
 
-def adapter_states(sv: LoRAServing, reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def adapter_states(sv: LoRAServing, reports: list[dict[str, Any]]) -> list[AdapterStatus]:
     views = [{a.get("name"): a for a in r.get("adapters") or []} for r in reports]
     out = []
     for a in sv.spec.adapters:
         seen = [v[a.name] for v in views if a.name in v and v[a.name].get("uri") == a.uri]
         failed = next((x for x in seen if x.get("state") == "Failed"), None)
-        entry: dict[str, Any] = {"name": a.name, "uri": a.uri, "state": "Loading"}
         if failed is not None:
-            entry["state"] = "Failed"
-            entry["reason"] = str(failed.get("reason") or "refused by the engine")[:500]
+            why_not = str(failed.get("reason") or "refused by the engine")[:500]
+            entry = AdapterStatus(name=a.name, uri=a.uri, state="Failed", reason=why_not)
         elif views and len(seen) == len(views) and all(x.get("state") == "Ready" for x in seen):
-            entry["state"] = "Ready"
+            entry = AdapterStatus(name=a.name, uri=a.uri, state="Ready")
+        else:
+            entry = AdapterStatus(name=a.name, uri=a.uri, state="Loading")
         out.append(entry)
     return out
 
@@ -89,42 +92,48 @@ def serving_status(
         "generation"
     )
     if sv.spec.replicas == 0:
-        cond = conds.Cond("Ready", "False", "ScaledToZero", "spec.replicas is 0")
+        cond = conds.Cond(COND_READY, "False", why.REASON_SCALED_TO_ZERO, "spec.replicas is 0")
     elif dep is None:
-        cond = conds.Cond("Ready", "False", "Creating", "the Deployment is being created")
+        cond = conds.Cond(
+            COND_READY, "False", why.REASON_CREATING, "the Deployment is being created"
+        )
     elif replicas.missing:
         waiting = ", ".join(replicas.missing)
-        cond = conds.Cond("Ready", "False", "Creating", f"waiting for {waiting}")
+        cond = conds.Cond(COND_READY, "False", why.REASON_CREATING, f"waiting for {waiting}")
     elif ready > 0 and current and updated > 0:
-        cond = conds.Cond("Ready", "True", "ReplicasReady", f"{ready}/{sv.spec.replicas} ready")
+        cond = conds.Cond(
+            COND_READY, "True", why.REASON_REPLICAS_READY, f"{ready}/{sv.spec.replicas} ready"
+        )
     elif replicas.engine_exit:
-        cond = conds.Cond("Ready", "False", "EngineExited", replicas.engine_exit)
+        cond = conds.Cond(COND_READY, "False", why.REASON_ENGINE_EXITED, replicas.engine_exit)
     else:
         cond = conds.Cond(
-            "Ready",
+            COND_READY,
             "False",
-            "ReplicasNotReady",
+            why.REASON_REPLICAS_NOT_READY,
             f"{ready}/{sv.spec.replicas} ready; waiting for the server's /health",
         )
     old = [c.to_dict() for c in sv.status.conditions]
-    return {
-        "observedGeneration": gen,
-        "conditions": conds.apply(old, [cond], gen),
-        # The url only once its Service exists.
-        "url": None
-        if any(m.startswith("Service ") for m in replicas.missing)
-        else build.service_url(sv),
-        "readyReplicas": ready,
-        "adapters": (
-            states := adapter_states(sv, replicas.reports if cond.status == "True" else [])
-        ),
-        "adapterSummary": adapter_summary(states),
-    }
+    states = adapter_states(sv, replicas.reports if cond.status == "True" else [])
+    status = LoRAServingStatus.model_validate(
+        {
+            "observedGeneration": gen,
+            "conditions": conds.apply(old, [cond], gen),
+            # The url only once its Service exists.
+            "url": None
+            if any(m.startswith("Service ") for m in replicas.missing)
+            else build.service_url(sv),
+            "readyReplicas": ready,
+            "adapters": states,
+            "adapterSummary": adapter_summary(states),
+        },
+        extra="forbid",
+    )
+    return status.to_patch()
 
 
-def adapter_summary(states: list[dict[str, Any]]) -> str | None:
+def adapter_summary(states: list[AdapterStatus]) -> str | None:
     """ "a, b, c (Failed)": every name, and the state of those not Ready."""
     if not states:
         return None
-    parts = [a["name"] if a["state"] == "Ready" else f"{a['name']} ({a['state']})" for a in states]
-    return ", ".join(parts)
+    return ", ".join(a.name if a.state == "Ready" else f"{a.name} ({a.state})" for a in states)

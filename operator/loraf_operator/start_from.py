@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .api.models import COND_SUCCEEDED, LoRAFineTune
-
-REASON_WAITING = "WaitingForStartingAdapter"
+from .api.conditions import COND_SUCCEEDED
+from .api.models import LoRAFineTune
 
 
 class Waiting(Exception):

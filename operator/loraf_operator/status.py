@@ -1,8 +1,9 @@
-"""Conditions (the contract) and the one function that derives the display phase from them.
+"""Conditions as patches, and the one function that derives the display phase from them.
 
-Conditions follow the Kubernetes API conventions: a list keyed by `type`, CamelCase
-`reason`, `observedGeneration`, and a `lastTransitionTime` that moves only when `status`
-changes. They are plain dicts in wire format (camelCase), ready to patch.
+Which types and reasons exist, and what they mean: `api.conditions`. Conditions follow
+the Kubernetes API conventions: a list keyed by `type`, CamelCase `reason`,
+`observedGeneration`, and a `lastTransitionTime` that moves only when `status` changes.
+They are plain dicts in wire format (camelCase, `api.models.Condition`), ready to patch.
 """
 
 from __future__ import annotations
@@ -12,58 +13,26 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from .api.models import (
+from .api.conditions import (
     COND_FAILED,
     COND_RUNNING,
+    COND_SCHEDULED,
     COND_SUCCEEDED,
     COND_SUSPENDED,
     COND_VALIDATED,
-    Phase,
+    REASON_QUEUED,
+    TYPES,
+    WARNING_REASONS,
 )
-
-COND_SCHEDULED = "Scheduled"
+from .api.models import Phase
 
 #: The order conditions are written in (stable output for kubectl and diffs).
-ORDER = (COND_VALIDATED, COND_SUSPENDED, COND_SCHEDULED, COND_RUNNING, COND_SUCCEEDED, COND_FAILED)
+ORDER = tuple(TYPES)
 
 Status = Literal["True", "False", "Unknown"]
 Condition = dict[str, Any]
 
-# Suspended=True reasons: before the run's pod ever ran (Kueue holds it, or created
-# suspended) the phase is Queued; after, Suspended.
-REASON_QUEUED = "Queued"
-REASON_SUSPENDED = "Suspended"
 QUEUED_MESSAGE = "the Job is suspended (spec.suspend or a queue such as Kueue holds it)"
-
-# Reasons worth a Warning event (and that people must act on).
-WARNING_REASONS = frozenset(
-    {
-        "InvalidSpec",
-        "Unschedulable",
-        "ErrImagePull",
-        "ImagePullBackOff",
-        "InvalidImageName",
-        "CreateContainerConfigError",
-        "CreateContainerError",
-        "OOMKilled",
-        "ConfigInvalid",
-        "DatasetInvalid",
-        "ModelInvalid",
-        "DeadlineExceeded",
-        "BackoffLimitExceeded",
-        "InfrastructureFailure",
-        "Preempted",
-        "Evicted",
-        "PodFailed",
-        "JobFailed",
-        "JobDeleted",
-        "SecretNotFound",
-        "SecretKeyMissing",
-        "FailedCreate",
-        "PodCreationRefused",
-        "ArtifactsInvalid",
-    }
-)
 
 
 @dataclass(frozen=True)

@@ -278,6 +278,9 @@ def test_explain_shows_descriptions(cluster: Any, crds: Any) -> None:
     assert "LoRA rank" in res.stdout and "integer" in res.stdout
     res = cluster.kubectl("explain", "lorasvc.spec.adapters")
     assert "Adapters to load" in res.stdout
+    # Every condition type the operator writes (api.conditions), not a hand-kept few.
+    res = cluster.kubectl("explain", "loraf.status.conditions")
+    assert all(f"{t}:" in res.stdout for t in ("Validated", "Scheduled", "Serving")), res.stdout
 
 
 def test_printer_columns_from_status(cluster: Any, crds: Any, namespace: str) -> None:

@@ -17,13 +17,15 @@ from loraf_operator.runs import (
 )
 from loraf_operator.status import apply, derive_phase
 
+T0, T9 = "2026-01-01T00:00:00Z", "2026-01-01T09:00:00Z"
+
 
 def status(
     number: int | None = None, gen: int = 1, done: str | None = None, **extra: Any
 ) -> dict[str, Any]:
     st: dict[str, Any] = {"conditions": [], **extra}
     if number:
-        st["run"] = {"number": number, "generation": gen, "startTime": "T0"}
+        st["run"] = {"number": number, "generation": gen, "startTime": T0}
     if done:
         st["conditions"] = [
             {
@@ -61,20 +63,20 @@ def test_start_conditions() -> None:
 def test_history() -> None:
     running = status(1, gen=1)
     running["conditions"] = apply([], [*start_conditions(False)], 1, "T")
-    e = history_entry(running, "T9")
+    e = history_entry(running, T9)
     assert e == {
         "number": 1,
         "generation": 1,
         "phase": "Stopped",
         "stoppedIn": "Scheduling",
         "reason": "Superseded",
-        "startTime": "T0",
-        "completionTime": "T9",
+        "startTime": T0,
+        "completionTime": T9,
     }
     ok = status(1, done="Succeeded", artifacts={"adapterUri": "s3://b/run-1/adapter/"})
-    e = history_entry(ok, "T9")
+    e = history_entry(ok, T9)
     assert e["phase"] == "Succeeded" and e["artifacts"]["adapterUri"] == "s3://b/run-1/adapter/"
-    assert history_entry(status(1, done="Failed"), "T")["reason"] == "OOMKilled"
+    assert history_entry(status(1, done="Failed"), T9)["reason"] == "OOMKilled"
     hist = append_history({"history": [{"number": i} for i in range(1, 21)]}, {"number": 21})
     assert len(hist) == 20 and hist[-1]["number"] == 21 and hist[0]["number"] == 2
 

@@ -14,6 +14,8 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from loraf_operator.api.models import Progress
+
 from . import ranks as rank_state
 from .checkpoints import Preemption, upload_checkpoint, write_ledger
 from .status_reporter import Remaining, StatusPublisher, eta_seconds, format_eta
@@ -80,7 +82,7 @@ class ProgressCallback(TrainerCallback):
         self._tok_mark: tuple[float, float] | None = None  # (time, tokens) at last log
         self.tokens_per_second: float | None = None
 
-    def _snapshot(self, state: TrainerState) -> dict[str, Any]:
+    def _snapshot(self, state: TrainerState) -> Progress:
         total = state.max_steps or 0
         step = state.global_step
         elapsed, done = time.monotonic() - self._t0, step - self._step0
@@ -89,17 +91,17 @@ class ProgressCallback(TrainerCallback):
             if done > 0 and elapsed > 0:
                 self.remaining.measured_training(elapsed / (done * self._rows_per_step))
             eta = self.remaining.seconds(eta) if eta is not None else None
-        return {
-            "stage": "Training",
-            "step": step,
-            "totalSteps": total,
-            "epoch": round(state.epoch or 0.0, 4),
-            "percent": round(100.0 * step / total, 2) if total else None,
-            "etaSeconds": round(eta, 1) if eta is not None else None,
-            "eta": format_eta(eta),
-            "tokensPerSecond": self.tokens_per_second,
-            "peakGpuMemoryGiB": _peak_gpu_gib(),
-        }
+        return Progress(
+            stage="Training",
+            step=step,
+            total_steps=total,
+            epoch=round(state.epoch or 0.0, 4),
+            percent=round(100.0 * step / total, 2) if total else None,
+            eta_seconds=round(eta, 1) if eta is not None else None,
+            eta=format_eta(eta),
+            tokens_per_second=self.tokens_per_second,
+            peakGpuMemoryGiB=_peak_gpu_gib(),
+        )
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
@@ -142,7 +144,9 @@ class ProgressCallback(TrainerCallback):
                     (tokens - self._tok_mark[1]) / (now - self._tok_mark[0]), 1
                 )
             self._tok_mark = (now, tokens)
-        self.publisher.update({**self._snapshot(state), **fields} if self.training else fields)
+        self.publisher.update(
+            {**self._snapshot(state).to_patch(), **fields} if self.training else fields
+        )
         if self.log_lines and fields:
             log.info(
                 "step %d/%d %s",

@@ -2,7 +2,9 @@
 
 The trainer owns only `status.progress` (docs/architecture.md): every patch is a JSON
 merge patch of `{"status": {"progress": {...}}}` through the status subresource, so it
-can never touch the operator's fields. Patches go out from a background thread: the
+can never touch the operator's fields. Every update is checked against
+`api.models.Progress` first (an unknown key is an error, not a field the apiserver drops
+without a word). Patches go out from a background thread: the
 training loop only hands over the latest snapshot, and a slow or failing apiserver
 (retried with backoff) never stalls or crashes training. At most one patch per interval;
 `force=True` (epoch end, end of run) skips the wait.
@@ -18,6 +20,8 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
+
+from loraf_operator.api.models import Progress
 
 log = logging.getLogger(__name__)
 
@@ -248,10 +252,12 @@ class StatusPublisher:
             self._thread = threading.Thread(target=self._run, name="loraf-status", daemon=True)
             self._thread.start()
 
-    def update(self, fields: Mapping[str, Any], force: bool = False) -> None:
-        """Merge fields into the snapshot; it goes out when the interval allows."""
+    def update(self, fields: Mapping[str, Any] | Progress, force: bool = False) -> None:
+        """Merge fields (a Progress, or its wire names) into the snapshot; it goes out
+        when the interval allows. None clears a field."""
+        wire = fields.to_patch() if isinstance(fields, Progress) else Progress.patch_of(fields)
         with self._cv:
-            self.last.update(fields)
+            self.last.update(wire)
             self.last["updatedAt"] = now_rfc3339()
             if self.sink is None:
                 return

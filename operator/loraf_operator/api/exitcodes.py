@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from . import conditions as why
+
 
 class ExitCode(IntEnum):
     OK = 0
@@ -44,13 +46,13 @@ class ExitCode(IntEnum):
 
 
 _REASONS: dict[ExitCode, str] = {
-    ExitCode.OK: "Completed",
-    ExitCode.CONFIG_INVALID: "ConfigInvalid",
-    ExitCode.DATASET_INVALID: "DatasetInvalid",
-    ExitCode.MODEL_INVALID: "ModelInvalid",
-    ExitCode.STORAGE_UNAVAILABLE: "StorageUnavailable",
-    ExitCode.PREEMPTED: "Preempted",
-    ExitCode.STORAGE_ACCESS_DENIED: "StorageAccessDenied",
+    ExitCode.OK: why.REASON_COMPLETED,
+    ExitCode.CONFIG_INVALID: why.REASON_CONFIG_INVALID,
+    ExitCode.DATASET_INVALID: why.REASON_DATASET_INVALID,
+    ExitCode.MODEL_INVALID: why.REASON_MODEL_INVALID,
+    ExitCode.STORAGE_UNAVAILABLE: why.REASON_STORAGE_UNAVAILABLE,
+    ExitCode.PREEMPTED: why.REASON_PREEMPTED,
+    ExitCode.STORAGE_ACCESS_DENIED: why.REASON_STORAGE_ACCESS_DENIED,
 }
 
 #: Codes the Job's podFailurePolicy treats as permanent (FailJob).
@@ -64,4 +66,4 @@ def reason_for(code: int) -> str:
     try:
         return ExitCode(code).reason
     except ValueError:
-        return "InfrastructureFailure"
+        return why.REASON_INFRASTRUCTURE_FAILURE

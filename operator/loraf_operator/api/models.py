@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -28,6 +29,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 from pydantic_core import core_schema
+
+from .conditions import described
 
 GROUP = "loraf.dev"
 VERSION = "v1alpha1"
@@ -224,6 +227,17 @@ class StatusModel(BaseModel):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    def to_patch(self) -> dict[str, Any]:
+        """The fields that were set, in wire format (camelCase). A None set on purpose is
+        kept: in a merge patch it removes the field."""
+        return self.model_dump(mode="json", by_alias=True, exclude_unset=True)
+
+    @classmethod
+    def patch_of(cls, data: Mapping[str, Any]) -> dict[str, Any]:
+        """`data` (wire or field names) checked against the model, as `to_patch` writes it.
+        An unknown key fails here: the structural schema would prune it without a word."""
+        return cls.model_validate(data, extra="forbid").to_patch()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1438,14 +1452,6 @@ class LoRAFineTuneSpec(SpecModel):
 
 ConditionStatus = Literal["True", "False", "Unknown"]
 
-# Condition types the operator sets on a LoRAFineTune (conditions are the contract).
-COND_VALIDATED = "Validated"
-COND_RUNNING = "Running"
-COND_SUCCEEDED = "Succeeded"
-COND_FAILED = "Failed"
-COND_SUSPENDED = "Suspended"
-COND_READY = "Ready"  # LoRAServing
-
 
 class Condition(StatusModel):
     """A Kubernetes API-convention condition."""
@@ -1674,7 +1680,7 @@ class LoRAFineTuneStatus(StatusModel):
     )
     conditions: list[Condition] = Field(
         default_factory=list,
-        description="(operator) Validated, Running, Succeeded, Failed, Suspended.",
+        description=f"(operator) {described('LoRAFineTune')}.",
         json_schema_extra=_CONDITIONS_FIELD,
     )
     run: RunRef | None = Field(default=None, description="(operator) the current run.")
@@ -1824,7 +1830,9 @@ class LoRAServingStatus(StatusModel):
         default=None, description="metadata.generation last acted on."
     )
     conditions: list[Condition] = Field(
-        default_factory=list, description="Ready.", json_schema_extra=_CONDITIONS_FIELD
+        default_factory=list,
+        description=f"{described('LoRAServing')}.",
+        json_schema_extra=_CONDITIONS_FIELD,
     )
     url: str | None = Field(
         default=None, description="In-cluster base URL of the OpenAI-compatible API."
