@@ -81,9 +81,7 @@ def test_job_and_deployment_take_s3_keys_and_hf_token_by_reference_only() -> Non
 
     want = {
         "AWS_ACCESS_KEY_ID": {"secretKeyRef": {"name": "s3c", "key": "AWS_ACCESS_KEY_ID"}},
-        "AWS_SECRET_ACCESS_KEY": {
-            "secretKeyRef": {"name": "s3c", "key": "AWS_SECRET_ACCESS_KEY"}
-        },
+        "AWS_SECRET_ACCESS_KEY": {"secretKeyRef": {"name": "s3c", "key": "AWS_SECRET_ACCESS_KEY"}},
         "HF_TOKEN": {"secretKeyRef": {"name": "hf", "key": "token"}},
     }
     assert secret_env(job["containers"][0]) == want

@@ -16,17 +16,10 @@ from ..api import distributed as dist
 from ..api.exitcodes import FAIL_FAST_CODES, RETRIED_FREE_CODES
 from ..api.models import LoRAFineTune
 from ..api.trainer_config import CONFIG_MOUNT_PATH
+from . import pod
 from .common import BuildDefaults, child_metadata, generation
 from .labels import JOB_NAME, QUEUE_NAME, run_annotations, run_labels
 from .naming import child_name, config_map_name, service_name
-from .pod import (
-    container_resources,
-    container_security_context,
-    gpu_placement,
-    pod_security_context,
-    pvc_volumes,
-    storage_env,
-)
 
 CONTAINER = "trainer"
 CONFIG_DIR = CONFIG_MOUNT_PATH.rsplit("/", 1)[0]  # /etc/loraf
@@ -69,7 +62,7 @@ def build_env(ft: LoRAFineTune, defaults: BuildDefaults) -> list[dict[str, Any]]
         {"name": "HOME", "value": WORK_DIR},  # uid 1000 has no home in most images
     ]
     out = spec.output
-    env += storage_env(
+    env += pod.storage_env(
         out.endpoint or defaults.s3_endpoint,
         out.region or defaults.s3_region,
         out.credentials_secret_ref,
@@ -149,18 +142,18 @@ def build_volumes(ft: LoRAFineTune, run: int) -> tuple[list[dict[str, Any]], lis
     if cache:
         volumes.append({"name": "model-cache", "persistentVolumeClaim": {"claimName": cache}})
         mounts.append({"name": "model-cache", "mountPath": CACHE_DIR})
-    claim_volumes, claim_mounts = pvc_volumes(_pvc_claims(ft))
+    claim_volumes, claim_mounts = pod.pvc_volumes(_pvc_claims(ft))
     return volumes + claim_volumes, mounts + claim_mounts
 
 
 def build_resources(ft: LoRAFineTune) -> dict[str, Any]:
-    return container_resources(ft.spec.resources)
+    return pod.container_resources(ft.spec.resources)
 
 
 def build_scheduling(ft: LoRAFineTune) -> dict[str, Any]:
     """nodeSelector, tolerations, affinity and priority of the pod spec."""
     res = ft.spec.resources
-    out = gpu_placement(res)
+    out = pod.gpu_placement(res)
     if res.affinity:
         out["affinity"] = res.affinity
     if res.priority_class_name:
@@ -182,7 +175,7 @@ def build_container(ft: LoRAFineTune, run: int, defaults: BuildDefaults) -> dict
         # without one, the log tail is used instead.
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": container_security_context(),
+        "securityContext": pod.container_security_context(),
     }
     resources = build_resources(ft)
     if resources:
@@ -211,7 +204,7 @@ def build_job(ft: LoRAFineTune, run: int, defaults: BuildDefaults | None = None)
         "serviceAccountName": name,
         "automountServiceAccountToken": True,  # the trainer patches status.progress
         "enableServiceLinks": False,
-        "securityContext": pod_security_context(),
+        "securityContext": pod.pod_security_context(),
         "containers": [build_container(ft, run, defaults)],
         "volumes": volumes,
         **build_scheduling(ft),

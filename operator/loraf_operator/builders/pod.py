@@ -75,18 +75,13 @@ def container_resources(res: BaseResources) -> dict[str, Any]:
         requests["cpu"] = str(res.cpu)
     if res.memory is not None:
         requests["memory"] = limits["memory"] = str(res.memory)
-    out: dict[str, Any] = {}
-    if requests:
-        out["requests"] = requests
-    if limits:
-        out["limits"] = limits
-    return out
+    return _non_empty(requests=requests, limits=limits)
 
 
 def gpu_placement(res: BaseResources) -> dict[str, Any]:
     """nodeSelector and tolerations: a GPU pod tolerates the GPU taint and, with a gpuType,
     selects that product; the spec's own selector wins on a shared key and its tolerations
-    are added once each (the apiserver keeps a repeated toleration as a second entry)."""
+    are added once each, so one listed twice (or the GPU one repeated) is in the pod once."""
     node_selector: dict[str, str] = {}
     tolerations: list[dict[str, Any]] = []
     if res.gpus > 0:
@@ -97,12 +92,12 @@ def gpu_placement(res: BaseResources) -> dict[str, Any]:
     for t in res.tolerations:
         if t not in tolerations:
             tolerations.append(t)
-    out: dict[str, Any] = {}
-    if node_selector:
-        out["nodeSelector"] = node_selector
-    if tolerations:
-        out["tolerations"] = tolerations
-    return out
+    return _non_empty(nodeSelector=node_selector, tolerations=tolerations)
+
+
+def _non_empty(**fields: Any) -> dict[str, Any]:
+    """The fields that hold something: an empty list or map is left out of a manifest."""
+    return {k: v for k, v in fields.items() if v}
 
 
 def claim_path(claim_name: str) -> str:
