@@ -57,6 +57,7 @@ POLL_SECONDS = 5
 SYNC_PORT_OFFSET = 1
 
 
+# The Deployment and the Service are named alike, in builders/naming.py.
 deployment_name = service_name = serving_child_name
 
 
@@ -166,7 +167,7 @@ def _volumes(sv: LoRAServing) -> tuple[list[dict[str, Any]], list[dict[str, Any]
         {"name": "shm", "mountPath": "/dev/shm"},
     ]
     pvc = sv.spec.base_model.pvc
-    claim_volumes, claim_mounts = pvc_volumes([pvc.claim_name] if pvc else [])
+    claim_volumes, claim_mounts = pvc_volumes([pvc.claim_name] if pvc is not None else [])
     return volumes + claim_volumes, mounts + claim_mounts
 
 
