@@ -19,14 +19,12 @@ from dataclasses import dataclass
 from typing import Any, get_args
 
 from .api.models import (
-    API_VERSION,
-    SERVING_KIND,
     LoRAFineTune,
     LoraRank,
     LoRAServing,
     LoRASpec,
 )
-from .builders.common import owner_reference
+from .builders.dedicated_serving import build_dedicated_serving
 from .start_from import succeeded_adapter_uri
 
 COND_SERVING = "Serving"
@@ -88,54 +86,7 @@ def upsert(adapters: list[Obj], a: Adapter) -> list[Obj]:
 
 def dedicated_serving(ft: LoRAFineTune, a: Adapter) -> Obj:
     """The LoRAServing a fine-tune owns when it names no shared one."""
-    assert ft.spec.serving is not None
-    out = ft.spec.output
-    spec: Obj = {
-        "baseModel": ft.spec.base_model.to_dict(),
-        "engine": ft.spec.serving.engine,
-        "replicas": ft.spec.serving.replicas,
-        "adapters": [a.to_dict()],
-    }
-    rank = slot_rank(a.rank)
-    if rank is not None and rank > 16:  # 16 is the LoRAServing default
-        spec["maxLoraRank"] = rank
-    if out.endpoint:
-        spec["endpoint"] = out.endpoint
-    if out.region:
-        spec["region"] = out.region
-    if out.credentials_secret_ref is not None:
-        spec["credentialsSecretRef"] = out.credentials_secret_ref.to_dict()
-    spec["resources"] = inherited_placement(ft)
-    return {
-        "apiVersion": API_VERSION,
-        "kind": SERVING_KIND,
-        "metadata": {
-            "name": ft.name,
-            "namespace": ft.namespace,
-            "labels": {"app.kubernetes.io/managed-by": "loraf", "loraf.dev/finetune": ft.name},
-            "ownerReferences": [owner_reference(ft)],
-        },
-        "spec": spec,
-    }
-
-
-def inherited_placement(ft: LoRAFineTune) -> Obj:
-    """A dedicated serving runs where its fine-tune trained: same GPU pool and node rules.
-
-    The image is inherited only by the transformers engine, which ships in the trainer image.
-    """
-    assert ft.spec.serving is not None
-    r = ft.spec.resources
-    out: Obj = {"gpus": r.gpus}
-    if r.gpu_type:
-        out["gpuType"] = r.gpu_type
-    if r.node_selector:
-        out["nodeSelector"] = dict(r.node_selector)
-    if r.tolerations:
-        out["tolerations"] = list(r.tolerations)
-    if r.image and ft.spec.serving.engine == "transformers":
-        out["image"] = r.image
-    return out
+    return build_dedicated_serving(ft, a.to_dict(), slot_rank(a.rank))
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import pytest
 
 from loraf_operator.api.models import LoRAFineTune
 from loraf_operator.builders import BuildDefaults, build_job, build_run, run_spec_hash
-from loraf_operator.builders.job import GPU_TOLERATION
+from loraf_operator.builders.pod import GPU_TOLERATION
 
 DEFAULTS = BuildDefaults("registry.local/trainer:1", "http://s3.local:9000", "eu-west-1")
 

@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from loraf_operator.api.mounts import ENV_PVC_ROOT, PVC_ROOT
+
 from .errors import ModelInvalid, TrainerError
 
 log = logging.getLogger(__name__)
 
 COMPLETE_MARKER = ".loraf-complete"
-DEFAULT_PVC_ROOT = "/mnt/pvc"
 
 
 def cache_root() -> Path:
@@ -37,8 +38,9 @@ def cache_root() -> Path:
 
 def pvc_path(claim_name: str, path: str, pvc_root: str | None = None) -> Path:
     """Where a PVC source is in the pod: each claim is mounted at <root>/<claimName>
-    (root: $LORAF_PVC_ROOT, default /mnt/pvc), so sources sharing a claim share a mount."""
-    root = Path(pvc_root or os.environ.get("LORAF_PVC_ROOT") or DEFAULT_PVC_ROOT)
+    (root: $LORAF_PVC_ROOT, default api.mounts.PVC_ROOT), so sources sharing a claim share
+    a mount."""
+    root = Path(pvc_root or os.environ.get(ENV_PVC_ROOT) or PVC_ROOT)
     return root / claim_name / path.lstrip("/")
 
 

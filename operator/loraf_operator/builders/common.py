@@ -9,7 +9,6 @@ from typing import Any
 
 from ..api.models import (
     API_VERSION,
-    BaseResources,
     LoRAFineTune,
     LoRAFineTuneSpec,
     LoRAServing,
@@ -66,25 +65,3 @@ def run_spec_hash(spec: LoRAFineTuneSpec) -> str:
     """Hash of the spec fields a run depends on: a different hash means a new run."""
     data = {k: v for k, v in spec.to_dict().items() if k not in _NOT_RUN_FIELDS}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
-
-
-GPU_RESOURCE = "nvidia.com/gpu"
-
-
-def container_resources(res: BaseResources) -> dict[str, Any]:
-    """requests/limits of a trainer or server container: GPUs and memory are also limits
-    (GPUs must be; memory so the pod is OOM-killed, not the node), CPU only a request."""
-    requests: dict[str, str] = {}
-    limits: dict[str, str] = {}
-    if res.gpus > 0:
-        requests[GPU_RESOURCE] = limits[GPU_RESOURCE] = str(res.gpus)
-    if res.cpu is not None:
-        requests["cpu"] = str(res.cpu)
-    if res.memory is not None:
-        requests["memory"] = limits["memory"] = str(res.memory)
-    out: dict[str, Any] = {}
-    if requests:
-        out["requests"] = requests
-    if limits:
-        out["limits"] = limits
-    return out

@@ -16,19 +16,16 @@ from ..api import distributed as dist
 from ..api.exitcodes import FAIL_FAST_CODES, RETRIED_FREE_CODES
 from ..api.models import LoRAFineTune
 from ..api.trainer_config import CONFIG_MOUNT_PATH
-from .common import GPU_RESOURCE, BuildDefaults, child_metadata, container_resources, generation
+from . import pod
+from .common import BuildDefaults, child_metadata, generation
 from .labels import JOB_NAME, QUEUE_NAME, run_annotations, run_labels
 from .naming import child_name, config_map_name, service_name
 
 CONTAINER = "trainer"
-GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
-GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 CONFIG_DIR = CONFIG_MOUNT_PATH.rsplit("/", 1)[0]  # /etc/loraf
-PVC_ROOT = "/mnt/pvc"  # the trainer looks for claim <c> at /mnt/pvc/<c> (model_loading.py)
 WORK_DIR = "/workspace"
 CACHE_DIR = "/cache"
 TERMINATION_LOG = "/dev/termination-log"
-RUN_AS_USER = 1000
 
 
 def pod_failure_policy() -> dict[str, Any]:
@@ -55,10 +52,6 @@ def pod_failure_policy() -> dict[str, Any]:
     }
 
 
-def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
-    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
-
-
 def build_env(ft: LoRAFineTune, defaults: BuildDefaults) -> list[dict[str, Any]]:
     """Container env: identity, S3 endpoint/region, and secrets only by reference."""
     spec = ft.spec
@@ -69,19 +62,12 @@ def build_env(ft: LoRAFineTune, defaults: BuildDefaults) -> list[dict[str, Any]]
         {"name": "HOME", "value": WORK_DIR},  # uid 1000 has no home in most images
     ]
     out = spec.output
-    endpoint = out.endpoint or defaults.s3_endpoint
-    region = out.region or defaults.s3_region
-    if endpoint:
-        env.append({"name": "AWS_ENDPOINT_URL", "value": endpoint})
-    if region:
-        env.append({"name": "AWS_REGION", "value": region})
-    if out.credentials_secret_ref is not None:
-        ref = out.credentials_secret_ref
-        env.append(_secret_env("AWS_ACCESS_KEY_ID", ref.name, ref.access_key_id_key))
-        env.append(_secret_env("AWS_SECRET_ACCESS_KEY", ref.name, ref.secret_access_key_key))
-    if spec.base_model.token_secret_ref is not None:
-        ref_hf = spec.base_model.token_secret_ref
-        env.append(_secret_env("HF_TOKEN", ref_hf.name, ref_hf.key))
+    env += pod.storage_env(
+        out.endpoint or defaults.s3_endpoint,
+        out.region or defaults.s3_region,
+        out.credentials_secret_ref,
+        spec.base_model.token_secret_ref,
+    )
     if spec.resources.model_cache_pvc:
         env.append({"name": "HF_HOME", "value": f"{CACHE_DIR}/huggingface"})
     return env
@@ -129,18 +115,14 @@ def build_rendezvous_service(ft: LoRAFineTune, run: int) -> dict[str, Any] | Non
 
 
 def _pvc_claims(ft: LoRAFineTune) -> list[str]:
-    """Claims the trainer reads model/data from, in a stable order, without repeats."""
+    """Claims the trainer reads model/data from, in a stable order."""
     spec = ft.spec
     sources = [
         spec.base_model.pvc,
         spec.dataset.pvc,
         spec.dataset.eval.pvc if spec.dataset.eval else None,
     ]
-    claims: list[str] = []
-    for src in sources:
-        if src is not None and src.claim_name not in claims:
-            claims.append(src.claim_name)
-    return claims
+    return [src.claim_name for src in sources if src is not None]
 
 
 def build_volumes(ft: LoRAFineTune, run: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -160,35 +142,18 @@ def build_volumes(ft: LoRAFineTune, run: int) -> tuple[list[dict[str, Any]], lis
     if cache:
         volumes.append({"name": "model-cache", "persistentVolumeClaim": {"claimName": cache}})
         mounts.append({"name": "model-cache", "mountPath": CACHE_DIR})
-    for i, claim in enumerate(_pvc_claims(ft)):
-        vol = f"pvc-{i}"
-        volumes.append(
-            {"name": vol, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
-        )
-        mounts.append({"name": vol, "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True})
-    return volumes, mounts
+    claim_volumes, claim_mounts = pod.pvc_volumes(_pvc_claims(ft))
+    return volumes + claim_volumes, mounts + claim_mounts
 
 
 def build_resources(ft: LoRAFineTune) -> dict[str, Any]:
-    return container_resources(ft.spec.resources)
+    return pod.container_resources(ft.spec.resources)
 
 
 def build_scheduling(ft: LoRAFineTune) -> dict[str, Any]:
     """nodeSelector, tolerations, affinity and priority of the pod spec."""
     res = ft.spec.resources
-    node_selector: dict[str, str] = {}
-    tolerations: list[dict[str, Any]] = []
-    if res.gpus > 0:
-        tolerations.append(dict(GPU_TOLERATION))
-        if res.gpu_type:
-            node_selector[GPU_PRODUCT_LABEL] = res.gpu_type
-    node_selector.update(res.node_selector)
-    tolerations.extend(t for t in res.tolerations if t not in tolerations)
-    out: dict[str, Any] = {}
-    if node_selector:
-        out["nodeSelector"] = node_selector
-    if tolerations:
-        out["tolerations"] = tolerations
+    out = pod.gpu_placement(res)
     if res.affinity:
         out["affinity"] = res.affinity
     if res.priority_class_name:
@@ -210,13 +175,7 @@ def build_container(ft: LoRAFineTune, run: int, defaults: BuildDefaults) -> dict
         # without one, the log tail is used instead.
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS_USER,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod.container_security_context(),
     }
     resources = build_resources(ft)
     if resources:
@@ -245,13 +204,7 @@ def build_job(ft: LoRAFineTune, run: int, defaults: BuildDefaults | None = None)
         "serviceAccountName": name,
         "automountServiceAccountToken": True,  # the trainer patches status.progress
         "enableServiceLinks": False,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS_USER,
-            "runAsGroup": RUN_AS_USER,
-            "fsGroup": RUN_AS_USER,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod.pod_security_context(),
         "containers": [build_container(ft, run, defaults)],
         "volumes": volumes,
         **build_scheduling(ft),

@@ -48,6 +48,17 @@ def serving_config_map_name(name: str) -> str:
     return _cut(name, f"-{_digest(name)}-adapters", MAX_LABEL)
 
 
+def serving_child_name(name: str) -> str:
+    """Name of a LoRAServing's Deployment and Service (<= 63 chars)."""
+    return label_value(name)
+
+
+def dedicated_serving_name(finetune: str) -> str:
+    """Name of the LoRAServing a fine-tune owns when it names no shared one: its own name
+    (api.models refuses a serving-enabled fine-tune whose name is no valid Service name)."""
+    return finetune
+
+
 def label_value(value: str) -> str:
     """`value` as a valid label value (<= 63 chars, alphanumeric at both ends)."""
     if len(value) <= MAX_LABEL:

