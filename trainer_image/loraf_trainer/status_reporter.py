@@ -4,10 +4,10 @@ The trainer owns only `status.progress` (docs/architecture.md): every patch is a
 merge patch of `{"status": {"progress": {...}}}` through the status subresource, so it
 can never touch the operator's fields. Every update is checked against
 `api.models.Progress` first (an unknown key is an error, not a field the apiserver drops
-without a word). Patches go out from a background thread: the
-training loop only hands over the latest snapshot, and a slow or failing apiserver
-(retried with backoff) never stalls or crashes training. At most one patch per interval;
-`force=True` (epoch end, end of run) skips the wait.
+without a word). Patches go out from a background thread: the training loop only hands
+over the latest snapshot, and a slow or failing apiserver (retried with backoff) never
+stalls or crashes training. At most one patch per interval; `force=True` (epoch end, end
+of run) skips the wait.
 """
 
 from __future__ import annotations
@@ -21,11 +21,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from loraf_operator.api.models import Progress
+from loraf_operator.api.models import FINETUNE_PLURAL, GROUP, VERSION, Progress
 
 log = logging.getLogger(__name__)
 
-GROUP, VERSION, PLURAL = "loraf.dev", "v1alpha1", "lorafinetunes"
 # Who wrote status.progress, in managedFields (not the client's default OpenAPI-Generator).
 FIELD_MANAGER = "loraf-trainer"
 SA_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
@@ -209,7 +208,7 @@ class KubeSink:
             GROUP,
             VERSION,
             self.namespace,
-            PLURAL,
+            FINETUNE_PLURAL,
             self.name,
             self.body(progress),
             field_manager=FIELD_MANAGER,
