@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from loraf_operator.api.exitcodes import ExitCode
+from loraf_operator.api.run_layout import MANIFEST, run_prefix
 
 from . import launch, ranks
 from .errors import ConfigInvalid, TrainerError
@@ -151,7 +152,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         retry = storage_retry(cfg, publisher)
         return RunContext(
             cfg=cfg,
-            store=open_store(cfg.run_prefix(), out.endpoint, out.region, retry, out.retry),
+            store=open_store(cfg.layout().root, out.endpoint, out.region, retry, out.retry),
             work_dir=_work_dir(args.work_dir),
             publisher=publisher,
             preemption=preemption,
@@ -228,7 +229,7 @@ def next_run_number(store_for: Any) -> int:
     """The first run-<n> without a manifest: completed runs are never overwritten, an
     interrupted one is resumed."""
     n = 1
-    while store_for(n).get_bytes("manifest.json") is not None:
+    while store_for(n).get_bytes(MANIFEST) is not None:
         n += 1
     return n
 
@@ -274,12 +275,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             loc = ".".join(str(p) for p in first["loc"])
             raise ConfigInvalid(f"{args.manifest}: invalid at {loc}: {first['msg']}") from e
         out = probe.spec.output
-        root = (args.output or out.s3).rstrip("/")
+        root = args.output or out.s3
         publisher = StatusPublisher(None)
         retry = storage_retry(probe, publisher)
 
         def store_for(n: int) -> Any:
-            return open_store(f"{root}/run-{n}", out.endpoint, out.region, retry, out.retry)
+            return open_store(run_prefix(root, n), out.endpoint, out.region, retry, out.retry)
 
         run_no = args.run or next_run_number(store_for)
         cfg = TrainerConfig.for_resource(obj, run=run_no)
