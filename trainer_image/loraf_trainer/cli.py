@@ -20,9 +20,9 @@ import os
 import sys
 import tempfile
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loraf_operator.api.exitcodes import ExitCode
 from loraf_operator.api.run_layout import MANIFEST, run_prefix
@@ -30,6 +30,11 @@ from loraf_operator.api.run_layout import MANIFEST, run_prefix
 from . import launch, ranks
 from .errors import ConfigInvalid, TrainerError
 from .optimizations import allocator_defaults
+
+if TYPE_CHECKING:  # train imports the training stack: loaded only when a run starts
+    from .checkpoints import Preemption
+    from .storage import Store
+    from .train import RunContext
 
 log = logging.getLogger("loraf")
 
@@ -53,7 +58,7 @@ def _work_dir(arg: str | None) -> Path:
     return path
 
 
-def _execute(build: Any) -> int:
+def _execute(build: Callable[[Preemption], RunContext]) -> int:
     """Run `build()` → RunContext, then the training; map failures to exit codes."""
     from .checkpoints import Preemption
 
@@ -225,7 +230,7 @@ def local_inputs(spec: dict[str, Any], base_dir: Path) -> tuple[dict[str, Any], 
     )
 
 
-def next_run_number(store_for: Any) -> int:
+def next_run_number(store_for: Callable[[int], Store]) -> int:
     """The first run-<n> without a manifest: completed runs are never overwritten, an
     interrupted one is resumed."""
     n = 1
@@ -279,7 +284,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         publisher = StatusPublisher(None)
         retry = storage_retry(probe, publisher)
 
-        def store_for(n: int) -> Any:
+        def store_for(n: int) -> Store:
             return open_store(run_prefix(root, n), out.endpoint, out.region, retry, out.retry)
 
         run_no = args.run or next_run_number(store_for)

@@ -1,9 +1,11 @@
-"""One training run, end to end: `run(ctx)` is the trainer's thin main.
+"""One training run, end to end: `run(ctx)` is the trainer's thin main, one call per stage.
 
-validate config → load + validate the dataset (before any model or GPU work) → resolve
-and load the base → attach LoRA → resume from the newest checkpoint → train with TRL's
-SFTTrainer → evaluate base vs adapter → save, merge, manifest → upload (manifest last).
-Progress goes to the StatusPublisher throughout; the result is returned and published.
+check storage → load + validate the dataset (before any model or GPU work) → resolve and
+load the base → plan and attach LoRA (`prepare_model`: the frozen Decision, logged once in
+its final form) → resume from the newest checkpoint and train with TRL (`fit`) → evaluate
+base vs adapter (`evaluate_run`) → save, merge, manifest → upload, manifest last (`upload`,
+files named by api.run_layout). Each stage publishes its own progress; the result is
+returned and published.
 """
 
 from __future__ import annotations
@@ -519,7 +521,9 @@ def run(ctx: RunContext) -> dict[str, Any]:
         report = evaluate_run(
             ctx, rk, fitted, decision, base.tokenizer, prepared, datasets, remaining, start
         )
-        adapter_dir = stage_adapter(ctx, rk, fitted.trainer, base.tokenizer, decision)
+        adapter_dir = stage_adapter(
+            ctx, rk, fitted.trainer, base.tokenizer, decision, remaining, report["evalLossAdapter"]
+        )
         if adapter_dir is None:
             return {}  # rank 0 alone uploads (and publishes the result)
         metrics = run_metrics(fitted.trainer.state, fitted.out, fitted.prior_runtime_s)
@@ -748,11 +752,6 @@ def evaluate_run(
             report["preferenceAccuracyAdapter"],
         )
     log.info("eval loss base %s → adapter %s", losses["evalLossBase"], losses["evalLossAdapter"])
-    remaining.begin("upload")
-    pub.update(
-        {"stage": "Uploading", "evalLoss": losses["evalLossAdapter"], **remaining.fields()},
-        force=True,
-    )
     return report
 
 
@@ -762,10 +761,16 @@ def stage_adapter(
     trainer: Any,
     tokenizer: Any,
     decision: optimizations.Decision,
+    remaining: Remaining,
+    eval_loss: float | None,
 ) -> Path | None:
-    """The adapter, in spec.output.adapterDtype, staged for upload at
+    """The upload stage's start: the adapter, in spec.output.adapterDtype, staged at
     <work dir>/upload/adapter; None on every rank but rank 0 (under FSDP every rank takes
     part in gathering it first)."""
+    remaining.begin("upload")
+    ctx.publisher.update(
+        {"stage": "Uploading", "evalLoss": eval_loss, **remaining.fields()}, force=True
+    )
     dtype = ctx.cfg.spec.output.adapter_dtype
     stage_dir = ctx.work_dir / "upload"
     if decision.strategy == "fsdp":
@@ -778,6 +783,17 @@ def stage_adapter(
     if decision.strategy == "fsdp":
         return artifacts.adapter_from_folder(fsdp_dir, tokenizer, out, dtype)
     return artifacts.save_adapter(trainer.model, tokenizer, out, dtype)
+
+
+# The report's figures the manifest repeats under metrics (the operator's status.evaluation).
+MANIFEST_METRICS = (
+    "evalLossBase",
+    "evalLossAdapter",
+    "perplexityBase",
+    "perplexityAdapter",
+    "preferenceAccuracyStart",
+    "preferenceAccuracyAdapter",
+)
 
 
 def upload(
@@ -839,17 +855,6 @@ def upload(
     )
     artifacts.upload_run(ctx.store, stage_dir, manifest)
     return run_result(RunLayout(ctx.store.uri()), files, report, out.merged_weights)
-
-
-# The report's figures the manifest repeats under metrics (the operator's status.evaluation).
-MANIFEST_METRICS = (
-    "evalLossBase",
-    "evalLossAdapter",
-    "perplexityBase",
-    "perplexityAdapter",
-    "preferenceAccuracyStart",
-    "preferenceAccuracyAdapter",
-)
 
 
 def run_result(
