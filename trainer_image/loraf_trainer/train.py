@@ -36,6 +36,7 @@ from . import (
     ranks,
 )
 from .checkpoints import (
+    TRAINER_STATE,
     Preemption,
     StepInterrupted,
     fetch_latest_checkpoint,
@@ -405,7 +406,7 @@ def restore_finished(trainer: Any, checkpoint: Path) -> None:
     from transformers import TrainerState
 
     set_peft_model_state_dict(trainer.model, load_peft_weights(str(checkpoint), device="cpu"))
-    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    trainer.state = TrainerState.load_from_json(str(checkpoint / TRAINER_STATE))
 
 
 def run_metrics(state: Any, out: Any, prior_runtime_s: float) -> dict[str, Any]:
