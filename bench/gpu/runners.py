@@ -11,6 +11,7 @@ Both get the same LoRA shape, optimizer, schedule, seed, rows and effective batc
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 import time
@@ -248,7 +249,7 @@ def build_project(cfg: dict[str, Any], out_dir: Path, meter: Any) -> tuple[Any, 
     t0 = time.perf_counter()
     model, decision = ltrain.prepare_model(tcfg, path, device, world_size=rk.world_size)
     if "liger_layers" in cfg:  # ablation: Liger's layer kernels with or without compile
-        decision.liger_layers = bool(cfg["liger_layers"])
+        decision = dataclasses.replace(decision, liger_layers=bool(cfg["liger_layers"]))
     extra: dict[str, Any] = {"load_s": round(time.perf_counter() - t0, 2)}
     extra["plan"] = decision.status() | {"notes": decision.notes}
     extra["planner_estimate"] = planner_estimate(spec, path, cfg.get("estimate_budget_gib"))
@@ -266,7 +267,7 @@ def build_project(cfg: dict[str, Any], out_dir: Path, meter: Any) -> tuple[Any, 
         out_dir,
         device,
         [ProgressCallback(StatusPublisher(None), log_lines=False), meter],
-        on_oom=lambda split, retries: oom.append([split, retries]),
+        on_oom=lambda _plan, split, retries: oom.append([split, retries]),
     )
     extra["oom_recoveries"] = oom
     extra["fsdp_enabled"] = bool(getattr(trainer, "is_fsdp_enabled", False))

@@ -18,6 +18,7 @@ from typing import Any
 
 from .api import run_manifest
 from .api.models import LoRAFineTune
+from .api.run_layout import MANIFEST
 from .api.trainer_config import TrainerConfig
 from .builders.common import BuildDefaults
 from .kube import Kube
@@ -62,7 +63,7 @@ def _read(endpoint: str | None, region: str | None, keys: Obj, prefix: str) -> t
     )
     bucket, root = _split(prefix)
     try:
-        raw = client.get_object(Bucket=bucket, Key=f"{root}/{run_manifest.MANIFEST}")["Body"].read()
+        raw = client.get_object(Bucket=bucket, Key=f"{root}/{MANIFEST}")["Body"].read()
     except ClientError as e:
         if e.response.get("Error", {}).get("Code") not in ("NoSuchKey", "404"):
             raise
@@ -91,9 +92,9 @@ async def _credentials(kube: Kube, ft: LoRAFineTune) -> Obj | str:
 
 
 async def verify_run(kube: Kube, ft: LoRAFineTune, run: int, defaults: BuildDefaults) -> Verdict:
-    cfg = TrainerConfig.for_resource(ft, run)
-    prefix = cfg.run_prefix()
-    where = cfg.manifest_uri()
+    layout = TrainerConfig.for_resource(ft, run).layout()
+    prefix = layout.root
+    where = layout.manifest_uri
     keys = await _credentials(kube, ft)
     if isinstance(keys, str):
         return Verdict(False, True, f"cannot check {where} yet: {keys}")

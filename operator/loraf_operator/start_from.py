@@ -12,6 +12,7 @@ from typing import Any
 
 from .api.conditions import COND_SUCCEEDED
 from .api.models import LoRAFineTune
+from .api.run_layout import RunLayout
 
 
 class Waiting(Exception):
@@ -23,12 +24,6 @@ def succeeded_adapter_uri(ft: LoRAFineTune) -> str | None:
     if not any(c.type == COND_SUCCEEDED and c.status == "True" for c in ft.status.conditions):
         return None
     return (ft.status.artifacts.adapter_uri if ft.status.artifacts else None) or None
-
-
-def run_prefix(adapter_uri: str) -> str:
-    """The run folder (manifest.json + adapter/) of an adapter/ URI."""
-    u = adapter_uri.rstrip("/")
-    return u[: -len("/adapter")] if u.endswith("/adapter") else u
 
 
 def resolve(ft: LoRAFineTune, source: dict[str, Any] | None) -> str | None:
@@ -51,4 +46,4 @@ def resolve(ft: LoRAFineTune, source: dict[str, Any] | None) -> str | None:
             f"startFrom.fineTune {name} has not succeeded yet (phase {phase}); the run "
             "starts once it has"
         )
-    return run_prefix(uri)
+    return RunLayout.of_adapter(uri).root

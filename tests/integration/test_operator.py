@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from loraf_operator.api import run_manifest
+from loraf_operator.api import run_layout, run_manifest
 from loraf_operator.api.trainer_config import TrainerConfig
 
 from .operator_fixtures import (
@@ -158,7 +158,7 @@ def upload_run(cluster: Any, ns: str, name: str, run: int = 1) -> str:
     if bucket not in [b["Name"] for b in s3.list_buckets().get("Buckets", [])]:
         s3.create_bucket(Bucket=bucket)
     weights = b"w" * 64
-    key = f"{run_manifest.ADAPTER_DIR}/{run_manifest.ADAPTER_WEIGHTS}"
+    key = f"{run_layout.ADAPTER_DIR}/{run_layout.ADAPTER_WEIGHTS}"
     s3.put_object(Bucket=bucket, Key=f"{root}/{key}", Body=weights)
     manifest = {
         "kind": run_manifest.MANIFEST_KIND,
@@ -168,7 +168,7 @@ def upload_run(cluster: Any, ns: str, name: str, run: int = 1) -> str:
         "files": [{"path": key, "size": len(weights), "sha256": "-"}],
     }
     body = json.dumps(manifest).encode()
-    s3.put_object(Bucket=bucket, Key=f"{root}/{run_manifest.MANIFEST}", Body=body)
+    s3.put_object(Bucket=bucket, Key=f"{root}/{run_layout.MANIFEST}", Body=body)
     return f"s3://{bucket}/{root}"
 
 

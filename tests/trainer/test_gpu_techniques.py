@@ -10,6 +10,7 @@ as a run that used 2-row micro-batches from the start."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -93,11 +94,7 @@ def train(
     real_decide = optimizations.decide
 
     def decide(*args: Any, **kw: Any) -> optimizations.Decision:
-        d = real_decide(*args, **kw)
-        d.oom_recovery = True
-        for name, value in switches.items():
-            setattr(d, name, value)
-        return d
+        return dataclasses.replace(real_decide(*args, **kw), oom_recovery=True, **switches)
 
     optimizations.decide = decide
     try:
@@ -117,7 +114,7 @@ def train(
         tmp,
         device,
         [],
-        on_oom=lambda split, retries: calls.append((split, retries)),
+        on_oom=lambda _plan, split, retries: calls.append((split, retries)),
     )
     if fault is not None:
         layer0 = model.get_base_model().model.layers[0]

@@ -69,7 +69,8 @@ def engine_and_runs(
     smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Any, dict[str, Path]]]:
     from loraf_operator.api.models import BaseModelSpec
-    from loraf_trainer.serve import Engine, ServeConfig
+    from loraf_operator.api.serve_config import ServeConfig
+    from loraf_trainer.serve import Engine
 
     tmp = tmp_path_factory.mktemp("serve")
     pvc = tmp / "pvc"

@@ -23,6 +23,7 @@ from loraf_operator.api.models import (
     LoRAServingSpec,
     QuantizationSpec,
 )
+from loraf_operator.api.run_layout import RunLayout
 from loraf_operator.api.trainer_config import TrainerConfig
 from tests.manifests import MINIMAL_SPEC, mutate
 
@@ -162,11 +163,14 @@ def test_trainer_config_roundtrip_and_layout() -> None:
         "spec": spec(**{"output.s3": "s3://artifacts/team/ft/"}),
     }
     cfg = TrainerConfig.for_resource(obj, run=3)
-    assert cfg.run_prefix() == "s3://artifacts/team/ft/run-3"
-    assert cfg.adapter_uri() == "s3://artifacts/team/ft/run-3/adapter/"
-    assert cfg.manifest_uri() == "s3://artifacts/team/ft/run-3/manifest.json"
-    assert cfg.eval_report_uri() == "s3://artifacts/team/ft/run-3/eval/report.json"
-    assert cfg.checkpoint_uri(40) == "s3://artifacts/team/ft/run-3/checkpoints/step-40/"
+    layout = cfg.layout()
+    assert layout.root == "s3://artifacts/team/ft/run-3"
+    assert layout.adapter_uri == "s3://artifacts/team/ft/run-3/adapter/"
+    assert layout.manifest_uri == "s3://artifacts/team/ft/run-3/manifest.json"
+    assert layout.eval_report_uri == "s3://artifacts/team/ft/run-3/eval/report.json"
+    assert layout.checkpoint_uri(40) == "s3://artifacts/team/ft/run-3/checkpoints/step-40/"
+    # serving and startFrom name a run by its prefix or its adapter/ folder
+    assert RunLayout.of_adapter(layout.adapter_uri) == layout == RunLayout.of_adapter(layout.root)
     assert TrainerConfig.from_yaml(cfg.to_yaml()) == cfg
     with pytest.raises(ValidationError):
         setattr(cfg, "run", 4)  # noqa: B010 - mypy cannot see frozen

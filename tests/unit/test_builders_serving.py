@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from loraf_operator.api.models import LoRAServing
+from loraf_operator.api.serve_config import ServeConfig
 from loraf_operator.builders import serving as b
 from loraf_operator.builders.common import BuildDefaults
 from loraf_operator.builders.naming import serving_config_map_name
@@ -126,6 +127,8 @@ def test_vllm_pod_fetches_verified_adapters_and_enables_runtime_loading() -> Non
     assert sidecar["readinessProbe"]["httpGet"] == {"path": "/ready", "port": 8001}
     cfg = yaml.safe_load(b.build_config_map(s, DEFAULTS)["data"]["serve.yaml"])
     assert (cfg["port"], cfg["syncPort"], cfg["maxLoraRank"]) == (8000, 8001, 16)
+    # what the engines read back is what the builder wrote (one model, api.serve_config)
+    assert ServeConfig.model_validate(cfg) == b.serve_config(s, DEFAULTS)
     server = next(c for c in pod["containers"] if c["name"] == "server")
     assert server["image"] == b.DEFAULT_VLLM_IMAGE
     assert server["terminationMessagePolicy"] == "FallbackToLogsOnError"
@@ -172,6 +175,13 @@ def test_transformers_engine(port: int) -> None:
     cm = b.build_config_map(s, DEFAULTS)
     cfg = yaml.safe_load(cm["data"]["serve.yaml"])
     assert cfg["port"] == port and cfg["baseName"] == "org/base"
+    assert "syncPort" not in cfg and "maxLoraRank" not in cfg  # vLLM's sidecar only
+    parsed = ServeConfig.model_validate(cfg)
+    assert parsed == b.serve_config(s, DEFAULTS) and str(parsed.work_dir) == "/models/work"
+    # a hand-written config may leave baseName out: the base model's display name
+    assert ServeConfig.model_validate({"baseModel": cfg["baseModel"]}).base_name == "org/base"
+    with pytest.raises(ValueError, match="pollSecond"):  # a misspelled key is an error
+        ServeConfig.model_validate({**cfg, "pollSecond": 1})
     assert cfg["adaptersFile"] == "/etc/loraf-serving/adapters.json"
     assert cfg["endpoint"] == "http://s3:9000"
     assert json.loads(cm["data"]["adapters.json"]) == {

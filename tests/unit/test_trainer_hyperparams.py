@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from loraf_operator.api.models import LoRASpec, TrainingSpec
 from loraf_operator.api.trainer_config import TrainerConfig
 from loraf_trainer import hyperparams as hp
+from loraf_trainer import optimizations as opt
 from loraf_trainer.train import sft_config_kwargs
 
 SMOLLM2_HIDDEN, LLAMA_HIDDEN = 576, 4096
@@ -112,8 +114,14 @@ def test_sft_config_uses_the_resolved_values(tmp_path: Path) -> None:
     cfg = TrainerConfig.model_validate(
         {"namespace": "ns", "name": "ft", "uid": "u", "generation": 1, "run": 1, "spec": spec}
     )
-    h = hp.resolve(cfg.spec.training, cfg.spec.lora, 140, SMOLLM2_HIDDEN)
-    kw = sft_config_kwargs(cfg, tmp_path, "float32", False, True, False, h)
+    smollm2 = SimpleNamespace(num_hidden_layers=30, hidden_size=SMOLLM2_HIDDEN)
+    d = opt.decide(cfg.spec, smollm2, on_gpu=False, free_gib=None, liger=False, train_rows=140)
+    assert d.hyper == hp.resolve(cfg.spec.training, cfg.spec.lora, 140, SMOLLM2_HIDDEN)
+    spec_kw = sft_config_kwargs(cfg, tmp_path, "float32", False, True, False, d.hyper)
+    # the training batch has one source, the decision (build_trainer merges it in)
+    assert "per_device_train_batch_size" not in spec_kw
+    assert "gradient_accumulation_steps" not in spec_kw
+    kw = spec_kw | opt.sft_overrides(d)
     assert kw["learning_rate"] == 5e-4 and kw["lr_scheduler_type"] == "constant"
     assert kw["warmup_steps"] == 0 and kw["per_device_train_batch_size"] == 8
     assert kw["gradient_accumulation_steps"] == 1 and kw["num_train_epochs"] == 3

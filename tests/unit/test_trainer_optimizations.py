@@ -132,10 +132,13 @@ def test_architectures_without_known_layers_train_eagerly_and_fully_checkpointed
 
     assert opt.decoder_layers(Odd()) is None
     assert opt.decoder_layers(SimpleNamespace(model=SimpleNamespace(layers=[1, 2]))) == [1, 2]
-    d = opt.Decision(micro_batch=4, grad_accum=1, checkpointed_layers=3, layers=8, compile=True)
-    d.liger_layers = False
-    opt.apply_after_adapters(Odd(), d)
-    assert not d.compile and d.liger_layers and "compile" in d.notes[0]
+    d = opt.Decision(
+        micro_batch=4, grad_accum=1, checkpointed_layers=3, layers=8, compile=True,
+        liger_layers=False,
+    )  # fmt: skip
+    after = opt.apply_after_adapters(Odd(), d)
+    assert not after.compile and after.liger_layers and "compile" in after.notes[0]
+    assert d.compile and not d.notes  # frozen: the decision that was made stays as it was
     assert opt.limit_checkpointing(Odd(), 3) == -1
 
 
@@ -200,3 +203,29 @@ def test_dpo_trains_without_compile() -> None:
     assert not d.compile and "compile" not in d.techniques
     assert any("objective dpo" in n for n in d.notes)
     assert opt.sft_overrides(d)["use_liger_kernel"] is True  # Liger's layers run instead
+    # the DPO trainer has no out-of-memory recovery, so the plan does not list it
+    assert not d.oom_recovery and "oom-recovery" not in d.techniques
+    assert any("oom recovery: SFT only" in n for n in d.notes)
+
+
+def test_oom_recovery_reports_the_plan_that_runs_after_escalating() -> None:
+    from loraf_trainer.train import recover_oom
+
+    layers = [SimpleNamespace(gradient_checkpointing=i == 0) for i in range(4)]
+    trainer = SimpleNamespace(model=SimpleNamespace(model=SimpleNamespace(layers=layers)))
+    d = opt.Decision(1, 4, checkpointed_layers=1, layers=4, oom_recovery=True)
+    seen: list[tuple[int, int, int]] = []
+
+    def on_oom(plan: opt.Decision, split: int, retries: int) -> None:
+        st = plan.status(split)
+        seen.append((st["checkpointedLayers"], st["gradientAccumulationSteps"], retries))
+
+    recover_oom(trainer, d, on_oom)
+    trainer.on_oom(1, 1)
+    assert trainer.escalate() is True and all(layer.gradient_checkpointing for layer in layers)
+    trainer.on_oom(1, 2)
+    assert seen == [(1, 4, 1), (4, 4, 2)]  # the status names the escalated plan
+    assert trainer.escalate() is False  # every layer recomputes already: nothing left
+    assert d.checkpointed_layers == 1  # the decision that was made is never changed
+    with pytest.raises(AttributeError):
+        setattr(d, "micro_batch", 2)  # noqa: B010 - frozen

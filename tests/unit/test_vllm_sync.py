@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from loraf_trainer.serve import ServeConfig
+from loraf_operator.api.models import BaseModelSpec
+from loraf_operator.api.serve_config import ServeConfig
 from loraf_trainer.vllm_sync import AdapterSync, Vllm, adapter_dir
 
 
@@ -69,7 +70,9 @@ def test_sync_registers_reports_refusals_survives_a_dropped_call_and_unloads(
     engine: str, tmp_path: Path
 ) -> None:
     listing = tmp_path / "adapters.json"
-    cfg = ServeConfig(base_model=None, base_name="base", adapters_file=listing)
+    cfg = ServeConfig(
+        base_model=BaseModelSpec(hugging_face="org/base"), base_name="base", adapters_file=listing
+    )
     dest = tmp_path / "adapters"
     uris = {"a": "s3://bkt/a/run-1/", "dora": "s3://bkt/d/run-1/"}
     for name, uri in uris.items():  # already fetched and verified (fetch_into reuses it)

@@ -19,18 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from loraf_operator.api import run_manifest
-from loraf_operator.api.run_manifest import (
-    ADAPTER_WEIGHTS,
-    MANIFEST,
-    MANIFEST_KIND,
-    MANIFEST_VERSION,
-)
+from loraf_operator.api.run_layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, MANIFEST
+from loraf_operator.api.run_manifest import MANIFEST_KIND, MANIFEST_VERSION
 
 from .storage import Store, local_files, sha256_file
 
 log = logging.getLogger(__name__)
-
-__all__ = ["ADAPTER_WEIGHTS", "MANIFEST", "MANIFEST_KIND", "MANIFEST_VERSION"]
 
 
 def trainer_version() -> str:
@@ -83,7 +77,7 @@ def adapter_from_folder(saved: Path, tokenizer: Any, out: Path, dtype_name: str)
     """An adapter the Trainer saved (FSDP: gathered from every rank), as save_adapter
     writes one: its config and weights, cast to dtype_name, and the tokenizer."""
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("adapter_config.json", ADAPTER_WEIGHTS):
+    for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
         shutil.copyfile(saved / name, out / name)
     cast_safetensors(out / ADAPTER_WEIGHTS, dtype_name)
     tokenizer.save_pretrained(out)

@@ -14,6 +14,7 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from loraf_operator.api import run_layout
 from loraf_operator.api.models import Progress
 
 from . import ranks as rank_state
@@ -283,7 +284,7 @@ class CheckpointCallback(TrainerCallback):
             self.preemption.save_estimate_s = self._last_save - self._save_started
             self._save_started = None
         log.info(
-            "checkpoint step-%d stored at %s", step, self.store.uri(f"checkpoints/step-{step}")
+            "checkpoint step-%d stored at %s", step, self.store.uri(run_layout.checkpoint_dir(step))
         )
 
     def _share_rank_state(self, local: Path, step: int) -> None:
@@ -293,5 +294,5 @@ class CheckpointCallback(TrainerCallback):
         in place before rank 0 uploads and writes the completion marker."""
         mine = local / f"rng_state_{self.ranks.rank}.pth"
         if self.ranks.node_rank != 0 and mine.is_file():
-            self.store.put_files([(mine, f"checkpoints/step-{step}/{mine.name}")])
+            self.store.put_files([(mine, f"{run_layout.checkpoint_dir(step)}/{mine.name}")])
         rank_state.barrier()

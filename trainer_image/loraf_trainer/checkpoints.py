@@ -1,6 +1,6 @@
 """Resumable checkpoints in the run's store and SIGTERM handling.
 
-Layout: checkpoints/step-<k>/ holds the Trainer's checkpoint folder plus a marker
+Layout (api.run_layout): checkpoints/step-<k>/ holds the Trainer's checkpoint folder plus a marker
 (`COMPLETE`) uploaded after every other file: a checkpoint without it was cut off
 mid-upload and is ignored. On start the newest complete one is fetched and training
 continues from its step (the Trainer restores optimizer, scheduler, RNG and skips the
@@ -13,7 +13,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import signal
 import sys
 import threading
@@ -23,6 +22,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from loraf_operator.api.run_layout import CHECKPOINTS_DIR, checkpoint_dir, checkpoint_step
+
 from .errors import Preempted
 from .storage import Store, local_files, put_dir
 
@@ -31,7 +32,6 @@ log = logging.getLogger(__name__)
 MARKER = "COMPLETE"
 LEDGER = "loraf-run.json"  # what the Trainer's own state lacks: time trained before this save
 TRAINER_STATE = "trainer_state.json"
-_STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -91,15 +91,15 @@ def run_train_loss(log_history: Sequence[Mapping[str, Any]]) -> float | None:
 def complete_checkpoints(store: Store) -> list[int]:
     """Steps of checkpoints whose marker exists, ascending."""
     steps = []
-    for child in store.list_children("checkpoints"):
-        m = _STEP_DIR.match(child)
-        if m and store.get_bytes(f"checkpoints/{child}/{MARKER}") is not None:
-            steps.append(int(m.group(1)))
+    for child in store.list_children(CHECKPOINTS_DIR):
+        step = checkpoint_step(child)
+        if step is not None and store.get_bytes(f"{CHECKPOINTS_DIR}/{child}/{MARKER}") is not None:
+            steps.append(step)
     return sorted(steps)
 
 
 def upload_checkpoint(store: Store, local: Path, step: int, keep: int = 2) -> None:
-    rel = f"checkpoints/step-{step}"
+    rel = checkpoint_dir(step)
     files = local_files(local)
     put_dir(store, local, rel)
     store.put_bytes(
@@ -108,7 +108,7 @@ def upload_checkpoint(store: Store, local: Path, step: int, keep: int = 2) -> No
     )
     # Older checkpoints are superseded; keep a spare in case the newest is unreadable.
     for old in complete_checkpoints(store)[:-keep] if keep > 0 else []:
-        store.delete_prefix(f"checkpoints/step-{old}")
+        store.delete_prefix(checkpoint_dir(old))
 
 
 def fetch_latest_checkpoint(store: Store, work_dir: Path, download: bool = True) -> Path | None:
@@ -121,9 +121,9 @@ def fetch_latest_checkpoint(store: Store, work_dir: Path, download: bool = True)
     dest = work_dir / f"checkpoint-{step}"
     if not download:
         return dest
-    store.get_prefix(f"checkpoints/step-{step}", dest)
+    store.get_prefix(checkpoint_dir(step), dest)
     (dest / MARKER).unlink(missing_ok=True)
-    log.info("resuming from %s (step %d)", store.uri(f"checkpoints/step-{step}"), step)
+    log.info("resuming from %s (step %d)", store.uri(checkpoint_dir(step)), step)
     return dest
 
 

@@ -20,15 +20,21 @@ import os
 import sys
 import tempfile
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loraf_operator.api.exitcodes import ExitCode
+from loraf_operator.api.run_layout import MANIFEST, run_prefix
 
 from . import launch, ranks
 from .errors import ConfigInvalid, TrainerError
 from .optimizations import allocator_defaults
+
+if TYPE_CHECKING:  # train imports the training stack: loaded only when a run starts
+    from .checkpoints import Preemption
+    from .storage import Store
+    from .train import RunContext
 
 log = logging.getLogger("loraf")
 
@@ -52,7 +58,7 @@ def _work_dir(arg: str | None) -> Path:
     return path
 
 
-def _execute(build: Any) -> int:
+def _execute(build: Callable[[Preemption], RunContext]) -> int:
     """Run `build()` → RunContext, then the training; map failures to exit codes."""
     from .checkpoints import Preemption
 
@@ -151,7 +157,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         retry = storage_retry(cfg, publisher)
         return RunContext(
             cfg=cfg,
-            store=open_store(cfg.run_prefix(), out.endpoint, out.region, retry, out.retry),
+            store=open_store(cfg.layout().root, out.endpoint, out.region, retry, out.retry),
             work_dir=_work_dir(args.work_dir),
             publisher=publisher,
             preemption=preemption,
@@ -224,11 +230,11 @@ def local_inputs(spec: dict[str, Any], base_dir: Path) -> tuple[dict[str, Any], 
     )
 
 
-def next_run_number(store_for: Any) -> int:
+def next_run_number(store_for: Callable[[int], Store]) -> int:
     """The first run-<n> without a manifest: completed runs are never overwritten, an
     interrupted one is resumed."""
     n = 1
-    while store_for(n).get_bytes("manifest.json") is not None:
+    while store_for(n).get_bytes(MANIFEST) is not None:
         n += 1
     return n
 
@@ -274,12 +280,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             loc = ".".join(str(p) for p in first["loc"])
             raise ConfigInvalid(f"{args.manifest}: invalid at {loc}: {first['msg']}") from e
         out = probe.spec.output
-        root = (args.output or out.s3).rstrip("/")
+        root = args.output or out.s3
         publisher = StatusPublisher(None)
         retry = storage_retry(probe, publisher)
 
-        def store_for(n: int) -> Any:
-            return open_store(f"{root}/run-{n}", out.endpoint, out.region, retry, out.retry)
+        def store_for(n: int) -> Store:
+            return open_store(run_prefix(root, n), out.endpoint, out.region, retry, out.retry)
 
         run_no = args.run or next_run_number(store_for)
         cfg = TrainerConfig.for_resource(obj, run=run_no)

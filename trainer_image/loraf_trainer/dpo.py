@@ -11,13 +11,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from loraf_operator.api.models import LoRAFineTuneSpec
+
 from .data import Example, prompt_for_generation
 
 # SFTConfig arguments DPOConfig does not take.
 SFT_ONLY = ("packing", "completion_only_loss", "dataset_text_field")
 
 
-def config_kwargs(sft_kwargs: dict[str, Any], spec: Any) -> dict[str, Any]:
+def config_kwargs(sft_kwargs: dict[str, Any], spec: LoRAFineTuneSpec) -> dict[str, Any]:
     """DPOConfig arguments: the SFT run's (schedule, batch, precision, checkpoints) plus
     DPO's own from spec.dpo (pure; unit-tested)."""
     d = spec.effective_dpo

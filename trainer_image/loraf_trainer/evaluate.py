@@ -10,10 +10,14 @@ list) that the answer contains.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path, PurePosixPath
 from typing import Any
+
+from loraf_operator.api.run_layout import EVAL_DIR, EVAL_REPORT, EVAL_REPORT_MD, LOSS_SVG
 
 from .data import Example, prompt_for_generation, user_text
 
@@ -254,7 +258,8 @@ def report_markdown(report: Mapping[str, Any], title: str) -> str:
         ]
     lines.append("")
     if (report.get("lossHistory") or {}).get("train"):
-        lines += ["![training and eval loss](loss.svg)", ""]
+        # report.md sits beside the plot (api.run_layout)
+        lines += [f"![training and eval loss]({PurePosixPath(LOSS_SVG).name})", ""]
     if report["generations"]:
         lines += [
             "## Answers to held-out prompts (greedy)",
@@ -320,3 +325,14 @@ def loss_svg(history: Mapping[str, Sequence[Sequence[float]]], width: int = 480)
         f'<text x="{width - pad}" y="{pad - 8}" text-anchor="end" fill="#1f77b4">train'
         f'<tspan fill="#ff7f0e"> eval</tspan></text></svg>\n'
     )
+
+
+def write_report(run_dir: Path, report: Mapping[str, Any], title: str) -> None:
+    """The report's files under a run folder: eval/report.json, eval/report.md and the
+    loss plot (when there is a loss history)."""
+    (run_dir / EVAL_DIR).mkdir(parents=True, exist_ok=True)
+    (run_dir / EVAL_REPORT).write_text(json.dumps(report, indent=2))
+    (run_dir / EVAL_REPORT_MD).write_text(report_markdown(report, title))
+    svg = loss_svg(report["lossHistory"])
+    if svg:
+        (run_dir / LOSS_SVG).write_text(svg)

@@ -1,7 +1,9 @@
 """spec.training.optimizations: decide what to use on this GPU, then apply it to the model.
 
 `decide` is pure (spec, model config, device facts in → `Decision` out) and unit-tested
-on a CPU; the `apply_*` functions change the model in place:
+on a CPU; the `apply_*` functions change the model in place and return the decision as it
+then stands (a `Decision` is frozen: whatever changes it makes a new one, so the plan that
+is logged and reported is the one that runs):
 - memory plan (memory_planner): micro-batch, accumulation, and checkpointing only the
   first k decoder layers, so the requested effective batch runs as fast as the budget allows;
 - fused kernels: Liger through transformers' own `use_liger_kernel` switch;
@@ -15,8 +17,10 @@ import dataclasses
 import importlib.util
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from loraf_operator.api.models import LoRAFineTuneSpec
 
 from . import hyperparams
 from . import memory_planner as mp
@@ -29,7 +33,7 @@ LIGER_MODEL_TYPES = frozenset(
 )
 
 
-@dataclass
+@dataclass(frozen=True)
 class Decision:
     micro_batch: int
     grad_accum: int
@@ -43,12 +47,16 @@ class Decision:
     cpu_embeddings: bool = False
     oom_recovery: bool = False
     plan: mp.Plan | None = None  # None: the spec's values, as given
-    notes: list[str] = field(default_factory=list)  # why a switch is off
+    notes: tuple[str, ...] = ()  # why a switch is off
     # learning rate, schedule and batch (the spec's, or hyperparams' rule)
     hyper: hyperparams.Hyper | None = None
     strategy: str = "single"  # single, ddp or fsdp (docs/trainer.md, "More than one GPU")
     world_size: int = 1
     optimizer: str | None = None  # replaces the spec's optimizer (FSDP: fit_fsdp)
+
+    def noted(self, note: str, **changes: Any) -> Decision:
+        """This decision with `changes` and the note saying why."""
+        return dataclasses.replace(self, notes=(*self.notes, note), **changes)
 
     @property
     def liger_running(self) -> bool:
@@ -99,7 +107,7 @@ def liger_available() -> bool:
 
 
 def workload(
-    spec: Any,
+    spec: LoRAFineTuneSpec,
     model_config: Any,
     fused: bool,
     cpu_embeddings: bool,
@@ -127,7 +135,7 @@ def workload(
 
 
 def decide(
-    spec: Any,
+    spec: LoRAFineTuneSpec,
     model_config: Any,
     on_gpu: bool,
     free_gib: float | None,
@@ -155,6 +163,7 @@ def decide(
     checkpointing = t.gradient_checkpointing
     if checkpointing is None:
         checkpointing = on_gpu
+    asked = spec.resources.strategy
     d = Decision(
         micro_batch=hyper.per_device_batch_size,
         grad_accum=hyper.gradient_accumulation_steps,
@@ -162,27 +171,33 @@ def decide(
         layers=layers,
         hyper=hyper,
         world_size=world_size,
+        strategy="fsdp" if asked == "fsdp" else ("ddp" if world_size > 1 else "single"),
     )
-    asked = spec.resources.strategy
-    d.strategy = "fsdp" if asked == "fsdp" else ("ddp" if world_size > 1 else "single")
     if not on_gpu:
         if d.strategy == "fsdp":  # accelerate shards on GPUs only
-            d.strategy = "ddp" if world_size > 1 else "single"
-            d.notes.append("fsdp: GPUs only; the CPU ranks train data parallel")
+            d = d.noted(
+                "fsdp: GPUs only; the CPU ranks train data parallel",
+                strategy="ddp" if world_size > 1 else "single",
+            )
         return d
     model_type = getattr(model_config, "model_type", "")
     if o.fused_kernels and not liger:
-        d.notes.append("fused kernels: liger-kernel is not installed")
+        d = d.noted("fused kernels: liger-kernel is not installed")
     elif o.fused_kernels and model_type not in LIGER_MODEL_TYPES:
-        d.notes.append(f"fused kernels: no Liger kernels for model type {model_type!r}")
+        d = d.noted(f"fused kernels: no Liger kernels for model type {model_type!r}")
     else:
-        d.fused_kernels = o.fused_kernels
-    d.compile, d.cpu_embeddings, d.oom_recovery = o.compile, o.cpu_embeddings, o.oom_recovery
+        d = dataclasses.replace(d, fused_kernels=o.fused_kernels)
+    d = dataclasses.replace(
+        d, compile=o.compile, cpu_embeddings=o.cpu_embeddings, oom_recovery=o.oom_recovery
+    )
     if d.oom_recovery and world_size > 1:
         # a rank that splits its micro-batch alone would run more backward passes than the
         # others and block their gradient all-reduce
-        d.oom_recovery = False
-        d.notes.append("oom recovery: one rank only; off with several ranks")
+        d = d.noted("oom recovery: one rank only; off with several ranks", oom_recovery=False)
+    if d.oom_recovery and spec.objective == "dpo":
+        # the recovering trainer is SFT's (its batches split by input_ids rows); the plan
+        # must not list a technique the DPO trainer does not run
+        d = d.noted("oom recovery: SFT only; off for objective dpo", oom_recovery=False)
     # Dynamo cannot trace Liger's layer kernels (triton CompilationError → graph breaks
     # around each, -22 % measured, bench/README.md): with compile, inductor fuses
     # norms/RoPE/SwiGLU itself and no Liger kernel runs.
@@ -190,11 +205,12 @@ def decide(
         # On an H200 the compiled DPO step's first loss was 0.608, not log 2 as it must be
         # with a zero-initialized adapter (TRL's eager recipe: 0.693): policy and reference
         # passes disagree under compile (bench/results/gpu_dpo-compiled_llama3-8b.json)
-        d.compile = False
-        d.notes.append("compile: off for objective dpo (first loss differed from log 2)")
-    d.liger_layers = not d.compile
+        d = d.noted(
+            "compile: off for objective dpo (first loss differed from log 2)", compile=False
+        )
+    d = dataclasses.replace(d, liger_layers=not d.compile)
     if d.fused_kernels and d.compile:
-        d.notes.append("fused kernels: not used with compile (inductor fuses the layers)")
+        d = d.noted("fused kernels: not used with compile (inductor fuses the layers)")
     budget = t.memory_budget_gi_b or free_gib
     if not o.planner or budget is None:
         return d
@@ -203,17 +219,22 @@ def decide(
         w = workload(spec, model_config, fused, d.cpu_embeddings, hyper.rows_per_step, world_size)
         w.shape.layer_linear_params()  # every dimension is a number
     except (AttributeError, TypeError):
-        d.notes.append(
+        return d.noted(
             f"planner: no decoder shape in the {model_type!r} config; spec used as given"
         )
-        return d
-    d.strategy, p = mp.plan_strategy(w, budget, asked, allow_checkpointing=checkpointing)
-    if fit_fsdp(d, spec) and d.optimizer is not None:  # plan again with its optimizer state
+    strategy, p = mp.plan_strategy(w, budget, asked, allow_checkpointing=checkpointing)
+    d = fit_fsdp(dataclasses.replace(d, strategy=strategy), spec)
+    if d.strategy == "fsdp" and d.optimizer is not None:  # plan again with its optimizer state
         w = dataclasses.replace(w, optimizer=d.optimizer)
-        d.strategy, p = mp.plan_strategy(w, budget, "fsdp", allow_checkpointing=checkpointing)
-    d.plan, d.micro_batch, d.grad_accum = p, p.micro_batch, p.grad_accum
-    d.checkpointed_layers = p.checkpointed_layers
-    return d
+        strategy, p = mp.plan_strategy(w, budget, "fsdp", allow_checkpointing=checkpointing)
+    return dataclasses.replace(
+        d,
+        strategy=strategy,
+        plan=p,
+        micro_batch=p.micro_batch,
+        grad_accum=p.grad_accum,
+        checkpointed_layers=p.checkpointed_layers,
+    )
 
 
 # bitsandbytes' optimizers: their update kernels refuse FSDP's sharded (DTensor) parameters
@@ -221,21 +242,20 @@ def decide(
 BNB_OPTIMIZERS = frozenset({"paged_adamw_8bit", "adamw_8bit", "paged_adamw_32bit"})
 
 
-def fit_fsdp(d: Decision, spec: Any) -> bool:
-    """What FSDP needs changed (True when d.strategy is fsdp): a torch optimizer instead
-    of a bitsandbytes one (the adapters' state is small and sharded N ways anyway), and
-    no torch.compile of the wrapped layers (a combination not measured yet)."""
+def fit_fsdp(d: Decision, spec: LoRAFineTuneSpec) -> Decision:
+    """What FSDP needs changed (nothing unless d.strategy is fsdp): a torch optimizer
+    instead of a bitsandbytes one (the adapters' state is small and sharded N ways anyway),
+    and no torch.compile of the wrapped layers (a combination not measured yet)."""
     if d.strategy != "fsdp":
-        return False
+        return d
     if spec.effective_optimizer in BNB_OPTIMIZERS:
-        d.optimizer = "adamw_torch"
-        d.notes.append(
-            f"fsdp: {spec.effective_optimizer} cannot update sharded parameters; adamw_torch"
+        d = d.noted(
+            f"fsdp: {spec.effective_optimizer} cannot update sharded parameters; adamw_torch",
+            optimizer="adamw_torch",
         )
     if d.compile:
-        d.compile, d.liger_layers = False, True
-        d.notes.append("fsdp: compile off (not measured under FSDP)")
-    return True
+        d = d.noted("fsdp: compile off (not measured under FSDP)", compile=False, liger_layers=True)
+    return d
 
 
 # --- applying a decision ---------------------------------------------------------------
@@ -306,7 +326,7 @@ def embeddings_to_cpu(model: Any) -> int:
     return freed
 
 
-def apply_before_adapters(model: Any, d: Decision) -> None:
+def apply_before_adapters(model: Any, d: Decision) -> Decision:
     """Embeddings, freezing and (partial) gradient checkpointing on the base model."""
     from .adapters import prepare_base_for_training
 
@@ -318,15 +338,22 @@ def apply_before_adapters(model: Any, d: Decision) -> None:
         0 < d.checkpointed_layers < d.layers
         and limit_checkpointing(model, d.checkpointed_layers) < 0
     ):
-        d.checkpointed_layers = d.layers  # safe side: more recompute, less memory
-        d.notes.append("partial checkpointing: decoder layers not found, all checkpointed")
+        # safe side: more recompute, less memory
+        return d.noted(
+            "partial checkpointing: decoder layers not found, all checkpointed",
+            checkpointed_layers=d.layers,
+        )
+    return d
 
 
-def apply_after_adapters(model: Any, d: Decision) -> None:
+def apply_after_adapters(model: Any, d: Decision) -> Decision:
     layers = decoder_layers(model) if d.compile else None
     if d.compile and layers is None:
-        d.compile, d.liger_layers = False, True
-        d.notes.append("compile: decoder layers not found, training runs eagerly")
+        return d.noted(
+            "compile: decoder layers not found, training runs eagerly",
+            compile=False,
+            liger_layers=True,
+        )
     if layers is not None:
         import torch._dynamo
 
@@ -334,22 +361,23 @@ def apply_after_adapters(model: Any, d: Decision) -> None:
         torch._dynamo.config.suppress_errors = True
         for layer in layers:
             layer.compile()
+    return d
 
 
-def checkpoint_all(model: Any, d: Decision) -> bool:
+def checkpoint_all(model: Any, d: Decision) -> Decision | None:
     """After out-of-memory errors at one row per pass: recompute every decoder layer from
-    now on. Returns False when there is nothing left to give up."""
+    now on. Returns the decision that then runs, or None when there is nothing left to
+    give up."""
     layers = decoder_layers(model)
     if d.checkpointed_layers >= d.layers or layers is None:
-        return False
+        return None
     if d.checkpointed_layers == 0:  # never wired: as prepare_base_for_training does
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         base.enable_input_require_grads()
     for layer in layers:
         layer.gradient_checkpointing = True
-    d.checkpointed_layers = d.layers
-    return True
+    return dataclasses.replace(d, checkpointed_layers=d.layers)
 
 
 def release_compiled(model: Any, d: Decision) -> None:

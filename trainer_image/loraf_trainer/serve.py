@@ -35,9 +35,10 @@ from typing import Any
 
 from fastapi import Request  # module level: FastAPI resolves the handlers' annotations here
 
-from loraf_operator.api.run_manifest import ADAPTER_DIR
+from loraf_operator.api.run_layout import ADAPTER_CONFIG, ADAPTER_DIR, MANIFEST, RunLayout
+from loraf_operator.api.serve_config import ServeConfig
 
-from .artifacts import MANIFEST, verify_manifest
+from .artifacts import verify_manifest
 from .storage import open_store, sha256_file
 
 log = logging.getLogger(__name__)
@@ -46,49 +47,7 @@ DEFAULT_MAX_TOKENS = 16
 MAX_TOKENS_LIMIT = 512
 
 
-# ------------------------------------------------------------------ config
-
-
-@dataclass(frozen=True)
-class ServeConfig:
-    """What `loraf serve --config FILE` reads (YAML or JSON, camelCase keys)."""
-
-    base_model: Any  # loraf_operator.api.models.BaseModelSpec
-    base_name: str
-    adapters_file: Path | None = None
-    work_dir: Path = Path("/tmp/loraf-serve")
-    endpoint: str | None = None
-    region: str | None = None
-    host: str = "0.0.0.0"
-    port: int = 8000
-    poll_seconds: float = 5.0
-    sync_port: int | None = None  # vLLM sidecar: where it reports adapter states
-    max_lora_rank: int | None = None  # vLLM sidecar: the engine's --max-lora-rank
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> ServeConfig:
-        from loraf_operator.api.models import BaseModelSpec
-
-        base = BaseModelSpec.model_validate(raw["baseModel"])
-        return cls(
-            base_model=base,
-            base_name=str(raw.get("baseName") or base.display_name),
-            adapters_file=Path(raw["adaptersFile"]) if raw.get("adaptersFile") else None,
-            work_dir=Path(raw.get("workDir") or "/tmp/loraf-serve"),
-            endpoint=raw.get("endpoint"),
-            region=raw.get("region"),
-            host=str(raw.get("host", "0.0.0.0")),
-            port=int(raw.get("port", 8000)),
-            poll_seconds=float(raw.get("pollSeconds", 5.0)),
-            sync_port=int(raw["syncPort"]) if raw.get("syncPort") else None,
-            max_lora_rank=int(raw["maxLoraRank"]) if raw.get("maxLoraRank") else None,
-        )
-
-    @classmethod
-    def load(cls, path: str | Path) -> ServeConfig:
-        import yaml
-
-        return cls.from_dict(yaml.safe_load(Path(path).read_text()))
+# ------------------------------------------------------------------ the adapter list
 
 
 def read_adapter_list(path: Path | None) -> dict[str, str]:
@@ -107,20 +66,12 @@ class AdapterInvalid(Exception):
     """The adapter's upload is incomplete or does not match its manifest."""
 
 
-def run_root(uri: str) -> tuple[str, str]:
-    """(run prefix, adapter folder relative to it) for a run or adapter/ URI."""
-    u = uri.rstrip("/")
-    if u.endswith("/" + ADAPTER_DIR):
-        return u[: -len(ADAPTER_DIR) - 1], ADAPTER_DIR
-    return u, ADAPTER_DIR
-
-
 def fetch_adapter(
     uri: str, dest: Path, endpoint: str | None = None, region: str | None = None
 ) -> Path:
     """Download a run's adapter/ into dest after checking the run's manifest; every file
     is then re-hashed locally, so what gets loaded is what the trainer uploaded."""
-    root, rel = run_root(uri)
+    root = RunLayout.of_adapter(uri).root
     store = open_store(root, endpoint, region)
     raw = store.get_bytes(MANIFEST)
     if raw is None:
@@ -130,18 +81,18 @@ def fetch_adapter(
     if problems:
         raise AdapterInvalid("; ".join(problems[:3]))
     expected = {
-        f["path"][len(rel) + 1 :]: f["sha256"]
+        f["path"][len(ADAPTER_DIR) + 1 :]: f["sha256"]
         for f in json.loads(raw).get("files", [])
-        if f["path"].startswith(rel + "/")
+        if f["path"].startswith(ADAPTER_DIR + "/")
     }
-    if "adapter_config.json" not in expected:
-        raise AdapterInvalid(f"{root}: the manifest lists no {rel}/adapter_config.json")
+    if ADAPTER_CONFIG not in expected:
+        raise AdapterInvalid(f"{root}: the manifest lists no {ADAPTER_DIR}/{ADAPTER_CONFIG}")
     dest.mkdir(parents=True, exist_ok=True)
-    store.get_prefix(rel, dest)
+    store.get_prefix(ADAPTER_DIR, dest)
     for name, digest in expected.items():
         path = dest / name
         if not path.is_file() or sha256_file(path) != digest:
-            raise AdapterInvalid(f"{rel}/{name}: sha256 differs from the manifest")
+            raise AdapterInvalid(f"{ADAPTER_DIR}/{name}: sha256 differs from the manifest")
     return dest
 
 
@@ -150,8 +101,7 @@ def trained_chat(
 ) -> dict[str, Any]:
     """The run manifest's `chat` record (system prompt and chat template used in
     training); empty for runs from before it was recorded."""
-    root, _ = run_root(uri)
-    raw = open_store(root, endpoint, region).get_bytes(MANIFEST)
+    raw = open_store(RunLayout.of_adapter(uri).root, endpoint, region).get_bytes(MANIFEST)
     chat = json.loads(raw).get("chat") if raw else None
     return chat if isinstance(chat, dict) else {}
 
@@ -165,7 +115,7 @@ def with_system_prompt(messages: list[dict[str, Any]], system: str | None) -> li
 
 def adapter_rank(adapter_dir: Path) -> int | None:
     try:
-        return int(json.loads((adapter_dir / "adapter_config.json").read_text())["r"])
+        return int(json.loads((adapter_dir / ADAPTER_CONFIG).read_text())["r"])
     except (OSError, KeyError, ValueError):
         return None
 

@@ -17,10 +17,8 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .serve import ServeConfig
+from loraf_operator.api.serve_config import ServeConfig
 
 DEFAULT_CONFIG = "/etc/loraf-serving/serve.yaml"
 
@@ -44,11 +42,11 @@ def cmd_fetch_base(cfg: ServeConfig, link: Path) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .serve import ServeConfig, serve
+    from .serve import serve
 
     cfg = ServeConfig.load(args.config)
     if args.port:
-        cfg = ServeConfig(**{**cfg.__dict__, "port": args.port})
+        cfg = cfg.model_copy(update={"port": args.port})
     if args.base_to:
         return cmd_fetch_base(cfg, Path(args.base_to))
     if args.sync_vllm:

@@ -23,7 +23,10 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from loraf_operator.api.models import StorageRetry
 
 from .errors import StorageAccessDenied, StorageUnavailable
 
@@ -267,7 +270,7 @@ class _AttemptObserver:
 def s3_client(
     endpoint: str | None = None,
     region: str | None = None,
-    retry: Any = None,
+    retry: StorageRetry | None = None,
     notify: Callable[[str], None] | None = None,
 ) -> Any:
     """A boto3 S3 client; credentials come from the environment (secretKeyRef env).
@@ -593,7 +596,7 @@ def open_store(
     endpoint: str | None = None,
     region: str | None = None,
     retry: Retry = NO_RETRY,
-    spec_retry: Any = None,
+    spec_retry: StorageRetry | None = None,
 ) -> Store:
     """`s3://bucket/prefix` → S3Store; anything else is a local folder. `spec_retry` is
     the spec's StorageRetry (timeouts), `retry` the outage policy built from it."""

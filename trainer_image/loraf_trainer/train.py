@@ -1,14 +1,15 @@
-"""One training run, end to end: `run(ctx)` is the trainer's thin main.
+"""One training run, end to end: `run(ctx)` is the trainer's thin main, one call per stage.
 
-validate config → load + validate the dataset (before any model or GPU work) → resolve
-and load the base → attach LoRA → resume from the newest checkpoint → train with TRL's
-SFTTrainer → evaluate base vs adapter → save, merge, manifest → upload (manifest last).
-Progress goes to the StatusPublisher throughout; the result is returned and published.
+check storage → load + validate the dataset (before any model or GPU work) → resolve and
+load the base → plan and attach LoRA (`prepare_model`: the frozen Decision, logged once in
+its final form) → resume from the newest checkpoint and train with TRL (`fit`) → evaluate
+base vs adapter (`evaluate_run`) → save, merge, manifest → upload, manifest last (`upload`,
+files named by api.run_layout). Each stage publishes its own progress; the result is
+returned and published.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from collections.abc import Callable
@@ -16,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loraf_operator.api.models import LoRAFineTuneSpec, OutputSpec
+from loraf_operator.api.run_layout import ADAPTER_DIR, ADAPTER_WEIGHTS, MERGED_DIR, RunLayout
 from loraf_operator.api.trainer_config import TrainerConfig
 
 from . import (
@@ -33,6 +36,7 @@ from . import (
     ranks,
 )
 from .checkpoints import (
+    TRAINER_STATE,
     Preemption,
     StepInterrupted,
     fetch_latest_checkpoint,
@@ -159,9 +163,8 @@ def sft_config_kwargs(
         "learning_rate": h.learning_rate,
         "lr_scheduler_type": h.scheduler,
         "warmup_steps": h.warmup_steps,
-        "per_device_train_batch_size": h.per_device_batch_size,
+        # the training batch and accumulation are the Decision's (sft_overrides): one source
         "per_device_eval_batch_size": h.per_device_batch_size,
-        "gradient_accumulation_steps": h.gradient_accumulation_steps,
         "max_length": t.max_seq_length,
         "packing": t.packing,
         # Enabled on the model before peft wraps it (adapters.prepare_base_for_training).
@@ -203,7 +206,8 @@ def prepare_model(
     start_adapter: Path | None = None,
 ) -> tuple[Any, optimizations.Decision]:
     """Choose the hyper-parameters, plan and strategy (DDP/FSDP for more than one rank)
-    for this GPU, load the base, apply the techniques, attach LoRA.
+    for this GPU, load the base, apply the techniques, attach LoRA. Returns the model and
+    the decision in its final form (what the techniques could not apply is noted in it).
 
     The plan needs only the model's config, so a budget the model cannot fit fails
     before the weights are loaded. `train_rows` feeds the defaults rule (hyperparams)."""
@@ -230,6 +234,30 @@ def prepare_model(
             "(resources.gpus, strategy fsdp), method qlora, a shorter training.maxSeqLength "
             "or a larger training.memoryBudgetGiB"
         ) from e
+    fsdp = decision.strategy == "fsdp"
+    if fsdp:
+        optimizations.fsdp_env()
+    model = model_loading.load_model(
+        base_path,
+        device,
+        quantization=spec.effective_quantization,
+        trust_remote_code=trust,
+        fsdp=fsdp,
+    )
+    decision = optimizations.apply_before_adapters(model, decision)
+    set_seed(spec.training.seed)  # the adapters' initialization
+    if start_adapter is not None:  # spec.startFrom: its LoRA shape replaces spec.lora
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, start_adapter, is_trainable=True)
+    else:
+        model = get_peft_model(model, adapters.build_lora_config(spec.lora))
+    decision = optimizations.apply_after_adapters(model, decision)
+    log_plan(decision)
+    return model, decision
+
+
+def log_plan(decision: optimizations.Decision) -> None:
     log.info(
         "plan: %s over %d rank(s), micro-batch %d × accumulation %d per rank, %d/%d layers "
         "checkpointed; techniques: %s%s",
@@ -253,26 +281,11 @@ def prepare_model(
             h.total_steps,
             f" (chosen by the defaults rule: {', '.join(h.chosen)})" if h.chosen else "",
         )
-    fsdp = decision.strategy == "fsdp"
-    if fsdp:
-        optimizations.fsdp_env()
-    model = model_loading.load_model(
-        base_path,
-        device,
-        quantization=spec.effective_quantization,
-        trust_remote_code=trust,
-        fsdp=fsdp,
-    )
-    optimizations.apply_before_adapters(model, decision)
-    set_seed(spec.training.seed)  # the adapters' initialization
-    if start_adapter is not None:  # spec.startFrom: its LoRA shape replaces spec.lora
-        from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, start_adapter, is_trainable=True)
-    else:
-        model = get_peft_model(model, adapters.build_lora_config(spec.lora))
-    optimizations.apply_after_adapters(model, decision)
-    return model, decision
+
+#: Called after each out-of-memory recovery with the plan then running, the split of each
+#: micro-batch and the recoveries so far.
+OnOom = Callable[[optimizations.Decision, int, int], None]
 
 
 def build_trainer(
@@ -286,7 +299,7 @@ def build_trainer(
     device: model_loading.Device,
     callbacks: list[Any],
     interactive: bool = False,
-    on_oom: Callable[[int, int], None] | None = None,
+    on_oom: OnOom | None = None,
 ) -> Any:
     """TRL's SFTTrainer with the spec's arguments and the decision's batch and kernels;
     with out-of-memory recovery when the decision has it."""
@@ -325,9 +338,29 @@ def build_trainer(
         callbacks=callbacks,
     )
     if decision.oom_recovery:
-        trainer.on_oom = on_oom
-        trainer.escalate = lambda: optimizations.checkpoint_all(trainer.model, decision)
+        recover_oom(trainer, decision, on_oom)
     return trainer
+
+
+def recover_oom(trainer: Any, decision: optimizations.Decision, on_oom: OnOom | None) -> None:
+    """Wire OomRecovery's hooks: once splitting is exhausted every decoder layer is
+    checkpointed, and `on_oom` hears of the plan that runs from then on."""
+    running = decision
+
+    def escalate() -> bool:
+        nonlocal running
+        more = optimizations.checkpoint_all(trainer.model, running)
+        if more is None:
+            return False
+        running = more
+        return True
+
+    def recovered(split: int, retries: int) -> None:
+        if on_oom is not None:
+            on_oom(running, split, retries)
+
+    trainer.escalate = escalate
+    trainer.on_oom = recovered
 
 
 class FirstStepWarmup:
@@ -373,7 +406,7 @@ def restore_finished(trainer: Any, checkpoint: Path) -> None:
     from transformers import TrainerState
 
     set_peft_model_state_dict(trainer.model, load_peft_weights(str(checkpoint), device="cpu"))
-    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    trainer.state = TrainerState.load_from_json(str(checkpoint / TRAINER_STATE))
 
 
 def run_metrics(state: Any, out: Any, prior_runtime_s: float) -> dict[str, Any]:
@@ -425,22 +458,97 @@ def hyperparameters(
     }
 
 
+# ------------------------------------------------------------------ the run, stage by stage
+
+
+@dataclass(frozen=True)
+class Base:
+    """The base model as found: where it is, what it is, on which device it trains."""
+
+    device: model_loading.Device
+    resolved: model_loading.ResolvedModel
+    path: Path
+    tokenizer: Any
+
+
+@dataclass(frozen=True)
+class Datasets:
+    """The prepared rows as TRL's datasets (eval None without held-out rows)."""
+
+    train: Any
+    eval: Any | None
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """What training left: the trainer (its model and state) and the run's timing."""
+
+    trainer: Any
+    out: Any  # TrainOutput; None when a final checkpoint was restored
+    prior_runtime_s: float
+
+
 def run(ctx: RunContext) -> dict[str, Any]:
+    """validate → dataset → base → model and plan → train → evaluate → upload; returns
+    the result (empty on every rank but rank 0)."""
     cfg, pub = ctx.cfg, ctx.publisher
-    spec = cfg.spec
+    rk = join_ranks(ctx)
+    pub.update({"runNumber": cfg.run, "stage": "Validating"}, force=True)
+    check_storage(ctx)
+    prepared = load_dataset(ctx)
+    pub.update({"stage": "Loading"}, force=True)
+    base = load_base(ctx, rk)
+    model, decision = prepare_model(
+        cfg, base.path, base.device, len(prepared.train), rk.world_size, fetch_start_adapter(ctx)
+    )
+    params = publish_parameters(pub, model)
+    datasets = to_datasets(cfg.spec, base.tokenizer, prepared)
+    # objective dpo: the starting model's held-out preference accuracy, before it changes
+    system = cfg.spec.dataset.system_prompt
+    dpo_run = cfg.spec.objective == "dpo"
+    start = (
+        dpo.preference_accuracy(model, base.tokenizer, prepared.eval, system) if dpo_run else None
+    )
+    remaining = Remaining(
+        eval_rows=len(prepared.eval) if datasets.eval is not None else 0,
+        prompts=min(cfg.spec.training.eval_prompts, len(prepared.eval)),
+        max_new_tokens=ctx.max_new_tokens,
+        upload_bytes=upload_size_estimate(*params, cfg.spec.output),
+    )
+    fitted = fit(ctx, rk, model, decision, base, datasets, remaining)
+    # the ETA counts down what is left (scoring, generations, upload), re-sent every status
+    # interval so the status never stands still for minutes
+    with Ticker(pub, remaining, cfg.spec.training.status_interval_seconds):
+        report = evaluate_run(
+            ctx, rk, fitted, decision, base.tokenizer, prepared, datasets, remaining, start
+        )
+        adapter_dir = stage_adapter(
+            ctx, rk, fitted.trainer, base.tokenizer, decision, remaining, report["evalLossAdapter"]
+        )
+        if adapter_dir is None:
+            return {}  # rank 0 alone uploads (and publishes the result)
+        metrics = run_metrics(fitted.trainer.state, fitted.out, fitted.prior_runtime_s)
+        del fitted, model  # the training copy goes before merging loads the base afresh
+        result = upload(ctx, base, prepared, decision, adapter_dir, report, metrics, params)
+        remaining.done("upload")
+        pub.update({"stage": "Done", "result": result, **remaining.fields()}, force=True)
+        return result
+
+
+def join_ranks(ctx: RunContext) -> ranks.Ranks:
+    """This process's rank, joined to the others, and its share of the grace period."""
     rk = ranks.current()
     ranks.init(rk)
-    grace = spec.resources.termination_grace_period_seconds
+    grace = ctx.cfg.spec.resources.termination_grace_period_seconds
     ctx.preemption.grace_s = launch.rank_grace_s(grace) if ranks.under_torchrun() else grace
     # Ranks step in lockstep: a SIGTERM stops them at the same step end (CheckpointCallback
     # agrees on it), never by interrupting one rank mid-step.
     ctx.preemption.interruptible = not rk.distributed
-    pub.update({"runNumber": cfg.run, "stage": "Validating"}, force=True)
-    check_storage(ctx)
-    prepared = load_dataset(ctx)
+    return rk
 
-    # -- model
-    pub.update({"stage": "Loading"}, force=True)
+
+def load_base(ctx: RunContext, rk: ranks.Ranks) -> Base:
+    spec = ctx.cfg.spec
     device = model_loading.pick_device(rk.local_rank)
     if spec.resources.gpus >= 1 and not device.on_gpu:
         log.warning(
@@ -451,12 +559,12 @@ def run(ctx: RunContext) -> dict[str, Any]:
     resolved = model_loading.resolve_source(
         bm, ctx.s3() if bm.s3 else None, ctx.retry, local=ctx.local.model
     )
-    base_path = model_loading.materialize(resolved, bm.trust_remote_code)
-    tokenizer = model_loading.load_tokenizer(base_path, bm.trust_remote_code)
-    start = fetch_start_adapter(ctx)
-    model, decision = prepare_model(
-        cfg, base_path, device, len(prepared.train), rk.world_size, start
-    )
+    path = model_loading.materialize(resolved, bm.trust_remote_code)
+    return Base(device, resolved, path, model_loading.load_tokenizer(path, bm.trust_remote_code))
+
+
+def publish_parameters(pub: StatusPublisher, model: Any) -> tuple[int, int]:
+    """(trainable, total) parameters, logged and in status.progress."""
     trainable, total = adapters.count_parameters(model)
     pct = 100.0 * trainable / total if total else 0.0
     log.info("trainable params: %d of %d (%.3f%%)", trainable, total, pct)
@@ -464,30 +572,43 @@ def run(ctx: RunContext) -> dict[str, Any]:
         {"trainableParams": trainable, "totalParams": total, "trainablePercent": round(pct, 4)},
         force=True,
     )
+    return trainable, total
 
-    # -- data for TRL
+
+def to_datasets(spec: LoRAFineTuneSpec, tokenizer: Any, prepared: data.Prepared) -> Datasets:
+    """TRL's records: SFT text (with the chat template when the tokenizer has one) or
+    DPO preference pairs."""
     from datasets import Dataset
 
     chat = bool(getattr(tokenizer, "chat_template", None))
     co = spec.training.completion_only_loss
     system = spec.dataset.system_prompt
-    dpo_run = spec.objective == "dpo"
 
     def record(e: data.Example) -> dict[str, Any]:
-        if dpo_run:
+        if spec.objective == "dpo":
             return data.preference_record(e, chat, system)
         return data.to_record(e, chat, co, system)
 
-    train_ds = Dataset.from_list([record(e) for e in prepared.train])
-    eval_ds = Dataset.from_list([record(e) for e in prepared.eval]) if prepared.eval else None
-    # objective dpo: the starting model's held-out preference accuracy, before it changes
-    preference_start = (
-        dpo.preference_accuracy(model, tokenizer, prepared.eval, system) if dpo_run else None
+    return Datasets(
+        Dataset.from_list([record(e) for e in prepared.train]),
+        Dataset.from_list([record(e) for e in prepared.eval]) if prepared.eval else None,
     )
 
-    # -- trainer
+
+def fit(
+    ctx: RunContext,
+    rk: ranks.Ranks,
+    model: Any,
+    decision: optimizations.Decision,
+    base: Base,
+    datasets: Datasets,
+    remaining: Remaining,
+) -> Fitted:
+    """Resume from the newest checkpoint and train to the end; SIGTERM raises Preempted
+    (with the last step checkpointed)."""
     from .callbacks import CheckpointCallback, ProgressCallback
 
+    pub, spec = ctx.publisher, ctx.cfg.spec
     trainer_dir = ctx.work_dir / "trainer"
     trainer_dir.mkdir(parents=True, exist_ok=True)
     # One download per pod (its ranks share the work folder), then everyone reads it.
@@ -502,24 +623,18 @@ def run(ctx: RunContext) -> dict[str, Any]:
         ranks=rk,
     )
 
-    def on_oom(split: int, retries: int) -> None:
-        pub.update({"oomRetries": retries, "plan": decision.status(split)}, force=True)
+    def on_oom(plan: optimizations.Decision, split: int, retries: int) -> None:
+        pub.update({"oomRetries": retries, "plan": plan.status(split)}, force=True)
 
-    remaining = Remaining(
-        eval_rows=len(prepared.eval) if eval_ds is not None else 0,
-        prompts=min(spec.training.eval_prompts, len(prepared.eval)),
-        max_new_tokens=ctx.max_new_tokens,
-        upload_bytes=upload_size_estimate(trainable, total, spec.output),
-    )
     trainer = build_trainer(
-        cfg,
+        ctx.cfg,
         model,
         decision,
-        tokenizer,
-        train_ds,
-        eval_ds,
+        base.tokenizer,
+        datasets.train,
+        datasets.eval,
         trainer_dir,
-        device,
+        base.device,
         [
             ProgressCallback(pub, log_lines=not ctx.interactive and rk.main, remaining=remaining),
             ckpt_cb,
@@ -533,23 +648,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         raise Preempted("SIGTERM received before training started; nothing to checkpoint")
     if resume is not None and training_complete(trainer_state(resume)):
         restore_finished(trainer, resume)
-        log.info(
-            "training already complete at step %d of %d (checkpoint step-%d): "
-            "evaluating and uploading only",
-            trainer.state.global_step,
-            trainer.state.max_steps,
-            trainer.state.global_step,
-        )
-        pub.update(
-            {
-                "step": trainer.state.global_step,
-                "totalSteps": trainer.state.max_steps,
-                "epoch": round(trainer.state.epoch or 0.0, 4),
-                "percent": 100.0,
-                "etaSeconds": 0.0,
-            },
-            force=True,
-        )
+        publish_finished(pub, trainer.state)
         out = None
     else:
         try:
@@ -567,162 +666,218 @@ def run(ctx: RunContext) -> dict[str, Any]:
         raise Preempted(
             f"SIGTERM at step {state.global_step}/{state.max_steps}; checkpoint step-{saved} saved"
         )
+    return Fitted(trainer, out, prior_runtime)
 
-    with Ticker(pub, remaining, spec.training.status_interval_seconds):
-        # -- evaluation: the ETA counts down what is left (scoring, generations, upload), re-sent
-        # every status interval so the status never stands still for minutes
-        remaining.begin("evalLoss")
-        pub.update({"stage": "Evaluating", **remaining.fields()}, force=True)
-        # DPO's eval loss against a reference equal to the base says nothing: preference
-        # accuracy instead
-        losses = evaluate.eval_losses(trainer, eval_ds is not None and not dpo_run)
-        remaining.done("evalLoss")
-        remaining.begin("generations")
-        pub.update(remaining.fields(), force=True)
 
-        def answered(done: int, of: int, seconds: float) -> None:
-            remaining.refine("generations", seconds / done * of)
-            pub.update(remaining.fields())
+def publish_finished(pub: StatusPublisher, state: Any) -> None:
+    """A final checkpoint was restored: training is at its end without a step run."""
+    log.info(
+        "training already complete at step %d of %d (checkpoint step-%d): "
+        "evaluating and uploading only",
+        state.global_step,
+        state.max_steps,
+        state.global_step,
+    )
+    pub.update(
+        {
+            "step": state.global_step,
+            "totalSteps": state.max_steps,
+            "epoch": round(state.epoch or 0.0, 4),
+            "percent": 100.0,
+            "etaSeconds": 0.0,
+        },
+        force=True,
+    )
 
-        # Rank 0 alone generates: under DDP its model is whole; under FSDP no rank holds
-        # the whole model, so the report has no generations.
-        prompts = 0 if decision.strategy == "fsdp" else spec.training.eval_prompts
-        gens = (
-            evaluate.generations(
-                trainer.model,
-                tokenizer,
-                prepared.eval,
-                prompts,
-                ctx.max_new_tokens,
-                on_answer=answered,
-                system_prompt=system,
-            )
-            if rk.main
-            else []
+
+def evaluate_run(
+    ctx: RunContext,
+    rk: ranks.Ranks,
+    fitted: Fitted,
+    decision: optimizations.Decision,
+    tokenizer: Any,
+    prepared: data.Prepared,
+    datasets: Datasets,
+    remaining: Remaining,
+    preference_start: float | None,
+) -> dict[str, Any]:
+    """The evaluation report: held-out loss of base and adapter, greedy answers to
+    held-out prompts, the loss history and (objective dpo) the preference accuracy."""
+    pub, spec = ctx.publisher, ctx.cfg.spec
+    trainer, state = fitted.trainer, fitted.trainer.state
+    dpo_run = spec.objective == "dpo"
+    system = spec.dataset.system_prompt
+    remaining.begin("evalLoss")
+    pub.update({"stage": "Evaluating", **remaining.fields()}, force=True)
+    # DPO's eval loss against a reference equal to the base says nothing: preference
+    # accuracy instead
+    losses = evaluate.eval_losses(trainer, datasets.eval is not None and not dpo_run)
+    remaining.done("evalLoss")
+    remaining.begin("generations")
+    pub.update(remaining.fields(), force=True)
+
+    def answered(done: int, of: int, seconds: float) -> None:
+        remaining.refine("generations", seconds / done * of)
+        pub.update(remaining.fields())
+
+    # Rank 0 alone generates: under DDP its model is whole; under FSDP no rank holds
+    # the whole model, so the report has no generations.
+    prompts = 0 if decision.strategy == "fsdp" else spec.training.eval_prompts
+    gens = (
+        evaluate.generations(
+            trainer.model,
+            tokenizer,
+            prepared.eval,
+            prompts,
+            ctx.max_new_tokens,
+            on_answer=answered,
+            system_prompt=system,
         )
-        remaining.done("generations")
-        history = evaluate.loss_history(state.log_history)
-        if losses["evalLossAdapter"] is not None:
-            history["eval"].append([state.global_step, losses["evalLossAdapter"]])
-        report = evaluate.build_report(losses, gens, len(prepared.eval), history)
-        if dpo_run:
-            report["preferenceAccuracyStart"] = preference_start
-            report["preferenceAccuracyAdapter"] = dpo.preference_accuracy(
-                trainer.model, tokenizer, prepared.eval, system
-            )
-            report["rewardMargins"] = dpo.margin_history(state.log_history)
-            log.info(
-                "held-out preference accuracy: start %s → adapter %s",
-                preference_start,
-                report["preferenceAccuracyAdapter"],
-            )
+        if rk.main
+        else []
+    )
+    remaining.done("generations")
+    history = evaluate.loss_history(state.log_history)
+    if losses["evalLossAdapter"] is not None:
+        history["eval"].append([state.global_step, losses["evalLossAdapter"]])
+    report = evaluate.build_report(losses, gens, len(prepared.eval), history)
+    if dpo_run:
+        report["preferenceAccuracyStart"] = preference_start
+        report["preferenceAccuracyAdapter"] = dpo.preference_accuracy(
+            trainer.model, tokenizer, prepared.eval, system
+        )
+        report["rewardMargins"] = dpo.margin_history(state.log_history)
         log.info(
-            "eval loss base %s → adapter %s", losses["evalLossBase"], losses["evalLossAdapter"]
+            "held-out preference accuracy: start %s → adapter %s",
+            preference_start,
+            report["preferenceAccuracyAdapter"],
         )
+    log.info("eval loss base %s → adapter %s", losses["evalLossBase"], losses["evalLossAdapter"])
+    return report
 
-        # -- artifacts
-        remaining.begin("upload")
-        pub.update(
-            {"stage": "Uploading", "evalLoss": losses["evalLossAdapter"], **remaining.fields()},
-            force=True,
+
+def stage_adapter(
+    ctx: RunContext,
+    rk: ranks.Ranks,
+    trainer: Any,
+    tokenizer: Any,
+    decision: optimizations.Decision,
+    remaining: Remaining,
+    eval_loss: float | None,
+) -> Path | None:
+    """The upload stage's start: the adapter, in spec.output.adapterDtype, staged at
+    <work dir>/upload/adapter; None on every rank but rank 0 (under FSDP every rank takes
+    part in gathering it first)."""
+    remaining.begin("upload")
+    ctx.publisher.update(
+        {"stage": "Uploading", "evalLoss": eval_loss, **remaining.fields()}, force=True
+    )
+    dtype = ctx.cfg.spec.output.adapter_dtype
+    stage_dir = ctx.work_dir / "upload"
+    if decision.strategy == "fsdp":
+        fsdp_dir = ctx.work_dir / "fsdp-adapter"
+        trainer.save_model(str(fsdp_dir))  # every rank: the full state is gathered
+    if not rk.main:
+        return None
+    shutil.rmtree(stage_dir, ignore_errors=True)
+    out = stage_dir / ADAPTER_DIR
+    if decision.strategy == "fsdp":
+        return artifacts.adapter_from_folder(fsdp_dir, tokenizer, out, dtype)
+    return artifacts.save_adapter(trainer.model, tokenizer, out, dtype)
+
+
+# The report's figures the manifest repeats under metrics (the operator's status.evaluation).
+MANIFEST_METRICS = (
+    "evalLossBase",
+    "evalLossAdapter",
+    "perplexityBase",
+    "perplexityAdapter",
+    "preferenceAccuracyStart",
+    "preferenceAccuracyAdapter",
+)
+
+
+def upload(
+    ctx: RunContext,
+    base: Base,
+    prepared: data.Prepared,
+    decision: optimizations.Decision,
+    adapter_dir: Path,
+    report: dict[str, Any],
+    metrics: dict[str, Any],
+    params: tuple[int, int],
+) -> dict[str, Any]:
+    """Merged weights (if asked), the report files and the manifest beside the adapter,
+    all uploaded (manifest last); returns the run's result (status.progress.result)."""
+    cfg = ctx.cfg
+    out = cfg.spec.output
+    stage_dir = adapter_dir.parent
+    if out.merged_weights:
+        artifacts.merge_export(
+            base.path,
+            adapter_dir,
+            stage_dir / MERGED_DIR,
+            out.adapter_dtype,
+            cfg.spec.base_model.trust_remote_code,
         )
-        stage_dir = ctx.work_dir / "upload"
-        if decision.strategy == "fsdp":
-            # Every rank takes part in gathering the full adapter; rank 0 writes it.
-            fsdp_dir = ctx.work_dir / "fsdp-adapter"
-            trainer.save_model(str(fsdp_dir))
-        if not rk.main:
-            return {}  # rank 0 alone uploads (and publishes the result)
-        shutil.rmtree(stage_dir, ignore_errors=True)
-        if decision.strategy == "fsdp":
-            adapter_dir = artifacts.adapter_from_folder(
-                fsdp_dir, tokenizer, stage_dir / "adapter", spec.output.adapter_dtype
-            )
-        else:
-            adapter_dir = artifacts.save_adapter(
-                trainer.model, tokenizer, stage_dir / "adapter", spec.output.adapter_dtype
-            )
-        del trainer, model
-        if spec.output.merged_weights:
-            artifacts.merge_export(
-                base_path,
-                adapter_dir,
-                stage_dir / "merged",
-                spec.output.adapter_dtype,
-                bm.trust_remote_code,
-            )
-        (stage_dir / "eval").mkdir(parents=True, exist_ok=True)
-        (stage_dir / "eval" / "report.json").write_text(json.dumps(report, indent=2))
-        (stage_dir / "eval" / "report.md").write_text(
-            evaluate.report_markdown(report, f"{cfg.namespace}/{cfg.name} run {cfg.run}")
-        )
-        svg = evaluate.loss_svg(report["lossHistory"])
-        if svg:
-            (stage_dir / "eval" / "loss.svg").write_text(svg)
-        files = artifacts.describe_files(stage_dir)
-        metrics: dict[str, Any] = {
-            **run_metrics(state, out, prior_runtime),
-            **{
-                k: report[k]
-                for k in (
-                    "evalLossBase",
-                    "evalLossAdapter",
-                    "perplexityBase",
-                    "perplexityAdapter",
-                    "preferenceAccuracyStart",
-                    "preferenceAccuracyAdapter",
-                )
-                if k in report
-            },
+    evaluate.write_report(stage_dir, report, f"{cfg.namespace}/{cfg.name} run {cfg.run}")
+    files = artifacts.describe_files(stage_dir)
+    trainable, total = params
+    manifest = artifacts.build_manifest(
+        files=files,
+        identity={
+            "namespace": cfg.namespace,
+            "name": cfg.name,
+            "uid": cfg.uid,
+            "generation": cfg.generation,
+            "run": cfg.run,
+        },
+        base_model={
+            "name": base.resolved.name,
+            "revision": base.resolved.revision,
+            "ggufFile": base.resolved.gguf_file,
+        },
+        dataset={
+            "source": _dataset_source(cfg, ctx.local),
+            "format": cfg.spec.dataset.format,
+            "sha256": prepared.sha256,
+            "rows": prepared.rows,
+            "trainRows": len(prepared.train),
+            "evalRows": len(prepared.eval),
+        },
+        hyperparameters=hyperparameters(cfg, decision, base.device.on_gpu),
+        metrics={
+            **metrics,
+            **{k: report[k] for k in MANIFEST_METRICS if k in report},
             "trainableParams": trainable,
             "totalParams": total,
-        }
-        manifest = artifacts.build_manifest(
-            files=files,
-            identity={
-                "namespace": cfg.namespace,
-                "name": cfg.name,
-                "uid": cfg.uid,
-                "generation": cfg.generation,
-                "run": cfg.run,
-            },
-            base_model={
-                "name": resolved.name,
-                "revision": resolved.revision,
-                "ggufFile": resolved.gguf_file,
-            },
-            dataset={
-                "source": _dataset_source(cfg, ctx.local),
-                "format": spec.dataset.format,
-                "sha256": prepared.sha256,
-                "rows": prepared.rows,
-                "trainRows": len(prepared.train),
-                "evalRows": len(prepared.eval),
-            },
-            hyperparameters=hyperparameters(cfg, decision, device.on_gpu),
-            metrics=metrics,
-            chat=data.chat_record(tokenizer, system),
-        )
-        artifacts.upload_run(ctx.store, stage_dir, manifest)
-        weights = next(f for f in files if f.path == f"adapter/{artifacts.ADAPTER_WEIGHTS}")
-        result = {
-            "adapterUri": ctx.store.uri("adapter") + "/",
-            "mergedUri": ctx.store.uri("merged") + "/" if spec.output.merged_weights else None,
-            "manifestUri": ctx.store.uri(artifacts.MANIFEST),
-            "evalReportUri": ctx.store.uri("eval/report.json"),
-            "sizeBytes": sum(f.size for f in files if f.path.startswith("adapter/")),
-            "sha256": weights.sha256,
-            "evalLossBase": report["evalLossBase"],
-            "evalLossAdapter": report["evalLossAdapter"],
-            "perplexityBase": report["perplexityBase"],
-            "perplexityAdapter": report["perplexityAdapter"],
-            "preferenceAccuracyStart": report.get("preferenceAccuracyStart"),
-            "preferenceAccuracyAdapter": report.get("preferenceAccuracyAdapter"),
-        }
-        result = {k: v for k, v in result.items() if v is not None}
-        remaining.done("upload")
-        pub.update({"stage": "Done", "result": result, **remaining.fields()}, force=True)
-        return result
+        },
+        chat=data.chat_record(base.tokenizer, cfg.spec.dataset.system_prompt),
+    )
+    artifacts.upload_run(ctx.store, stage_dir, manifest)
+    return run_result(RunLayout(ctx.store.uri()), files, report, out.merged_weights)
+
+
+def run_result(
+    layout: RunLayout, files: list[artifacts.FileEntry], report: dict[str, Any], merged: bool
+) -> dict[str, Any]:
+    """status.progress.result: where the run's files are, and its evaluation."""
+    weights = next(f for f in files if f.path == f"{ADAPTER_DIR}/{ADAPTER_WEIGHTS}")
+    result = {
+        "adapterUri": layout.adapter_uri,
+        "mergedUri": layout.merged_uri if merged else None,
+        "manifestUri": layout.manifest_uri,
+        "evalReportUri": layout.eval_report_uri,
+        "sizeBytes": sum(f.size for f in files if f.path.startswith(ADAPTER_DIR + "/")),
+        "sha256": weights.sha256,
+        "evalLossBase": report["evalLossBase"],
+        "evalLossAdapter": report["evalLossAdapter"],
+        "perplexityBase": report["perplexityBase"],
+        "perplexityAdapter": report["perplexityAdapter"],
+        "preferenceAccuracyStart": report.get("preferenceAccuracyStart"),
+        "preferenceAccuracyAdapter": report.get("preferenceAccuracyAdapter"),
+    }
+    return {k: v for k, v in result.items() if v is not None}
 
 
 def fetch_start_adapter(ctx: RunContext) -> Path | None:
@@ -751,7 +906,7 @@ def fetch_start_adapter(ctx: RunContext) -> Path | None:
     return out
 
 
-def upload_size_estimate(trainable: int, total: int, output: Any) -> int:
+def upload_size_estimate(trainable: int, total: int, output: OutputSpec) -> int:
     """Bytes the run will upload: the adapter, and merged weights (16-bit) if asked."""
     per = 4 if output.adapter_dtype == "float32" else 2
     return trainable * per + (total * 2 if output.merged_weights else 0)

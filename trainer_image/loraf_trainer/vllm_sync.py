@@ -35,7 +35,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from .serve import AdapterState, ServeConfig, fetch_adapter, read_adapter_list
+from loraf_operator.api.serve_config import ServeConfig
+
+from .serve import AdapterState, fetch_adapter, read_adapter_list
 
 log = logging.getLogger("loraf.vllm_sync")
 

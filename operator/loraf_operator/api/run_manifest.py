@@ -1,6 +1,6 @@
-"""The run manifest (`<run prefix>/manifest.json`): the one contract between the trainer
-that writes it, the operator that decides a run's outcome from it, and the serving
-engines that load an adapter only when it checks out.
+"""The run manifest (`<run prefix>/manifest.json`, api.run_layout): the one contract
+between the trainer that writes it, the operator that decides a run's outcome from it,
+and the serving engines that load an adapter only when it checks out.
 
 Pure (no S3 client here): callers pass the manifest's bytes and the listing of the run's
 prefix (relative key -> size). The trainer uploads the manifest last, so its presence
@@ -16,14 +16,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from .models import Artifacts, EvalSummary
+from .run_layout import ADAPTER_DIR, ADAPTER_WEIGHTS, EVAL_REPORT, MERGED_DIR, RunLayout
 
-MANIFEST = "manifest.json"
 MANIFEST_KIND = "LoRAFineTuneManifest"
 MANIFEST_VERSION = 1
-ADAPTER_DIR = "adapter"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-EVAL_REPORT = "eval/report.json"
-MERGED_DIR = "merged"
 
 Obj = dict[str, Any]
 
@@ -70,17 +66,17 @@ def problems(
 
 def result(run_prefix: str, manifest: Mapping[str, Any]) -> tuple[Obj, Obj]:
     """(status.artifacts, status.evaluation) of a verified run, from its manifest alone."""
-    root = run_prefix.rstrip("/")
+    layout = RunLayout(run_prefix)
     files = {str(f["path"]): f for f in manifest.get("files") or []}
     adapter = [f for p, f in files.items() if p.startswith(ADAPTER_DIR + "/")]
     weights = files.get(f"{ADAPTER_DIR}/{ADAPTER_WEIGHTS}") or {}
     artifacts = Artifacts(
-        adapter_uri=f"{root}/{ADAPTER_DIR}/",
+        adapter_uri=layout.adapter_uri,
         merged_uri=(
-            f"{root}/{MERGED_DIR}/" if any(p.startswith(MERGED_DIR + "/") for p in files) else None
+            layout.merged_uri if any(p.startswith(MERGED_DIR + "/") for p in files) else None
         ),
-        manifest_uri=f"{root}/{MANIFEST}",
-        eval_report_uri=f"{root}/{EVAL_REPORT}" if EVAL_REPORT in files else None,
+        manifest_uri=layout.manifest_uri,
+        eval_report_uri=layout.eval_report_uri if EVAL_REPORT in files else None,
         size_bytes=sum(int(f["size"]) for f in adapter),
         sha256=weights.get("sha256"),
     )

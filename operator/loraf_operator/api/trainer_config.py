@@ -1,9 +1,8 @@
 """The trainer's one typed config: what the operator puts in the `<child>-config` ConfigMap.
 
 It holds the resource's identity, the run number and the full spec, never a secret value
-(those arrive as env from secretKeyRef). Frozen: parsed once, never mutated.
-S3 layout of a run (docs/architecture.md): <output.s3>/run-<n>/{adapter/, merged/,
-eval/report.json, eval/report.md, checkpoints/step-<k>/, manifest.json (last)}.
+(those arrive as env from secretKeyRef). Frozen: parsed once, never mutated. Where the
+run writes: `layout()` (api.run_layout).
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from .models import LoRAFineTune, LoRAFineTuneSpec
+from .run_layout import RunLayout
 
 CONFIG_KEY = "config.yaml"
 CONFIG_MOUNT_PATH = "/etc/loraf/config.yaml"
@@ -57,32 +57,9 @@ class TrainerConfig(BaseModel):
             start_adapter_uri=start_adapter_uri,
         )
 
-    # -- S3 layout ---------------------------------------------------------------------------
-
-    def run_prefix(self) -> str:
-        """s3://bucket/prefix/run-<n> (no trailing slash)."""
-        return f"{self.spec.output.s3.rstrip('/')}/run-{self.run}"
-
-    def adapter_uri(self) -> str:
-        return f"{self.run_prefix()}/adapter/"
-
-    def merged_uri(self) -> str:
-        return f"{self.run_prefix()}/merged/"
-
-    def eval_report_uri(self) -> str:
-        return f"{self.run_prefix()}/eval/report.json"
-
-    def eval_report_md_uri(self) -> str:
-        return f"{self.run_prefix()}/eval/report.md"
-
-    def checkpoints_uri(self) -> str:
-        return f"{self.run_prefix()}/checkpoints/"
-
-    def checkpoint_uri(self, step: int) -> str:
-        return f"{self.run_prefix()}/checkpoints/step-{step}/"
-
-    def manifest_uri(self) -> str:
-        return f"{self.run_prefix()}/manifest.json"
+    def layout(self) -> RunLayout:
+        """Where this run's files live: <output.s3>/run-<n>/ (api.run_layout)."""
+        return RunLayout.of(self.spec.output.s3, self.run)
 
     # -- (de)serialization -------------------------------------------------------------------
 

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
-
-import yaml
 
 from ..api.models import LoRAServing
 from ..api.mounts import ENV_PVC_ROOT, PVC_ROOT
+from ..api.serve_config import ServeConfig
 from .common import BuildDefaults, owner_reference
 from .labels import MANAGED_BY, MANAGED_BY_VALUE
 from .naming import label_value, serving_child_name, serving_config_map_name
@@ -105,26 +105,23 @@ def sync_port(sv: LoRAServing) -> int:
     return sv.spec.port + SYNC_PORT_OFFSET
 
 
-def serve_config(sv: LoRAServing, defaults: BuildDefaults) -> dict[str, Any]:
-    """The trainer image's serving config (loraf_trainer.serve.ServeConfig): the
-    transformers engine, and the vLLM engine's init container and sidecar."""
+def serve_config(sv: LoRAServing, defaults: BuildDefaults) -> ServeConfig:
+    """The serving engines' config (api.serve_config): the transformers engine, and the
+    vLLM engine's init container and sidecar."""
     endpoint, region = _s3(sv, defaults)
-    out: dict[str, Any] = {
-        "baseModel": sv.spec.base_model.to_dict(),
-        "baseName": base_name(sv),
-        "adaptersFile": f"{CONFIG_DIR}/{ADAPTERS_FILE}",
-        "workDir": f"{MODELS_DIR}/work",
-        "port": sv.spec.port,
-        "pollSeconds": POLL_SECONDS,
-    }
-    if sv.spec.engine == "vllm":
-        out["syncPort"] = sync_port(sv)
-        out["maxLoraRank"] = sv.spec.max_lora_rank
-    if endpoint:
-        out["endpoint"] = endpoint
-    if region:
-        out["region"] = region
-    return out
+    vllm = sv.spec.engine == "vllm"
+    return ServeConfig(
+        base_model=sv.spec.base_model,
+        base_name=base_name(sv),
+        adapters_file=Path(CONFIG_DIR) / ADAPTERS_FILE,
+        work_dir=Path(MODELS_DIR) / "work",
+        endpoint=endpoint,
+        region=region,
+        port=sv.spec.port,
+        poll_seconds=POLL_SECONDS,
+        sync_port=sync_port(sv) if vllm else None,
+        max_lora_rank=sv.spec.max_lora_rank if vllm else None,
+    )
 
 
 def build_config_map(sv: LoRAServing, defaults: BuildDefaults | None = None) -> dict[str, Any]:
@@ -135,7 +132,7 @@ def build_config_map(sv: LoRAServing, defaults: BuildDefaults | None = None) -> 
         "metadata": _metadata(sv, serving_config_map_name(sv.name)),
         "data": {
             ADAPTERS_FILE: adapters_json(sv),
-            SERVE_FILE: yaml.safe_dump(serve_config(sv, defaults), sort_keys=True),
+            SERVE_FILE: serve_config(sv, defaults).to_yaml(),
         },
     }
 
@@ -298,7 +295,7 @@ def build_deployment(sv: LoRAServing, defaults: BuildDefaults | None = None) -> 
     # The transformers engine reloads the adapter list itself, so only the engine config
     # (not the adapter list) is hashed into the template: adding an adapter never restarts it.
     config_hash = hashlib.sha256(
-        json.dumps(serve_config(sv, defaults), sort_keys=True).encode()
+        json.dumps(serve_config(sv, defaults).to_dict(), sort_keys=True).encode()
     ).hexdigest()[:16]
     return {
         "apiVersion": "apps/v1",
