@@ -95,6 +95,28 @@ def suites(steps: int) -> dict[str, list[dict[str, Any]]]:
         # same budget (checkpointing off where it fits: measured 23.4 GiB for QLoRA 1024×4,
         # 60.5 GiB for LoRA 4096×2), the same dropout (0, the spec's default) for both;
         # interleaved over `--rounds` (fair_summary reads the rounds).
+        # fair2/fair2-lora: after the profile, both sides with torch's fused AdamW (the
+        # trainer's default on a GPU where it fits; TRL's fastest optimizer in 24 GiB)
+        "fair2": [
+            {
+                "id": "b",
+                **trl(True, gc="none", lora_dropout=0.0, optim="adamw_torch_fused"),
+                **g1,
+                "steps": 50,
+                "budget_gib": 24,
+                "goal_ratio": 1.5,
+            },
+            {"id": "a", **project(budget_gib=24, lora_dropout=0.0), **g1, "steps": 50},
+        ],
+        "fair2-lora": [
+            {
+                "id": "b",
+                **trl(True, gc="none", lora_dropout=0.0, optim="adamw_torch_fused"),
+                **g3,
+                "steps": 12,
+            },
+            {"id": "a", **project(lora_dropout=0.0), **g3, "steps": 12, "goal_tokens_per_s": 16000},
+        ],
         "fair": [
             {
                 "id": "b",

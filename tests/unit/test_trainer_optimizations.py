@@ -187,7 +187,9 @@ def test_fsdp_swaps_a_bitsandbytes_optimizer_and_plans_with_its_state() -> None:
     assert any("cannot update sharded parameters" in n for n in d.notes)
     single = opt.decide(spec.model_copy(update={"resources": spec.resources.model_copy(
         update={"strategy": "auto"})}), LLAMA3_8B, True, 80.0, True, 1000)  # fmt: skip
-    assert single.optimizer is None and "optim" not in opt.sft_overrides(single)
+    # one GPU keeps the spec's optimizer for FSDP's reason; it takes the fused one for speed
+    assert not any("sharded" in n for n in single.notes)
+    assert single.optimizer == opt.FUSED_OPTIMIZER == opt.sft_overrides(single)["optim"]
 
 
 def test_dpo_trains_without_compile() -> None:
@@ -229,3 +231,36 @@ def test_oom_recovery_reports_the_plan_that_runs_after_escalating() -> None:
     assert d.checkpointed_layers == 1  # the decision that was made is never changed
     with pytest.raises(AttributeError):
         setattr(d, "micro_batch", 2)  # noqa: B010 - frozen
+
+
+def test_unset_optimizer_on_a_gpu_is_fused_adamw_when_it_costs_no_recompute() -> None:
+    roomy = opt.decide(spec(memoryBudgetGiB=80), LLAMA3_8B, on_gpu=True, free_gib=None, liger=True)
+    assert roomy.optimizer == opt.FUSED_OPTIMIZER and roomy.checkpointed_layers == 0
+    assert f"optimizer: {opt.FUSED_OPTIMIZER}" in roomy.notes
+    # the plan it keeps is the one planned with the fused optimizer's fp32 state
+    assert roomy.plan is not None
+    fused_w = opt.workload(spec(), LLAMA3_8B, True, False, 4)
+    fused_w = mp.Workload(**{**fused_w.__dict__, "optimizer": opt.FUSED_OPTIMIZER})
+    assert roomy.plan.est_peak_allocated_gib == round(
+        mp.peak_allocated_bytes(fused_w, 4, 0) / mp.GIB, 2
+    )
+    # where its ~250 MB more state would cost a checkpointed layer, 8-bit AdamW stays
+    budgets = [b / 4 for b in range(40, 120)]
+    tight = [
+        d
+        for d in (
+            opt.decide(spec(memoryBudgetGiB=b), LLAMA3_8B, on_gpu=True, free_gib=None, liger=True)
+            for b in budgets
+        )
+        if d.optimizer is None
+    ]
+    assert tight, "some budget leaves no room for the fused optimizer's state"
+    assert all(d.plan is not None for d in tight)
+
+
+def test_a_set_optimizer_a_cpu_and_fsdp_keep_their_optimizer() -> None:
+    asked = spec(memoryBudgetGiB=80, optimizer="paged_adamw_8bit")
+    assert opt.decide(asked, LLAMA3_8B, on_gpu=True, free_gib=None, liger=True).optimizer is None
+    assert opt.decide(spec(), LLAMA3_8B, on_gpu=False, free_gib=None, liger=True).optimizer is None
+    lora = opt.decide(spec("lora", memoryBudgetGiB=80), LLAMA3_8B, True, None, True)
+    assert lora.optimizer == opt.FUSED_OPTIMIZER  # same state size as adamw_torch

@@ -754,7 +754,9 @@ class TrainingSpec(SpecModel):
     )
     optimizer: Optimizer | None = Field(
         default=None,
-        description="Optimizer. Unset means paged_adamw_8bit for qlora, adamw_torch for lora.",
+        description="Optimizer. Unset: on a GPU with optimizations.planner, adamw_torch_fused "
+        "when its fp32 state fits the budget without more recompute; otherwise "
+        "paged_adamw_8bit for qlora, adamw_torch for lora.",
     )
     seed: int = Field(
         default=42, description="Seed for shuffling, the eval split and initialization.", ge=0
