@@ -80,6 +80,16 @@ def manifest(name: str, data: dict[str, Path], sets: list[str]) -> dict[str, Any
     }
 
 
+def add_replay(train: Path, replay: Path, repeat: int) -> int:
+    """Append the replay rows (`repeat` times each) to the training rows; returns how many.
+
+    The trainer shuffles the rows, so appending mixes them in."""
+    rows = [line for line in replay.read_text().splitlines() if line.strip()]
+    with train.open("a") as f:
+        f.write("".join(line + "\n" for line in rows * repeat))
+    return len(rows) * repeat
+
+
 def chat_prompt(tokenizer: Any, user: str, system: str | None) -> str:
     msgs = [{"role": "system", "content": system}] if system is not None else []
     msgs.append({"role": "user", "content": user})
@@ -164,7 +174,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"Learning rate {h.get('learningRate')}, {h.get('scheduler')}, "
         f"{(result.get('hyperparameters') or {}).get('plan', {}).get('rowsPerStep')} rows per "
         f"step, {(result.get('metrics') or {}).get('steps')} steps; eval loss (held-out) "
-        f"{(result.get('metrics') or {}).get('evalLossAdapter')}.",
+        f"{(result.get('metrics') or {}).get('evalLossAdapter')}."
+        + (f" Replay: {result['replay']['rows']} rows of the base model's own answers mixed "
+           "into the 140 fact rows." if result.get("replay") else ""),
         "",
         "| set | prompts | base recalls | adapter recalls |",
         "|---|---|---|---|",
@@ -201,6 +213,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description="fact-recall benchmark (CPU)")
     p.add_argument("--name", default="defaults")
     p.add_argument("--set", action="append", default=[], help="spec field: a.b=value (YAML)")
+    p.add_argument(
+        "--replay",
+        type=Path,
+        help="alpaca JSONL of the base model's own answers to mix into the training rows "
+        "(bench/quality/make_replay.py writes data/replay.jsonl)",
+    )
+    p.add_argument("--replay-repeat", type=int, default=1, help="times each replay row is added")
     p.add_argument("--max-new-tokens", type=int, default=40)
     p.add_argument("--keep", type=Path, help="keep the run folder here")
     p.add_argument("--render", type=Path, help="only write the Markdown page of a result JSON")
@@ -211,6 +230,7 @@ def main() -> None:
 
     data = make_dataset.write(Path(tempfile.mkdtemp(prefix="quality-data-")))
     eval_doc = json.loads(data["eval"].read_text())
+    replay_rows = add_replay(data["train"], args.replay, args.replay_repeat) if args.replay else 0
     work = args.keep or Path(tempfile.mkdtemp(prefix="quality-run-"))
     work.mkdir(parents=True, exist_ok=True)
     doc = manifest(args.name, data, args.set)
@@ -240,6 +260,7 @@ def main() -> None:
         "command": "python -m bench.quality.run " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "name": args.name,
         "spec": doc["spec"],
+        "replay": {"file": str(args.replay), "rows": replay_rows} if args.replay else None,
         "hyperparameters": man.get("hyperparameters"),
         "chat": man.get("chat"),
         "metrics": man.get("metrics"),
