@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 from . import make_dataset
@@ -93,10 +94,10 @@ def trim(answer: str) -> str:
 
 
 def repetitive(answer: str) -> bool:
-    """A greedy loop ("Boil an egg: Boil an egg: ..."): fewer than half its 4-grams distinct."""
+    """A greedy loop ("Boil an egg: Boil an egg: ..."): some 4 words in a row come 3 times."""
     words = answer.lower().split()
-    grams = [tuple(words[i : i + 4]) for i in range(len(words) - 3)]
-    return bool(grams) and len(set(grams)) < len(grams) / 2
+    grams = Counter(tuple(words[i : i + 4]) for i in range(len(words) - 3))
+    return max(grams.values(), default=0) >= 3
 
 
 def check_held_out() -> None:
@@ -126,7 +127,7 @@ def generate(max_new_tokens: int) -> list[dict[str, str]]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=OUT)
-    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--max-new-tokens", type=int, default=48)
     args = p.parse_args()
     check_held_out()
     rows = generate(args.max_new_tokens)
