@@ -120,7 +120,8 @@ def generate(max_new_tokens: int) -> list[dict[str, str]]:
     model.config.use_cache = True
     model.eval()
     outs = answers(model, tok, [chat_prompt(tok, q, None) for q in QUESTIONS], max_new_tokens)
-    rows = [{"instruction": q, "input": "", "output": trim(a)} for q, a in zip(QUESTIONS, outs)]
+    pairs = zip(QUESTIONS, outs, strict=True)
+    rows = [{"instruction": q, "input": "", "output": trim(a)} for q, a in pairs]
     return [r for r in rows if not repetitive(r["output"])]
 
 

@@ -175,8 +175,12 @@ def markdown(result: dict[str, Any]) -> str:
         f"{(result.get('hyperparameters') or {}).get('plan', {}).get('rowsPerStep')} rows per "
         f"step, {(result.get('metrics') or {}).get('steps')} steps; eval loss (held-out) "
         f"{(result.get('metrics') or {}).get('evalLossAdapter')}."
-        + (f" Replay: {result['replay']['rows']} rows of the base model's own answers mixed "
-           "into the 140 fact rows." if result.get("replay") else ""),
+        + (
+            f" Replay: {result['replay']['rows']} rows of the base model's own answers mixed "
+            "into the 140 fact rows."
+            if result.get("replay")
+            else ""
+        ),
         "",
         "| set | prompts | base recalls | adapter recalls |",
         "|---|---|---|---|",
