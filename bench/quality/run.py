@@ -6,11 +6,13 @@ then score greedy answers of the base model and of the adapter.
         --set training.learningRate=2e-4 --set training.scheduler=cosine \
         --set training.warmupRatio=0.03 --set training.perDeviceBatchSize=4 \
         --set lora.dropout=0.05
+    python -m bench.quality.run --name replay --replay bench/quality/data/replay.jsonl
 
 The manifest is the one a new user would write: the model, the dataset (train.jsonl, with
 heldout.jsonl as `dataset.eval` so the eval loss is measured on the held-out phrasings)
 and `training.epochs: 3`; `--set a.b=value` adds or overrides spec fields (values parsed
-as YAML). Scores (bench/quality/make_dataset.py says what they mean):
+as YAML); `--replay FILE` appends alpaca rows (the base model's own answers to unrelated
+questions, bench/quality/make_replay.py) to the training rows. Scores (bench/quality/make_dataset.py says what they mean):
 - heldout / paraphrase: facts whose key the greedy answer contains, base vs adapter;
 - general: unrelated questions answered correctly, base vs adapter, plus `leaks`:
   general answers of the adapter that mention the product's words.
@@ -225,18 +227,25 @@ def main() -> None:
     )
     p.add_argument("--replay-repeat", type=int, default=1, help="times each replay row is added")
     p.add_argument("--max-new-tokens", type=int, default=40)
-    p.add_argument("--keep", type=Path, help="keep the run folder here")
+    p.add_argument(
+        "--keep",
+        type=Path,
+        help="keep the run folder (data, manifest, checkpoints) here; the same command again "
+        "resumes an interrupted run from its newest checkpoint",
+    )
     p.add_argument("--render", type=Path, help="only write the Markdown page of a result JSON")
     args = p.parse_args()
     if args.render:
         args.render.with_suffix(".md").write_text(markdown(json.loads(args.render.read_text())))
         return
 
-    data = make_dataset.write(Path(tempfile.mkdtemp(prefix="quality-data-")))
-    eval_doc = json.loads(data["eval"].read_text())
-    replay_rows = add_replay(data["train"], args.replay, args.replay_repeat) if args.replay else 0
     work = args.keep or Path(tempfile.mkdtemp(prefix="quality-run-"))
     work.mkdir(parents=True, exist_ok=True)
+    # rewritten identically each time, so a kept run started again resumes (the trainer
+    # continues from the newest checkpoint under out/run-1)
+    data = make_dataset.write(work / "data")
+    eval_doc = json.loads(data["eval"].read_text())
+    replay_rows = add_replay(data["train"], args.replay, args.replay_repeat) if args.replay else 0
     doc = manifest(args.name, data, args.set)
     mpath = work / "finetune.yaml"
     mpath.write_text(yaml.safe_dump(doc, sort_keys=False))
