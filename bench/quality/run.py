@@ -12,7 +12,8 @@ The manifest is the one a new user would write: the model, the dataset (train.js
 heldout.jsonl as `dataset.eval` so the eval loss is measured on the held-out phrasings)
 and `training.epochs: 3`; `--set a.b=value` adds or overrides spec fields (values parsed
 as YAML); `--replay FILE` appends alpaca rows (the base model's own answers to unrelated
-questions, bench/quality/make_replay.py) to the training rows. Scores (bench/quality/make_dataset.py says what they mean):
+questions, bench/quality/make_replay.py) to the training rows. Scores
+(bench/quality/make_dataset.py says what they mean):
 - heldout / paraphrase: facts whose key the greedy answer contains, base vs adapter;
 - general: unrelated questions answered correctly, base vs adapter, plus `leaks`:
   general answers of the adapter that mention the product's words.
