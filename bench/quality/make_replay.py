@@ -109,15 +109,9 @@ def check_held_out() -> None:
 
 
 def generate(max_new_tokens: int) -> list[dict[str, str]]:
-    from loraf_trainer import model_loading
+    from .run import answers, chat_prompt, load_base
 
-    from .run import GGUF, answers, chat_prompt, gguf_path
-
-    resolved = model_loading.ResolvedModel(gguf_path().parent, GGUF, "smollm2", None)
-    base_dir = model_loading.materialize(resolved)
-    tok = model_loading.load_tokenizer(base_dir)
-    model = model_loading.load_model(base_dir, model_loading.pick_device())
-    model.config.use_cache = True
+    model, tok = load_base()
     model.eval()
     outs = answers(model, tok, [chat_prompt(tok, q, None) for q in QUESTIONS], max_new_tokens)
     pairs = zip(QUESTIONS, outs, strict=True)

@@ -121,18 +121,24 @@ def answers(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int)
     return out
 
 
-def score(run_dir: Path, eval_doc: dict[str, Any], max_new_tokens: int) -> dict[str, Any]:
-    from peft import PeftModel
-
+def load_base() -> tuple[Any, Any]:
+    """SmolLM2-135M-Instruct (the GGUF, dequantized as the trainer does) and its tokenizer."""
     from loraf_trainer import model_loading
 
-    man = json.loads((run_dir / "manifest.json").read_text())
-    system = (man.get("chat") or {}).get("systemPrompt")
     resolved = model_loading.ResolvedModel(gguf_path().parent, GGUF, "smollm2", None)
     base_dir = model_loading.materialize(resolved)
     tok = model_loading.load_tokenizer(base_dir)
     model = model_loading.load_model(base_dir, model_loading.pick_device())
     model.config.use_cache = True
+    return model, tok
+
+
+def score(run_dir: Path, eval_doc: dict[str, Any], max_new_tokens: int) -> dict[str, Any]:
+    from peft import PeftModel
+
+    man = json.loads((run_dir / "manifest.json").read_text())
+    system = (man.get("chat") or {}).get("systemPrompt")
+    model, tok = load_base()
     model = PeftModel.from_pretrained(model, str(run_dir / "adapter"))
     model.eval()
     items = eval_doc["prompts"]
