@@ -6,11 +6,14 @@ then score greedy answers of the base model and of the adapter.
         --set training.learningRate=2e-4 --set training.scheduler=cosine \
         --set training.warmupRatio=0.03 --set training.perDeviceBatchSize=4 \
         --set lora.dropout=0.05
+    python -m bench.quality.run --name replay --replay bench/quality/data/replay.jsonl
 
 The manifest is the one a new user would write: the model, the dataset (train.jsonl, with
 heldout.jsonl as `dataset.eval` so the eval loss is measured on the held-out phrasings)
 and `training.epochs: 3`; `--set a.b=value` adds or overrides spec fields (values parsed
-as YAML). Scores (bench/quality/make_dataset.py says what they mean):
+as YAML); `--replay FILE` appends alpaca rows (the base model's own answers to unrelated
+questions, bench/quality/make_replay.py) to the training rows. Scores
+(bench/quality/make_dataset.py says what they mean):
 - heldout / paraphrase: facts whose key the greedy answer contains, base vs adapter;
 - general: unrelated questions answered correctly, base vs adapter, plus `leaks`:
   general answers of the adapter that mention the product's words.
@@ -80,6 +83,16 @@ def manifest(name: str, data: dict[str, Path], sets: list[str]) -> dict[str, Any
     }
 
 
+def add_replay(train: Path, replay: Path, repeat: int) -> int:
+    """Append the replay rows (`repeat` times each) to the training rows; returns how many.
+
+    The trainer shuffles the rows, so appending mixes them in."""
+    rows = [line for line in replay.read_text().splitlines() if line.strip()]
+    with train.open("a") as f:
+        f.write("".join(line + "\n" for line in rows * repeat))
+    return len(rows) * repeat
+
+
 def chat_prompt(tokenizer: Any, user: str, system: str | None) -> str:
     msgs = [{"role": "system", "content": system}] if system is not None else []
     msgs.append({"role": "user", "content": user})
@@ -108,18 +121,24 @@ def answers(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int)
     return out
 
 
-def score(run_dir: Path, eval_doc: dict[str, Any], max_new_tokens: int) -> dict[str, Any]:
-    from peft import PeftModel
-
+def load_base() -> tuple[Any, Any]:
+    """SmolLM2-135M-Instruct (the GGUF, dequantized as the trainer does) and its tokenizer."""
     from loraf_trainer import model_loading
 
-    man = json.loads((run_dir / "manifest.json").read_text())
-    system = (man.get("chat") or {}).get("systemPrompt")
     resolved = model_loading.ResolvedModel(gguf_path().parent, GGUF, "smollm2", None)
     base_dir = model_loading.materialize(resolved)
     tok = model_loading.load_tokenizer(base_dir)
     model = model_loading.load_model(base_dir, model_loading.pick_device())
     model.config.use_cache = True
+    return model, tok
+
+
+def score(run_dir: Path, eval_doc: dict[str, Any], max_new_tokens: int) -> dict[str, Any]:
+    from peft import PeftModel
+
+    man = json.loads((run_dir / "manifest.json").read_text())
+    system = (man.get("chat") or {}).get("systemPrompt")
+    model, tok = load_base()
     model = PeftModel.from_pretrained(model, str(run_dir / "adapter"))
     model.eval()
     items = eval_doc["prompts"]
@@ -164,7 +183,13 @@ def markdown(result: dict[str, Any]) -> str:
         f"Learning rate {h.get('learningRate')}, {h.get('scheduler')}, "
         f"{(result.get('hyperparameters') or {}).get('plan', {}).get('rowsPerStep')} rows per "
         f"step, {(result.get('metrics') or {}).get('steps')} steps; eval loss (held-out) "
-        f"{(result.get('metrics') or {}).get('evalLossAdapter')}.",
+        f"{(result.get('metrics') or {}).get('evalLossAdapter')}."
+        + (
+            f" Replay: {result['replay']['rows']} rows of the base model's own answers mixed "
+            "into the 140 fact rows."
+            if result.get("replay")
+            else ""
+        ),
         "",
         "| set | prompts | base recalls | adapter recalls |",
         "|---|---|---|---|",
@@ -201,18 +226,33 @@ def main() -> None:
     p = argparse.ArgumentParser(description="fact-recall benchmark (CPU)")
     p.add_argument("--name", default="defaults")
     p.add_argument("--set", action="append", default=[], help="spec field: a.b=value (YAML)")
+    p.add_argument(
+        "--replay",
+        type=Path,
+        help="alpaca JSONL of the base model's own answers to mix into the training rows "
+        "(bench/quality/make_replay.py writes data/replay.jsonl)",
+    )
+    p.add_argument("--replay-repeat", type=int, default=1, help="times each replay row is added")
     p.add_argument("--max-new-tokens", type=int, default=40)
-    p.add_argument("--keep", type=Path, help="keep the run folder here")
+    p.add_argument(
+        "--keep",
+        type=Path,
+        help="keep the run folder (data, manifest, checkpoints) here; the same command again "
+        "resumes an interrupted run from its newest checkpoint",
+    )
     p.add_argument("--render", type=Path, help="only write the Markdown page of a result JSON")
     args = p.parse_args()
     if args.render:
         args.render.with_suffix(".md").write_text(markdown(json.loads(args.render.read_text())))
         return
 
-    data = make_dataset.write(Path(tempfile.mkdtemp(prefix="quality-data-")))
-    eval_doc = json.loads(data["eval"].read_text())
     work = args.keep or Path(tempfile.mkdtemp(prefix="quality-run-"))
     work.mkdir(parents=True, exist_ok=True)
+    # rewritten identically each time, so a kept run started again resumes (the trainer
+    # continues from the newest checkpoint under out/run-1)
+    data = make_dataset.write(work / "data")
+    eval_doc = json.loads(data["eval"].read_text())
+    replay_rows = add_replay(data["train"], args.replay, args.replay_repeat) if args.replay else 0
     doc = manifest(args.name, data, args.set)
     mpath = work / "finetune.yaml"
     mpath.write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -240,6 +280,7 @@ def main() -> None:
         "command": "python -m bench.quality.run " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "name": args.name,
         "spec": doc["spec"],
+        "replay": {"file": str(args.replay), "rows": replay_rows} if args.replay else None,
         "hyperparameters": man.get("hyperparameters"),
         "chat": man.get("chat"),
         "metrics": man.get("metrics"),
