@@ -1,7 +1,8 @@
 """kopf glue: register handlers that hand over to `Reconciler`. No decisions in here.
 
 - LoRAFineTune create/update(spec)/resume -> `Reconciler.reconcile` (start/stop runs).
-- Job and Pod events (label app.kubernetes.io/managed-by=loraf) -> `Reconciler.sync`.
+- Job and Pod events of fine-tune runs (`RUN_SELECTOR`: not the serving pods) ->
+  `Reconciler.sync`.
 - No kopf timers or daemons: kopf would put a finalizer on every LoRAFineTune for them, and
   a finalizer makes resources undeletable while the operator is down. The safety net is
   the Reconciler's own resync task instead (started at startup): every unfinished run not
@@ -9,6 +10,8 @@
   re-derived, which repairs a transition whose status write failed.
 - In-memory indexes of LoRAFineTunes, run Jobs (by owning resource) and run Pods, fed by
   the same watches, so following a run needs no extra reads.
+- The operator's one Kubernetes client (`memo.kube`, kube.py) is made at startup here and
+  closed at cleanup; the Reconciler and the serving handlers share it.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import kopf
 
 from . import metrics
 from .api.models import FINETUNE_PLURAL, GROUP, VERSION
-from .builders.labels import FINETUNE, JOB_NAME, MANAGED_SELECTOR
+from .builders.labels import FINETUNE, JOB_NAME, RUN_SELECTOR
 from .kube import Kube
 from .reconciler import Reconciler
 from .settings import Settings
@@ -82,7 +85,8 @@ def register(cfg: Settings, registry: kopf.OperatorRegistry) -> None:
         # Failed API calls (watches too) retried at most 3 s apart by default: with kopf's
         # own backoffs the operator came back up to 21 s after the apiserver did.
         settings.networking.error_backoffs = cfg.api_retry_backoffs
-        memo.reconciler = Reconciler(await Kube.connect(), cfg)
+        memo.kube = await Kube.connect()
+        memo.reconciler = Reconciler(memo.kube, cfg)
         memo.reconciler.jobs = kw["run_jobs"]
         memo.resync = asyncio.create_task(memo.reconciler.resync_forever(kw["finetunes"]))
         metrics.serve(cfg.metrics_port, cfg.bind_address)
@@ -99,9 +103,9 @@ def register(cfg: Settings, registry: kopf.OperatorRegistry) -> None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        rec = getattr(kw["memo"], "reconciler", None)
-        if rec is not None:
-            await rec.kube.close()
+        kube = getattr(kw["memo"], "kube", None)
+        if kube is not None:
+            await kube.close()
 
     # -- indexes (kwargs only: kopf passes many, and mypy checks them against its protocols) --
 
@@ -109,14 +113,14 @@ def register(cfg: Settings, registry: kopf.OperatorRegistry) -> None:
     async def finetunes(**kw: Any) -> dict[Any, Any]:
         return {(kw["namespace"], kw["name"]): _slim(kw["body"])}
 
-    @kopf.index(*JOBS, labels=MANAGED_SELECTOR, registry=registry, id="run_jobs")
+    @kopf.index(*JOBS, labels=RUN_SELECTOR, registry=registry, id="run_jobs")
     async def run_jobs(**kw: Any) -> dict[Any, Any]:
         # Keyed by the owning LoRAFineTune: its run bookkeeping is derived from these Jobs.
         owner = _owner(kw["body"])
         slim = _slim(kw["body"], keep_spec=("suspend", "backoffLimit"))
         return {(kw["namespace"], owner): slim} if owner else {}
 
-    @kopf.index(*PODS, labels=MANAGED_SELECTOR, registry=registry, id="run_pods")
+    @kopf.index(*PODS, labels=RUN_SELECTOR, registry=registry, id="run_pods")
     async def run_pods(**kw: Any) -> dict[Any, Any]:
         job = kw["labels"].get(JOB_NAME)
         return {(kw["namespace"], job): _slim(kw["body"], keep_spec=("nodeName",))} if job else {}
@@ -148,12 +152,12 @@ def register(cfg: Settings, registry: kopf.OperatorRegistry) -> None:
                 kw["namespace"], owner, kw["finetunes"], kw["run_jobs"], kw["run_pods"], deleted
             )
 
-    @kopf.on.event(*JOBS, labels=MANAGED_SELECTOR, registry=registry, id="job_event")
+    @kopf.on.event(*JOBS, labels=RUN_SELECTOR, registry=registry, id="job_event")
     async def job_event(**kw: Any) -> None:
         with metrics.timed("job_event"):
             await _follow(kw)
 
-    @kopf.on.event(*PODS, labels=MANAGED_SELECTOR, registry=registry, id="pod_event")
+    @kopf.on.event(*PODS, labels=RUN_SELECTOR, registry=registry, id="pod_event")
     async def pod_event(**kw: Any) -> None:
         with metrics.timed("pod_event"):
             await _follow(kw)

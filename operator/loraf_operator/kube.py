@@ -1,4 +1,8 @@
-"""A small async Kubernetes REST layer: dict manifests in, dicts out.
+"""The operator's one Kubernetes REST client: dict manifests in, dicts out.
+
+Every kind the operator reads or writes (LoRAFineTune, LoRAServing, run children, serving
+Deployments, peering objects) goes through `Kube`: one connection pool, one field manager
+(`FIELD_MANAGER`) for creates, merge patches and server-side applies alike.
 
 Built on `kubernetes.aio` for authentication (kubeconfig, in-cluster token, exec plugins)
 and connection pooling, but sends and returns plain JSON: the builders produce wire-format
@@ -17,10 +21,13 @@ from urllib.parse import quote, urlencode
 from kubernetes.aio import config as kconfig
 from kubernetes.aio.client import ApiClient, Configuration
 
-from .api.models import FINETUNE_PLURAL, GROUP, VERSION
+from .api.models import FINETUNE_PLURAL, GROUP, SERVING_PLURAL, VERSION
 
 Obj = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
+APPLY_PATCH = "application/apply-patch+yaml"
+#: The operator's one field manager. Before issue 18 the serving objects were applied as
+#: "loraf-serving": a forced apply moves those fields over, so that entry just goes stale.
 FIELD_MANAGER = "loraf-operator"
 
 
@@ -68,7 +75,9 @@ KINDS: dict[str, Kind] = {
     "Role": Kind("/apis/rbac.authorization.k8s.io/v1", "roles"),
     "RoleBinding": Kind("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
     "Job": Kind("/apis/batch/v1", "jobs"),
+    "Deployment": Kind("/apis/apps/v1", "deployments"),
     "LoRAFineTune": Kind(f"/apis/{GROUP}/{VERSION}", FINETUNE_PLURAL),
+    "LoRAServing": Kind(f"/apis/{GROUP}/{VERSION}", SERVING_PLURAL),
     "KopfPeering": Kind("/apis/kopf.dev/v1", "kopfpeerings"),
     "ClusterKopfPeering": Kind("/apis/kopf.dev/v1", "clusterkopfpeerings"),
 }
@@ -182,4 +191,15 @@ class Kube:
             patch,
             query={"fieldManager": FIELD_MANAGER},
             content_type=MERGE_PATCH,
+        )
+
+    async def apply(self, obj: Obj) -> Obj:
+        """Server-side apply, forced: idempotent, no read-modify-write (the serving objects)."""
+        meta = obj["metadata"]
+        return await self.request(
+            "PATCH",
+            path_of(obj["kind"], meta["namespace"], meta["name"]),
+            obj,
+            query={"fieldManager": FIELD_MANAGER, "force": "true"},
+            content_type=APPLY_PATCH,
         )

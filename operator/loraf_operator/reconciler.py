@@ -1,9 +1,10 @@
 """The operator's actions: start/stop runs, create children, keep the status true.
 
 All writes to a LoRAFineTune's status go through `Reconciler` under a per-object lock, so
-the CR handler and the Job/Pod watchers never interleave their read-modify-write of the
-conditions. Reads come from kopf's in-memory indexes (fed by watches) plus the last status
-patch response, so following a run costs no GETs: only patches when something changed.
+the CR handler, the Job/Pod watchers and the serving link (`decide_condition`) never
+interleave their read-modify-write of the conditions. Reads come from kopf's in-memory
+indexes (fed by watches) plus the last status patch response, so following a run costs no
+GETs: only patches when something changed.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -25,9 +26,15 @@ from .api import conditions as why
 from .api.conditions import COND_FAILED, COND_SCHEDULED
 from .api.models import GROUP, VERSION, LoRAFineTune
 from .artifact_check import Verdict, verify_run
-from .builders import build_run, child_name, config_map_name, run_spec_hash
+from .builders import (
+    RUN_CHILD_KINDS,
+    build_run,
+    child_name,
+    config_map_name,
+    run_child_name,
+    run_spec_hash,
+)
 from .builders.labels import JOB_NAME, QUEUE_NAME, SPEC_HASH
-from .builders.naming import service_name
 from .kube import ApiError, Kube
 from .peering import standby
 from .run_tracking import (
@@ -54,21 +61,14 @@ from .runs import (
     waits,
 )
 from .settings import Settings
-from .status import apply, is_warning, now_iso, summary, transitions
+from .status import Cond, apply, is_warning, now_iso, summary, transitions
+from .status import get as get_condition
 
 Obj = dict[str, Any]
 Key = tuple[str, str]
 Index = Mapping[Any, Iterable[Any]]
 
-# Child kinds in deletion order (the Job first: it is what consumes GPUs).
-_CHILD_KINDS = ("Job", "Service", "RoleBinding", "Role", "ServiceAccount", "ConfigMap")
 log = logging.getLogger(__name__)
-
-
-def _child_name(kind: str, name: str, run: int) -> str:
-    if kind == "ConfigMap":
-        return config_map_name(name, run)
-    return service_name(name, run) if kind == "Service" else child_name(name, run)
 
 
 # Status writes are retried this often (seconds between attempts) on errors that a moment
@@ -481,8 +481,8 @@ class Reconciler:
     async def _stop_run(self, ft: LoRAFineTune, run: int) -> Obj | None:
         """Delete run `run`'s children (its pods go with the Job). Returns the Job seen."""
         job = await self.kube.get("Job", ft.namespace, child_name(ft.name, run))
-        for kind in _CHILD_KINDS:
-            name = _child_name(kind, ft.name, run)
+        for kind in reversed(RUN_CHILD_KINDS):  # the Job first: it holds the GPUs
+            name = run_child_name(kind, ft.name, run)
             await self.kube.delete(kind, ft.namespace, name, propagation="Background")
         return job
 
@@ -610,9 +610,8 @@ class Reconciler:
         patch: Obj = {}
         run = run_of(status)
         if run.get("number") and not finished(status.get("conditions") or []):
-            for kind in _CHILD_KINDS:
-                number = int(run["number"])
-                name = _child_name(kind, meta["name"], number)
+            for kind in reversed(RUN_CHILD_KINDS):
+                name = run_child_name(kind, meta["name"], int(run["number"]))
                 await self.kube.delete(kind, meta["namespace"], name)
             patch["history"] = append_history(
                 status, history_entry(status, now, why.REASON_INVALID_SPEC)
@@ -627,6 +626,32 @@ class Reconciler:
         patch.update(observedGeneration=gen, conditions=conds, phase=phase, message=msg)
         await self._patch_status(body, patch)
         self._emit(body, old, conds)
+
+    # -- a condition another room decides (serving_handlers: the Serving condition) ----------
+
+    async def decide_condition(
+        self, body: Obj, decide: Callable[[Obj], Awaitable[Cond | None]]
+    ) -> None:
+        """Write the condition `decide` returns for the freshest copy of `body`, under the
+        object's lock like every other status write: `decide` sees the conditions this
+        Reconciler last wrote, and a later write here keeps the one it returned. Only the
+        conditions are patched (no phase, no Event), and only when that condition changed."""
+        key = self._key(body)
+        async with self._locks[key]:
+            fresh = self.freshest(key, body) or body
+            cond = await decide(fresh)
+            if cond is None:
+                return
+            old = list((fresh.get("status") or {}).get("conditions") or [])
+            cur = get_condition(old, cond.type) or {}
+            if (cur.get("status"), cur.get("reason"), cur.get("message")) == (
+                cond.status,
+                cond.reason,
+                cond.message,
+            ):
+                return
+            gen = int(fresh["metadata"].get("generation") or 0)
+            await self._patch_status(fresh, {"conditions": apply(old, [cond], gen)})
 
     # -- follow the run (Job/Pod events, timer) ------------------------------------------------
 

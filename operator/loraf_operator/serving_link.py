@@ -1,16 +1,18 @@
-"""LoRAFineTune → LoRAServing: after a run succeeds, serve its adapter.
+"""LoRAFineTune → LoRAServing: after a run succeeds, serve its adapter. Pure planning.
 
-Pure planning (`plan_link`) plus a thin async apply (`on_finetune_event`). Triggered only
-by a fine-tune whose `Succeeded` condition is True and whose `status.artifacts.adapterUri`
-is set, so a failed run never touches serving, and a new run's adapter replaces the old
-one under the same name only once that run succeeded.
+Triggered only by a fine-tune whose `Succeeded` condition is True and whose
+`status.artifacts.adapterUri` is set (`adapter_of`), so a failed run never touches
+serving, and a new run's adapter replaces the old one under the same name only once that
+run succeeded.
 
 - no `servingRef`: a dedicated LoRAServing named like the fine-tune, owned by it
-  (deleting the fine-tune garbage-collects it and its Deployment/Service);
+  (deleting the fine-tune garbage-collects it and its Deployment/Service): `plan_dedicated`;
 - `servingRef`: the adapter is added to that (shared) LoRAServing, if its base model is
-  the fine-tune's; otherwise the fine-tune gets `Serving=False, reason=BaseModelMismatch`.
+  the fine-tune's; otherwise the fine-tune gets `Serving=False, reason=BaseModelMismatch`:
+  `plan_shared`, or `serving_not_found`.
 
-The outcome is the fine-tune's `Serving` condition.
+The outcome is the fine-tune's `Serving` condition; serving_handlers applies the plan and
+has the Reconciler write the condition (under its lock, like every LoRAFineTune status write).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from .api.models import (
 )
 from .builders.dedicated_serving import build_dedicated_serving
 from .start_from import succeeded_adapter_uri
+from .status import Cond, Status
 
 COND_SERVING = "Serving"
 Obj = dict[str, Any]
@@ -91,10 +94,30 @@ def dedicated_serving(ft: LoRAFineTune, a: Adapter) -> Obj:
 
 @dataclass(frozen=True)
 class Outcome:
-    status: str  # condition status
+    status: Status  # of the Serving condition
     reason: str
     message: str
     adapters: list[Obj] | None = None  # new spec.adapters for the LoRAServing, if changed
+
+    def condition(self) -> Cond:
+        return Cond(COND_SERVING, self.status, self.reason, self.message)
+
+
+def plan_dedicated(ft: LoRAFineTune, a: Adapter) -> Outcome:
+    """What serving `a` in the fine-tune's own LoRAServing (`dedicated_serving`) means."""
+    assert ft.spec.serving is not None
+    if ft.spec.serving.engine == "vllm" and (why := vllm_unsupported(ft.spec.lora)):
+        # The apiserver refuses this shape at apply (CEL); kept for objects older than it.
+        return Outcome("False", "AdapterUnsupported", why)
+    return Outcome(
+        "True", "AdapterAdded", f"adapter {a.name} ({a.uri}) is in LoRAServing {ft.name}"
+    )
+
+
+def serving_not_found(ft: LoRAFineTune, ref: str) -> Outcome:
+    return Outcome(
+        "False", "ServingNotFound", f"LoRAServing {ref} does not exist in {ft.namespace}"
+    )
 
 
 def plan_shared(ft: LoRAFineTune, serving: LoRAServing, a: Adapter) -> Outcome:

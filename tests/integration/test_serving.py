@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from loraf_operator.kube import FIELD_MANAGER
+
 from .operator_fixtures import OperatorHandle, start_operator, wait_until
 from .test_operator import (
     apply,
@@ -83,6 +85,11 @@ def test_sv_serving_reconciles_into_deployment_and_service(
     server = dep["spec"]["template"]["spec"]["containers"][0]
     assert server["command"][-2:] == ["--config", "/etc/loraf-serving/serve.yaml"]
     assert json.loads(cm["data"]["adapters.json"])["adapters"][0]["name"] == "a"
+    # Applied by the operator's one field manager (kube.py), like everything it writes.
+    for kind, child in (("deployment", "chat"), ("service", "chat"), ("cm", "chat-adapters")):
+        managed = cluster.get_json(kind, child, "-n", ns, "--show-managed-fields")
+        fields = managed["metadata"]["managedFields"]
+        assert {m["manager"] for m in fields if m["operation"] == "Apply"} == {FIELD_MANAGER}
 
     def ready() -> dict[str, Any] | None:
         s = (get(cluster, "loraserving", ns, "chat") or {}).get("status") or {}

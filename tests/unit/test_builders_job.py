@@ -6,8 +6,17 @@ from typing import Any
 
 import pytest
 
-from loraf_operator.api.models import LoRAFineTune
-from loraf_operator.builders import BuildDefaults, build_job, build_run, run_spec_hash
+from loraf_operator.api.models import LoRAFineTune, LoRAServing
+from loraf_operator.builders import (
+    RUN_CHILD_KINDS,
+    BuildDefaults,
+    build_job,
+    build_run,
+    run_child_name,
+    run_spec_hash,
+    serving,
+)
+from loraf_operator.builders.labels import RUN_SELECTOR
 from loraf_operator.builders.pod import GPU_TOLERATION
 
 DEFAULTS = BuildDefaults("registry.local/trainer:1", "http://s3.local:9000", "eu-west-1")
@@ -264,5 +273,24 @@ def test_multi_node_run_is_an_indexed_job_with_a_headless_service() -> None:
     assert svc["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
     assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"]
     assert svc["spec"]["selector"] == {"batch.kubernetes.io/job-name": "demo-r2"}
-    kinds = [o["kind"] for o in build_run(f, 2)]
-    assert kinds.index("Service") < kinds.index("Job") == len(kinds) - 1
+    children = build_run(f, 2)
+    # The one list of a run's children: what the reconciler deletes is what was built.
+    assert [o["kind"] for o in children] == list(RUN_CHILD_KINDS)
+    assert [o["metadata"]["name"] for o in children] == [
+        run_child_name(kind, "demo", 2) for kind in RUN_CHILD_KINDS
+    ]
+
+
+def test_the_run_watches_select_run_children_and_not_serving_pods() -> None:
+    def selected(labels: dict[str, str]) -> bool:
+        return all(labels.get(k) == v for k, v in RUN_SELECTOR.items())
+
+    f = ft({"resources": {"gpus": 2, "nodes": 2}})
+    assert all(selected(o["metadata"]["labels"]) for o in build_run(f, 1))
+    pod = build_job(f, 1)["spec"]["template"]["metadata"]["labels"]
+    assert selected(pod)
+    meta = {"name": "sv", "namespace": "ns"}
+    sv = LoRAServing.model_validate({"metadata": meta, "spec": {"baseModel": {"huggingFace": "m"}}})
+    dep = serving.build_deployment(sv)
+    assert dep["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "loraf"
+    assert not selected(dep["spec"]["template"]["metadata"]["labels"])

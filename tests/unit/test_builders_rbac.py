@@ -17,6 +17,7 @@ from loraf_operator.builders import (
     build_run,
     build_service_account,
 )
+from loraf_operator.kube import KINDS
 
 
 def ft() -> LoRAFineTune:
@@ -113,3 +114,11 @@ def test_config_map_yaml_equals_trainer_config_to_yaml() -> None:
     cfg = TrainerConfig.for_resource(ft(), 4)
     data = build_config_map(ft(), 4)["data"]["config.yaml"]
     assert TrainerConfig.from_yaml(data) == TrainerConfig.from_yaml(cfg.to_yaml()) == cfg
+
+
+def test_every_kind_the_operator_client_addresses_has_a_rule() -> None:
+    """kube.KINDS is what the operator can address: each kind is granted by some rule."""
+    granted = {(g, r) for rule in rbac_rules.RULES for g in rule.api_groups for r in rule.resources}
+    for name, kind in KINDS.items():
+        group = kind.api.split("/")[2] if kind.api.startswith("/apis/") else ""
+        assert (group, kind.plural) in granted, f"no RBAC rule for {name}"

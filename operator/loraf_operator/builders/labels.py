@@ -11,6 +11,7 @@ from .naming import label_value
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "loraf"
+COMPONENT = "app.kubernetes.io/component"
 FINETUNE = "loraf.dev/finetune"  # label (maybe truncated) and annotation (full name)
 RUN = "loraf.dev/run"
 SPEC_HASH = "loraf.dev/spec-hash"  # annotation on the Job: which spec the run trains
@@ -18,8 +19,9 @@ GENERATION = "loraf.dev/generation"  # annotation: metadata.generation the run s
 QUEUE_NAME = "kueue.x-k8s.io/queue-name"  # copied from the LoRAFineTune to the Job
 JOB_NAME = "batch.kubernetes.io/job-name"  # set on pods by the Job controller
 
-#: Selector of everything loraf manages (the operator watches Jobs and Pods with it).
-MANAGED_SELECTOR = {MANAGED_BY: MANAGED_BY_VALUE}
+#: Selector of the fine-tune runs' children and pods (not the serving ones, whose component
+#: is "server"): the operator watches Jobs and Pods with it.
+RUN_SELECTOR = {MANAGED_BY: MANAGED_BY_VALUE, COMPONENT: "trainer"}
 
 
 def run_labels(name: str, run: int) -> dict[str, str]:
@@ -27,9 +29,8 @@ def run_labels(name: str, run: int) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": "loraf-trainer",
         "app.kubernetes.io/instance": label_value(name),
-        "app.kubernetes.io/component": "trainer",
         "app.kubernetes.io/part-of": "loraf",
-        MANAGED_BY: MANAGED_BY_VALUE,
+        **RUN_SELECTOR,
         FINETUNE: label_value(name),
         RUN: str(run),
     }
