@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from . import metrics, start_from
 from .api import conditions as why
 from .api.conditions import COND_FAILED, COND_SCHEDULED
-from .api.models import GROUP, VERSION, LoRAFineTune
+from .api.models import GROUP, VERSION, LoRAFineTune, LoRAFineTuneStatus
 from .artifact_check import Verdict, verify_run
 from .builders import (
     RUN_CHILD_KINDS,
@@ -183,6 +183,8 @@ class Reconciler:
         metrics.set_phase("/".join(key), None)
 
     async def _patch_status(self, body: Obj, patch: Obj) -> Obj:
+        # a misspelled key fails here; the structural schema would prune it without a word
+        patch = LoRAFineTuneStatus.patch_of(patch)
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
         for delay in (*_PATCH_RETRY_DELAYS, None):

@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from . import serving_status as svstatus
 from .api.models import FINETUNE_PLURAL, GROUP, SERVING_PLURAL, VERSION, LoRAFineTune, LoRAServing
 from .builders import serving as build
-from .builders.naming import serving_config_map_name
+from .builders.naming import serving_child_name, serving_config_map_name
 from .kube import ApiError, Kube
 from .serving_link import (
     Outcome,
@@ -76,10 +76,10 @@ async def _replica_reports(sv: LoRAServing, pods: list[dict[str, Any]]) -> list[
 
 async def observe(kube: Kube, sv: LoRAServing) -> tuple[dict[str, Any] | None, svstatus.Replicas]:
     """The Deployment, its other children that are missing, and what its pods say."""
-    dep = await kube.get("Deployment", sv.namespace, build.deployment_name(sv.name))
+    dep = await kube.get("Deployment", sv.namespace, serving_child_name(sv.name))
     missing = []
     for kind, child in (
-        ("Service", build.service_name(sv.name)),
+        ("Service", serving_child_name(sv.name)),
         ("ConfigMap", serving_config_map_name(sv.name)),
     ):
         if await kube.get(kind, sv.namespace, child) is None:

@@ -20,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, get_args
 
+from .api import conditions as cond
+from .api.conditions import COND_SERVING
 from .api.models import (
     LoRAFineTune,
     LoraRank,
@@ -30,7 +32,6 @@ from .builders.dedicated_serving import build_dedicated_serving
 from .start_from import succeeded_adapter_uri
 from .status import Cond, Status
 
-COND_SERVING = "Serving"
 Obj = dict[str, Any]
 
 
@@ -108,15 +109,17 @@ def plan_dedicated(ft: LoRAFineTune, a: Adapter) -> Outcome:
     assert ft.spec.serving is not None
     if ft.spec.serving.engine == "vllm" and (why := vllm_unsupported(ft.spec.lora)):
         # The apiserver refuses this shape at apply (CEL); kept for objects older than it.
-        return Outcome("False", "AdapterUnsupported", why)
+        return Outcome("False", cond.REASON_ADAPTER_UNSUPPORTED, why)
     return Outcome(
-        "True", "AdapterAdded", f"adapter {a.name} ({a.uri}) is in LoRAServing {ft.name}"
+        "True", cond.REASON_ADAPTER_ADDED, f"adapter {a.name} ({a.uri}) is in LoRAServing {ft.name}"
     )
 
 
 def serving_not_found(ft: LoRAFineTune, ref: str) -> Outcome:
     return Outcome(
-        "False", "ServingNotFound", f"LoRAServing {ref} does not exist in {ft.namespace}"
+        "False",
+        cond.REASON_SERVING_NOT_FOUND,
+        f"LoRAServing {ref} does not exist in {ft.namespace}",
     )
 
 
@@ -126,17 +129,19 @@ def plan_shared(ft: LoRAFineTune, serving: LoRAServing, a: Adapter) -> Outcome:
     if mine != theirs:
         return Outcome(
             "False",
-            "BaseModelMismatch",
+            cond.REASON_BASE_MODEL_MISMATCH,
             f"LoRAServing {serving.name} serves base model "
             f"{serving.spec.base_model.display_name}, but this adapter was trained on "
             f"{ft.spec.base_model.display_name}",
         )
     if serving.spec.engine == "vllm" and (why := vllm_unsupported(ft.spec.lora)):
-        return Outcome("False", "AdapterUnsupported", f"LoRAServing {serving.name}: {why}")
+        return Outcome(
+            "False", cond.REASON_ADAPTER_UNSUPPORTED, f"LoRAServing {serving.name}: {why}"
+        )
     if a.rank > serving.spec.max_lora_rank:
         return Outcome(
             "False",
-            "AdapterRankTooHigh",
+            cond.REASON_ADAPTER_RANK_TOO_HIGH,
             f"adapter rank {a.rank} is above LoRAServing {serving.name}'s maxLoraRank "
             f"{serving.spec.max_lora_rank}; raise spec.maxLoraRank there",
         )
@@ -145,13 +150,13 @@ def plan_shared(ft: LoRAFineTune, serving: LoRAServing, a: Adapter) -> Outcome:
     if len(new) > serving.spec.max_adapters:
         return Outcome(
             "False",
-            "ServingFull",
+            cond.REASON_SERVING_FULL,
             f"LoRAServing {serving.name} holds {serving.spec.max_adapters} adapters "
             "(spec.maxAdapters); raise it or remove one",
         )
     return Outcome(
         "True",
-        "AdapterAdded",
+        cond.REASON_ADAPTER_ADDED,
         f"adapter {a.name} ({a.uri}) is in LoRAServing {serving.name}",
         None if new == current else new,
     )

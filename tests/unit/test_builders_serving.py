@@ -12,7 +12,7 @@ from loraf_operator.api.models import LoRAServing
 from loraf_operator.api.serve_config import ServeConfig
 from loraf_operator.builders import serving as b
 from loraf_operator.builders.common import BuildDefaults
-from loraf_operator.builders.naming import serving_config_map_name
+from loraf_operator.builders.naming import serving_child_name, serving_config_map_name
 
 DEFAULTS = BuildDefaults(trainer_image="trainer:1", s3_endpoint="http://s3:9000")
 
@@ -221,7 +221,7 @@ def test_service_metadata_and_url() -> None:
 
 def test_long_names_fit_63_chars() -> None:
     name = "x" * 200
-    assert len(b.deployment_name(name)) <= 63
+    assert len(serving_child_name(name)) <= 63
     assert len(serving_config_map_name(name)) <= 63
     assert serving_config_map_name(name).endswith("-adapters")
     assert serving_config_map_name("chat") == "chat-adapters"  # short names unchanged

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loraf_operator.api.exitcodes import ExitCode
+from loraf_operator.api.mounts import ENV_PVC_ROOT
 from loraf_operator.api.run_layout import MANIFEST, run_prefix
 
 from . import launch, ranks
@@ -241,7 +242,7 @@ def next_run_number(store_for: Callable[[int], Store]) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     if args.pvc_root:
-        os.environ["LORAF_PVC_ROOT"] = args.pvc_root
+        os.environ[ENV_PVC_ROOT] = args.pvc_root
     strategy = ((_read_manifest(args.manifest).get("spec") or {}).get("resources") or {}).get(
         "strategy", "auto"
     )

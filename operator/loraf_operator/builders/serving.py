@@ -57,10 +57,6 @@ POLL_SECONDS = 5
 SYNC_PORT_OFFSET = 1
 
 
-# The Deployment and the Service are named alike, in builders/naming.py.
-deployment_name = service_name = serving_child_name
-
-
 def labels(sv: LoRAServing) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": "loraf-serving",
@@ -300,7 +296,7 @@ def build_deployment(sv: LoRAServing, defaults: BuildDefaults | None = None) -> 
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _metadata(sv, deployment_name(sv.name)),
+        "metadata": _metadata(sv, serving_child_name(sv.name)),
         "spec": {
             "replicas": sv.spec.replicas,
             "selector": {"matchLabels": selector(sv)},
@@ -316,7 +312,7 @@ def build_service(sv: LoRAServing) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(sv, service_name(sv.name)),
+        "metadata": _metadata(sv, serving_child_name(sv.name)),
         "spec": {
             "type": "ClusterIP",
             "selector": selector(sv),
@@ -326,4 +322,4 @@ def build_service(sv: LoRAServing) -> dict[str, Any]:
 
 
 def service_url(sv: LoRAServing) -> str:
-    return f"http://{service_name(sv.name)}.{sv.namespace}.svc:{sv.spec.port}/v1"
+    return f"http://{serving_child_name(sv.name)}.{sv.namespace}.svc:{sv.spec.port}/v1"
