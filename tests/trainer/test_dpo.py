@@ -69,7 +69,11 @@ def _base(smollm2_dir: Path) -> dict[str, Any]:
 
 
 def test_dpo_on_top_of_sft_prefers_the_facts(
-    tmp_path: Path, smollm2_dir: Path, quickstart_rows: Path, quiet: Path
+    tmp_path: Path,
+    smollm2_dir: Path,
+    quickstart_rows: Path,
+    quiet: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     rows = preference_rows(quickstart_rows)
     train, held_out = rows[:TRAIN], rows[TRAIN:]
@@ -113,6 +117,43 @@ def test_dpo_on_top_of_sft_prefers_the_facts(
     assert sum(margins[-2:]) / 2 > sum(margins[:2]) / 2, margins
     assert manifest["metrics"]["preferenceAccuracyAdapter"] == after
     assert manifest["dataset"]["format"] == "preference"
+    _serves_like_any_adapter(
+        tmp_path, smollm2_dir, tmp_path / "dpo" / "run-1", held_out[0], monkeypatch
+    )
+
+
+def _serves_like_any_adapter(
+    tmp_path: Path,
+    smollm2_dir: Path,
+    run: Path,
+    row: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A DPO adapter is an adapter: the serving engine fetches its run folder, checks it
+    against its manifest and answers with it (and without it under the base's name)."""
+    from loraf_operator.api.mounts import ENV_PVC_ROOT
+    from loraf_operator.api.serve_config import ServeConfig
+    from loraf_trainer.serve import Engine
+
+    pvc = tmp_path / "pvc"
+    (pvc / "models").mkdir(parents=True)
+    (pvc / "models" / "smollm2").symlink_to(smollm2_dir, target_is_directory=True)
+    monkeypatch.setenv(ENV_PVC_ROOT, str(pvc))
+    cfg = ServeConfig.model_validate(
+        {
+            "baseModel": {"pvc": {"claimName": "models", "path": "smollm2"}, "ggufFile": GGUF},
+            "baseName": "base",
+            "workDir": str(tmp_path / "serve"),
+        }
+    )
+    engine = Engine.from_config(cfg)
+    state = engine.load_adapter("dpo", str(run))
+    assert state.state == "Ready", state.reason
+    prompt = engine.chat_prompt([{"role": "user", "content": row["prompt"]}], "dpo")
+    adapter, _, produced, _ = engine.generate("dpo", prompt, 24, 0.0)
+    base, _, _, _ = engine.generate("base", prompt, 24, 0.0)
+    assert produced > 0 and adapter.strip()
+    assert adapter != base, "the served DPO adapter must change the greedy answer"
 
 
 def test_invalid_preference_row_fails_fast_with_its_row_number(
