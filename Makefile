@@ -21,11 +21,17 @@ lint: venv
 	.venv/bin/ruff check .
 	.venv/bin/mypy
 
+# Every generated file: CRDs and docs/api.md, the operator's ClusterRole, the Helm chart's
+# generated parts. One style: no flag writes, --check fails when a committed file is stale.
 crds: venv
 	.venv/bin/python -m loraf_operator.api.crdgen
+	.venv/bin/python -m loraf_operator.rbac_rules
+	.venv/bin/python hack/chart_gen.py
 
 crds-check: venv
 	.venv/bin/python -m loraf_operator.api.crdgen --check
+	.venv/bin/python -m loraf_operator.rbac_rules --check
+	.venv/bin/python hack/chart_gen.py --check
 
 unit: venv
 	.venv/bin/pytest -q tests/unit
