@@ -21,11 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from bench.gpu.suite import run_config
 
 
 def rows(shape_70b: str, shape_fsdp: str, steps: int) -> list[dict[str, Any]]:
@@ -108,16 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = cfg | {"model_dir": str(model_dir)}
         if a.estimate_budget_gib:
             cfg["estimate_budget_gib"] = a.estimate_budget_gib
-        env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
-        env.pop("PYTORCH_CUDA_ALLOC_CONF", None)  # the project runner sets the trainer's
         res_file = out / f"run-multigpu-{i}.json"
         print(f"== {cfg['id']}: {json.dumps(cfg)}", flush=True)
-        try:
-            subprocess.run(command(cfg, res_file), env=env, timeout=a.timeout, check=False)
-            res = json.loads(res_file.read_text())
-            res_file.unlink()
-        except (subprocess.TimeoutExpired, FileNotFoundError, json.JSONDecodeError) as e:
-            res = {"config": cfg, "ok": False, "error": f"{type(e).__name__}: {e}"}
+        res = run_config(command(cfg, res_file), cfg, res_file, a.timeout)
         res["wall_s"] = round(time.perf_counter() - t, 1)
         results.append(res)
         doc = {

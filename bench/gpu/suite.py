@@ -250,26 +250,29 @@ def main() -> int:
             cfg["profile"] = cfg["profile"].format(out=a.out)
         if "save_adapter" in cfg:
             cfg["save_adapter"] = cfg["save_adapter"].format(models=a.models)
-        env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
-        env.pop("PYTORCH_CUDA_ALLOC_CONF", None)  # the project runner sets the trainer's
         res_file = out / f"run-{a.suite}-{i}.json"
         print(f"== {cfg['group']} {cfg['id']}: {json.dumps(cfg)}", flush=True)
-        t = time.perf_counter()
-        try:
-            subprocess.run(
-                [sys.executable, "-m", "bench.gpu.run_one", json.dumps(cfg), str(res_file)],
-                env=env,
-                timeout=a.timeout,
-                check=False,
-            )
-            res = json.loads(res_file.read_text())
-            res_file.unlink()
-        except (subprocess.TimeoutExpired, FileNotFoundError, json.JSONDecodeError) as e:
-            res = {"config": cfg, "ok": False, "error": f"{type(e).__name__}: {e}"}
-        res["wall_s"] = round(time.perf_counter() - t, 1)
+        cmd = [sys.executable, "-m", "bench.gpu.run_one", json.dumps(cfg), str(res_file)]
+        res = run_config(cmd, cfg, res_file, a.timeout)
         results.append(res)
         _write(out / f"gpu_{a.suite}_{a.shape}.json", a, made_s, results)
     return 0
+
+
+def run_config(cmd: list[str], cfg: dict[str, Any], res_file: Path, timeout: int) -> dict[str, Any]:
+    """One configuration in its own process (Liger patches classes globally): its result
+    file, or a failed result saying why, with the wall time it took."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
+    env.pop("PYTORCH_CUDA_ALLOC_CONF", None)  # the project runner sets the trainer's
+    t = time.perf_counter()
+    try:
+        subprocess.run(cmd, env=env, timeout=timeout, check=False)
+        res: dict[str, Any] = json.loads(res_file.read_text())
+        res_file.unlink()
+    except (subprocess.TimeoutExpired, FileNotFoundError, json.JSONDecodeError) as e:
+        res = {"config": cfg, "ok": False, "error": f"{type(e).__name__}: {e}"}
+    res["wall_s"] = round(time.perf_counter() - t, 1)
+    return res
 
 
 def _write(path: Path, a: Any, made_s: float, results: list[dict[str, Any]]) -> None:
