@@ -20,6 +20,8 @@ def main() -> int:
         from loraf_trainer.optimizations import allocator_defaults
 
         allocator_defaults()
+    if cfg["runner"] == "unsloth":  # before anything imports transformers (it patches them)
+        import unsloth  # noqa: F401
     try:
         from bench.gpu import runners
 

@@ -6,6 +6,9 @@ Runners:
   synthetic rows of token ids.
 - "trl": the documented TRL recipe: from_pretrained(+BitsAndBytesConfig), SFTConfig,
   SFTTrainer(peft_config=LoraConfig), optionally use_liger_kernel=True.
+- "unsloth": Unsloth's documented recipe: FastLanguageModel.from_pretrained(load_in_4bit),
+  FastLanguageModel.get_peft_model, TRL's SFTTrainer (Unsloth patches it); its own
+  trl/datasets pins live in their own folder (`site`, bench/gpu/unsloth-wheels.sh).
 Both get the same LoRA shape, optimizer, schedule, seed, rows and effective batch.
 """
 
@@ -19,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 GIB = 1024**3
+# what peft's "all-linear" selects in a Llama decoder (Unsloth wants the names)
+LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 def versions() -> dict[str, str]:
@@ -250,6 +255,8 @@ def build_project(cfg: dict[str, Any], out_dir: Path, meter: Any) -> tuple[Any, 
     model, decision = ltrain.prepare_model(tcfg, path, device, world_size=rk.world_size)
     if "liger_layers" in cfg:  # ablation: Liger's layer kernels with or without compile
         decision = dataclasses.replace(decision, liger_layers=bool(cfg["liger_layers"]))
+    if "keep_input_dtype" in cfg:  # ablation: peft's cast of each LoRA input to fp32
+        decision = dataclasses.replace(decision, keep_input_dtype=bool(cfg["keep_input_dtype"]))
     extra: dict[str, Any] = {"load_s": round(time.perf_counter() - t0, 2)}
     extra["plan"] = decision.status() | {"notes": decision.notes}
     extra["planner_estimate"] = planner_estimate(spec, path, cfg.get("estimate_budget_gib"))
@@ -361,22 +368,75 @@ def build_trl(cfg: dict[str, Any], out_dir: Path, meter: Any) -> tuple[Any, dict
     return trainer, extra
 
 
+def build_unsloth(cfg: dict[str, Any], out_dir: Path, meter: Any) -> tuple[Any, dict[str, Any]]:
+    """Unsloth's recipe with the same LoRA shape, rows, optimizer and schedule; its
+    checkpointing is its own ("unsloth": offloaded) when `gc` is not "none"."""
+    import torch
+    from trl import SFTConfig, SFTTrainer
+    from unsloth import FastLanguageModel  # run_one imported unsloth before transformers
+
+    from loraf_trainer import adapters
+
+    path = Path(cfg["model_dir"])
+    r = cfg.get("r", 16)
+    t0 = time.perf_counter()
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        model_name=str(path),
+        max_seq_length=cfg["seq"],
+        dtype=torch.bfloat16,
+        load_in_4bit=cfg["method"] == "qlora",
+        fix_tokenizer=False,  # the throwaway word-level tokenizer has no chat template
+        local_files_only=True,
+    )
+    extra: dict[str, Any] = {"load_s": round(time.perf_counter() - t0, 2)}
+    model = FastLanguageModel.get_peft_model(
+        model,
+        r=r,
+        lora_alpha=2 * r,
+        lora_dropout=cfg.get("lora_dropout", 0.0),
+        target_modules=list(LLAMA_LINEAR),
+        use_gradient_checkpointing="unsloth" if cfg.get("gc", "full") != "none" else False,
+        random_state=cfg.get("seed", 42),
+    )
+    train_ds, _ = _tokenizer_and_rows(cfg, path, model.config.vocab_size)
+    args = SFTConfig(**_trl_args(cfg, out_dir), data_seed=cfg.get("seed", 42))
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        processing_class=tokenizer,
+        callbacks=[meter],
+    )
+    trainable, total = adapters.count_parameters(trainer.model)
+    extra |= {"trainable_params": trainable, "total_params": total}
+    return trainer, extra
+
+
+BUILDERS = {"project": build_project, "trl": build_trl, "unsloth": build_unsloth}
+
+
 def run(cfg: dict[str, Any], t_process: float, out_dir: Path) -> dict[str, Any]:
     import torch
 
     from bench.gpu import flops, shapes
 
     meter = Meter(t_process)
-    build = build_project if cfg["runner"] == "project" else build_trl
-    trainer, extra = build(cfg, out_dir, meter)
+    if cfg.get("compile_mode"):  # experiment: the trainer's layer.compile() in this mode
+        import functools
+
+        torch.nn.Module.compile = functools.partialmethod(  # type: ignore[method-assign,assignment]
+            torch.nn.Module.compile, mode=cfg["compile_mode"]
+        )
+    trainer, extra = BUILDERS[cfg["runner"]](cfg, out_dir, meter)
     if cfg.get("profile"):
         trainer.add_callback(Profiler(cfg["profile"], int(cfg.get("profile_at", 6))))
     weights_gib = torch.cuda.memory_allocated() / GIB if torch.cuda.is_available() else 0.0
     from peft.helpers import disable_input_dtype_casting
 
-    # experiment: LoRA inputs stay bf16 under autocast instead of peft's cast to the
-    # adapters' fp32
-    with disable_input_dtype_casting(trainer.model, active=bool(cfg.get("no_cast"))):
+    # LoRA inputs stay bf16 under autocast instead of peft's cast to the adapters' fp32:
+    # the trainer's default on a GPU (train.fit does the same), an experiment for others
+    keep = "keep-input-dtype" in extra.get("plan", {}).get("techniques", [])
+    with disable_input_dtype_casting(trainer.model, active=keep or bool(cfg.get("no_cast"))):
         trainer.train()
     if "compile" in extra.get("plan", {}).get("techniques", []):
         from torch._dynamo.utils import counters

@@ -21,11 +21,17 @@ from typing import Any
 from bench.gpu import fair
 
 Q = {"method": "qlora"}
+FUSED = "adamw_torch_fused"
 L = {"method": "lora"}
 
 
 def trl(liger: bool, **kw: Any) -> dict[str, Any]:
     return {"runner": "trl", "liger": liger, "baseline": liger} | kw
+
+
+def unsloth(**kw: Any) -> dict[str, Any]:
+    """Unsloth's recipe in its own folder of pins (bench/gpu/unsloth-wheels.sh)."""
+    return {"runner": "unsloth", "site": "/tmp/site-uns"} | kw
 
 
 def project(**kw: Any) -> dict[str, Any]:
@@ -116,6 +122,64 @@ def suites(steps: int) -> dict[str, list[dict[str, Any]]]:
                 "steps": 12,
             },
             {"id": "a", **project(lora_dropout=0.0), **g3, "steps": 12, "goal_tokens_per_s": 16000},
+        ],
+        # Issue 17, third session: Unsloth (the anchor users cite) next to the strongest TRL
+        # in 24 GiB, and two candidates for the trainer: peft's input cast to the fp32
+        # adapters off (under bf16 autocast the adapter GEMMs run in bf16 either way) and
+        # CUDA graphs over the compiled layers (the QLoRA step is launch-bound)
+        "x17": [
+            {"id": "u", **unsloth(gc="none", lora_dropout=0.0, optim=FUSED), **g1, "steps": 12},
+            {"id": "b", **trl(True, gc="none", lora_dropout=0.0, optim=FUSED), **g1, "steps": 12},
+            {"id": "a", **project(budget_gib=24, lora_dropout=0.0), **g1, "steps": 12},
+            {
+                "id": "a-nocast",
+                **project(budget_gib=24, lora_dropout=0.0, no_cast=True),
+                **g1,
+                "steps": 12,
+            },
+            {"id": "u-gc", **unsloth(lora_dropout=0.0, optim=FUSED), **g1, "steps": 12},
+            {"id": "a", **project(lora_dropout=0.0), **g3, "steps": 12},
+            {"id": "a-nocast", **project(lora_dropout=0.0, no_cast=True), **g3, "steps": 12},
+            {
+                "id": "a-cg",
+                **project(budget_gib=24, lora_dropout=0.0, compile_mode="reduce-overhead"),
+                **g1,
+                "steps": 12,
+            },
+        ],
+        # fair3: after the x17 exploration, the trainer with its new default
+        # (keep-input-dtype), the strongest TRL and Unsloth in the same call
+        "fair3": [
+            {
+                "id": "b",
+                **trl(True, gc="none", lora_dropout=0.0, optim=FUSED),
+                **g1,
+                "steps": 50,
+                "budget_gib": 24,
+                "goal_ratio": 1.5,
+            },
+            {"id": "a", **project(budget_gib=24, lora_dropout=0.0), **g1, "steps": 50},
+            {"id": "u", **unsloth(gc="none", lora_dropout=0.0, optim=FUSED), **g1, "steps": 50},
+        ],
+        # memory mode against the fastest TRL that fits 10 GiB (checkpointed, fused AdamW:
+        # +0.25 GiB of state, 7.9 GiB) and Unsloth's offloaded checkpointing
+        "fair3-mem": [
+            {
+                "id": "b",
+                **trl(True, lora_dropout=0.0, optim=FUSED),
+                **g2,
+                "steps": 12,
+                "budget_gib": 10,
+                "goal_ratio": 1.2,
+            },
+            {
+                "id": "a",
+                **project(planner=False, cpu_embed=True, lora_dropout=0.0),
+                **g2,
+                "steps": 12,
+                "budget_gib": 7,
+            },
+            {"id": "u-gc", **unsloth(lora_dropout=0.0, optim=FUSED), **g2, "steps": 12},
         ],
         "fair": [
             {
@@ -263,6 +327,8 @@ def run_config(cmd: list[str], cfg: dict[str, Any], res_file: Path, timeout: int
     """One configuration in its own process (Liger patches classes globally): its result
     file, or a failed result saying why, with the wall time it took."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
+    if cfg.get("site"):  # a runner with its own pins (Unsloth's trl/datasets) goes first
+        env["PYTHONPATH"] = os.pathsep.join([cfg["site"], env.get("PYTHONPATH", "")])
     env.pop("PYTORCH_CUDA_ALLOC_CONF", None)  # the project runner sets the trainer's
     t = time.perf_counter()
     try:

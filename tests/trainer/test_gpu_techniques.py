@@ -229,3 +229,38 @@ def test_compile_partial_checkpointing_and_cpu_embeddings_train_like_eager(
     a, b = lora_weights(fast), lora_weights(eager)
     for name, wa in a.items():
         torch.testing.assert_close(wa, b[name], rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_keeping_the_input_dtype_changes_no_number_under_autocast(tiny_llama: Path) -> None:
+    """The GPU default `keep-input-dtype` (optimizations.Decision): under bf16 autocast,
+    skipping peft's cast of each LoRA input to the fp32 adapters gives the same loss and
+    the same adapter gradients, bit for bit (autocast casts the input back for the GEMM)."""
+    from peft import LoraConfig, get_peft_model
+    from peft.helpers import disable_input_dtype_casting
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.bfloat16)
+    model = get_peft_model(
+        model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
+    )
+    ids = torch.randint(3, VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(1))
+
+    seen: list[Any] = []  # the dtype reaching one adapter: the two paths do differ
+    lora_a = next(m for n, m in model.named_modules() if n.endswith("q_proj.lora_A.default"))
+    lora_a.register_forward_pre_hook(lambda _m, args: seen.append(args[0].dtype))
+
+    def loss_and_grads(keep: bool) -> tuple[Any, list[Any]]:
+        model.zero_grad()
+        with disable_input_dtype_casting(model, active=keep), torch.autocast("cpu", torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        grads = [p.grad.clone() for n, p in model.named_parameters() if "lora_" in n]
+        assert grads and all(g.dtype == torch.float32 for g in grads)  # fp32 adapters
+        return loss.detach(), grads
+
+    cast_loss, cast_grads = loss_and_grads(keep=False)
+    kept_loss, kept_grads = loss_and_grads(keep=True)
+    assert (seen[0], seen[-1]) == (torch.float32, torch.bfloat16)
+    assert torch.equal(cast_loss, kept_loss)
+    assert all(torch.equal(a, b) for a, b in zip(cast_grads, kept_grads, strict=True))
+    assert any(g.abs().sum() > 0 for g in kept_grads)

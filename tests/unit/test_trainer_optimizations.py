@@ -61,7 +61,7 @@ def test_gpu_plans_inside_the_spec_budget() -> None:
     assert d.plan.est_peak_reserved_gib <= 24
     # with compile no Liger kernel runs (inductor fuses the layers; TRL computes the loss
     # with its own chunked LM head), and the plan says so
-    assert d.techniques == ["memory-planner", "compile", "oom-recovery"]
+    assert d.techniques == ["memory-planner", "compile", "oom-recovery", "keep-input-dtype"]
     assert opt.sft_overrides(d)["use_liger_kernel"] is False
     assert "not used with compile" in d.notes[0]
     st = d.status()
@@ -101,7 +101,12 @@ def test_memory_mode_switches_reach_the_decision() -> None:
     s = spec(optimizations={"cpuEmbeddings": True, "compile": False, "oomRecovery": False})
     d = opt.decide(s, LLAMA3_8B, on_gpu=True, free_gib=79.0, liger=True)
     assert d.cpu_embeddings and not d.compile and not d.oom_recovery
-    assert d.techniques == ["memory-planner", "fused-kernels", "cpu-embeddings"]
+    assert d.techniques == [
+        "memory-planner",
+        "fused-kernels",
+        "cpu-embeddings",
+        "keep-input-dtype",
+    ]
     overrides = opt.sft_overrides(d)
     # without compile, Liger's layer kernels are the fused layers
     assert overrides["use_liger_kernel"] is True and "liger_kernel_config" not in overrides
@@ -183,12 +188,19 @@ def test_fsdp_swaps_a_bitsandbytes_optimizer_and_plans_with_its_state() -> None:
     spec = LoRAFineTuneSpec.model_validate(raw)
     d = opt.decide(spec, LLAMA3_8B, True, 80.0, True, 1000)
     assert d.strategy == "fsdp" and d.optimizer == "adamw_torch" and not d.compile
+    assert not d.keep_input_dtype and any("input cast kept" in n for n in d.notes)
     assert opt.sft_overrides(d)["optim"] == "adamw_torch"
     assert any("cannot update sharded parameters" in n for n in d.notes)
+    unplanned = opt.decide(spec.model_copy(update={"training": spec.training.model_copy(update={
+        "optimizations": spec.training.optimizations.model_copy(update={"planner": False})})}),
+        LLAMA3_8B, True, 80.0, True, 1000)  # fmt: skip
+    # the planner off changes nothing of what FSDP needs
+    assert unplanned.plan is None and unplanned.optimizer == "adamw_torch"
+    assert not unplanned.compile and not unplanned.keep_input_dtype
     single = opt.decide(spec.model_copy(update={"resources": spec.resources.model_copy(
         update={"strategy": "auto"})}), LLAMA3_8B, True, 80.0, True, 1000)  # fmt: skip
     # one GPU keeps the spec's optimizer for FSDP's reason; it takes the fused one for speed
-    assert not any("sharded" in n for n in single.notes)
+    assert not any("sharded" in n for n in single.notes) and single.keep_input_dtype
     assert single.optimizer == opt.FUSED_OPTIMIZER == opt.sft_overrides(single)["optim"]
 
 

@@ -606,6 +606,8 @@ def fit(
 ) -> Fitted:
     """Resume from the newest checkpoint and train to the end; SIGTERM raises Preempted
     (with the last step checkpointed)."""
+    from peft.helpers import disable_input_dtype_casting
+
     from .callbacks import CheckpointCallback, ProgressCallback
 
     pub, spec = ctx.publisher, ctx.cfg.spec
@@ -652,7 +654,8 @@ def fit(
         out = None
     else:
         try:
-            out = train_or_fail(trainer, resume)
+            with disable_input_dtype_casting(trainer.model, active=decision.keep_input_dtype):
+                out = train_or_fail(trainer, resume)
         except StepInterrupted as e:
             saved = ckpt_cb.save_now(trainer)
             raise Preempted(
