@@ -239,9 +239,9 @@ def test_keeping_the_input_dtype_changes_no_number_under_autocast(tiny_llama: Pa
     from peft.helpers import disable_input_dtype_casting
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.bfloat16)
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.bfloat16)
     model = get_peft_model(
-        model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
+        base, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
     )
     ids = torch.randint(3, VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(1))
 
@@ -254,7 +254,11 @@ def test_keeping_the_input_dtype_changes_no_number_under_autocast(tiny_llama: Pa
         with disable_input_dtype_casting(model, active=keep), torch.autocast("cpu", torch.bfloat16):
             loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
-        grads = [p.grad.clone() for n, p in model.named_parameters() if "lora_" in n]
+        grads = [
+            p.grad.clone()
+            for n, p in model.named_parameters()
+            if "lora_" in n and p.grad is not None
+        ]
         assert grads and all(g.dtype == torch.float32 for g in grads)  # fp32 adapters
         return loss.detach(), grads
 
