@@ -317,8 +317,6 @@ def build_trl(cfg: dict[str, Any], out_dir: Path, meter: Any) -> tuple[Any, dict
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, set_seed
     from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
-    from loraf_trainer import adapters
-
     path = Path(cfg["model_dir"])
     qlora = cfg["method"] == "qlora"
     extra: dict[str, Any] = {}
@@ -355,17 +353,7 @@ def build_trl(cfg: dict[str, Any], out_dir: Path, meter: Any) -> tuple[Any, dict
     )
     if cfg.get("objective") == "dpo":
         trainer_cls, args = DPOTrainer, DPOConfig(**common, beta=0.1)
-    trainer = trainer_cls(
-        model=model,
-        args=args,
-        train_dataset=train_ds,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=[meter],
-    )
-    trainable, total = adapters.count_parameters(trainer.model)
-    extra |= {"trainable_params": trainable, "total_params": total}
-    return trainer, extra
+    return _trainer(trainer_cls, model, args, train_ds, tokenizer, meter, extra, peft_config)
 
 
 def build_unsloth(cfg: dict[str, Any], out_dir: Path, meter: Any) -> tuple[Any, dict[str, Any]]:
@@ -374,8 +362,6 @@ def build_unsloth(cfg: dict[str, Any], out_dir: Path, meter: Any) -> tuple[Any, 
     import torch
     from trl import SFTConfig, SFTTrainer
     from unsloth import FastLanguageModel  # run_one imported unsloth before transformers
-
-    from loraf_trainer import adapters
 
     path = Path(cfg["model_dir"])
     r = cfg.get("r", 16)
@@ -400,16 +386,34 @@ def build_unsloth(cfg: dict[str, Any], out_dir: Path, meter: Any) -> tuple[Any, 
     )
     train_ds, _ = _tokenizer_and_rows(cfg, path, model.config.vocab_size)
     args = SFTConfig(**_trl_args(cfg, out_dir), data_seed=cfg.get("seed", 42))
-    trainer = SFTTrainer(
+    return _trainer(SFTTrainer, model, args, train_ds, tokenizer, meter, extra)
+
+
+def _trainer(
+    cls: Any,
+    model: Any,
+    args: Any,
+    train_ds: Any,
+    tokenizer: Any,
+    meter: Any,
+    extra: dict[str, Any],
+    peft_config: Any = None,
+) -> tuple[Any, dict[str, Any]]:
+    """A TRL trainer of the peer recipes (peft_config: TRL wraps the model itself), with
+    the trainable / total parameter counts."""
+    from loraf_trainer import adapters
+
+    kw = {"peft_config": peft_config} if peft_config is not None else {}
+    trainer = cls(
         model=model,
         args=args,
         train_dataset=train_ds,
         processing_class=tokenizer,
         callbacks=[meter],
+        **kw,
     )
     trainable, total = adapters.count_parameters(trainer.model)
-    extra |= {"trainable_params": trainable, "total_params": total}
-    return trainer, extra
+    return trainer, extra | {"trainable_params": trainable, "total_params": total}
 
 
 BUILDERS = {"project": build_project, "trl": build_trl, "unsloth": build_unsloth}

@@ -45,6 +45,14 @@ def suites(steps: int) -> dict[str, list[dict[str, Any]]]:
     g2 = {"group": "qlora-2048x2", "seq": 2048, "micro": 2, "ga": 1, **Q}
     g3 = {"group": "lora-4096x2", "seq": 4096, "micro": 2, "ga": 1, **L}
     s = steps
+    # memory mode as a user sets it (≤ 7 GiB): planner off, every layer checkpointed
+    mem_mode = {
+        "id": "a",
+        **project(planner=False, cpu_embed=True, lora_dropout=0.0),
+        **g2,
+        "steps": 12,
+        "budget_gib": 7,
+    }
     return {
         # Where the time goes (profiles) and torch.compile of the decoder layers. Produced
         # before the trainer had the techniques: `budget_gib` rows then ran the planner in
@@ -172,13 +180,7 @@ def suites(steps: int) -> dict[str, list[dict[str, Any]]]:
                 "budget_gib": 10,
                 "goal_ratio": 1.2,
             },
-            {
-                "id": "a",
-                **project(planner=False, cpu_embed=True, lora_dropout=0.0),
-                **g2,
-                "steps": 12,
-                "budget_gib": 7,
-            },
+            mem_mode,
             {"id": "u-gc", **unsloth(lora_dropout=0.0, optim=FUSED), **g2, "steps": 12},
         ],
         "fair": [
@@ -202,13 +204,7 @@ def suites(steps: int) -> dict[str, list[dict[str, Any]]]:
                 "budget_gib": 10,
                 "goal_ratio": 1.2,
             },
-            {
-                "id": "a",
-                **project(planner=False, cpu_embed=True, lora_dropout=0.0),
-                **g2,
-                "steps": 12,
-                "budget_gib": 7,
-            },
+            mem_mode,
         ],
         "fair-lora": [
             {"id": "b", **trl(True, gc="none", lora_dropout=0.0), **g3, "steps": 12},
