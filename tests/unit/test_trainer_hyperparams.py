@@ -33,13 +33,15 @@ def test_batch_is_the_largest_keeping_16_steps_per_epoch(rows: int, batch: int) 
 
 def test_learning_rate_anchors_and_scaling() -> None:
     # the measured anchor (SmolLM2-135M, alpha = 2r) and the classic 7-8B value
-    assert hp.default_learning_rate(SMOLLM2_HIDDEN, 2.0) == 5e-4
-    assert hp.default_learning_rate(LLAMA_HIDDEN, 2.0) == pytest.approx(1.875e-4, rel=1e-2)
+    assert hp.default_learning_rate(SMOLLM2_HIDDEN, 2.0) == 1e-3
+    assert hp.default_learning_rate(LLAMA_HIDDEN, 2.0) == 2e-4
+    # in between, log-linear: SmolLM2-360M (hidden 960), Qwen2-1.5B (1536)
+    assert 2e-4 < hp.default_learning_rate(1536, 2.0) < hp.default_learning_rate(960, 2.0) < 1e-3
     # alpha = r halves the update scale: twice the rate
-    assert hp.default_learning_rate(SMOLLM2_HIDDEN, 1.0) == 1e-3
+    assert hp.default_learning_rate(SMOLLM2_HIDDEN, 1.0) == 2e-3
     # rsLoRA r=16 alpha=32: scale 8, a quarter of the rate
     assert hp.lora_scale(16, 32, rslora=True) == 8.0
-    assert hp.default_learning_rate(SMOLLM2_HIDDEN, 8.0) == 1.25e-4
+    assert hp.default_learning_rate(SMOLLM2_HIDDEN, 8.0) == 2.5e-4
     # clamped, and a model without hidden_size is treated as a large one
     assert hp.default_learning_rate(SMOLLM2_HIDDEN, 0.01) == hp.LR_RANGE[1]
     assert hp.default_learning_rate(None, 2.0) == hp.default_learning_rate(LLAMA_HIDDEN, 2.0)
@@ -50,7 +52,7 @@ def test_small_dataset_defaults() -> None:
     h = hp.resolve(training(), LoRASpec(), 140, SMOLLM2_HIDDEN)
     assert (h.per_device_batch_size, h.gradient_accumulation_steps) == (8, 1)
     assert h.total_steps == 18 * 3  # ceil(140 / 8) steps per epoch
-    assert (h.learning_rate, h.scheduler, h.warmup_steps) == (5e-4, "constant", 0)
+    assert (h.learning_rate, h.scheduler, h.warmup_steps) == (1e-3, "constant", 0)
     assert set(h.chosen) == {"perDeviceBatchSize", "learningRate", "scheduler", "warmupRatio"}
     st = h.status()
     assert st["rowsPerStep"] == 8 and st["totalSteps"] == 54 and st["scheduler"] == "constant"
@@ -93,7 +95,7 @@ def test_values_given_in_the_spec_win() -> None:
     assert (h.scheduler, h.warmup_steps) == ("constant_with_warmup", 6)
     # the LoRA shape changes the chosen rate
     h = hp.resolve(training(), LoRASpec(r=8, alpha=8), 140, SMOLLM2_HIDDEN)
-    assert h.learning_rate == 1e-3
+    assert h.learning_rate == 2e-3
 
 
 def test_warmup_never_starts_at_zero() -> None:
@@ -122,6 +124,6 @@ def test_sft_config_uses_the_resolved_values(tmp_path: Path) -> None:
     assert "per_device_train_batch_size" not in spec_kw
     assert "gradient_accumulation_steps" not in spec_kw
     kw = spec_kw | opt.sft_overrides(d)
-    assert kw["learning_rate"] == 5e-4 and kw["lr_scheduler_type"] == "constant"
+    assert kw["learning_rate"] == 1e-3 and kw["lr_scheduler_type"] == "constant"
     assert kw["warmup_steps"] == 0 and kw["per_device_train_batch_size"] == 8
     assert kw["gradient_accumulation_steps"] == 1 and kw["num_train_epochs"] == 3

@@ -708,8 +708,8 @@ class TrainingSpec(SpecModel):
     )
     learning_rate: float | None = Field(
         default=None,
-        description="Peak learning rate. Unset: 5e-4 × sqrt(576 / the model's hidden size) × "
-        "2 / (alpha/r), i.e. 5e-4 for SmolLM2-135M and ~2e-4 for 7-8B models at alpha = 2r "
+        description="Peak learning rate. Unset: 1e-3 × (576 / the model's hidden size)^0.82 × "
+        "2 / (alpha/r), i.e. 1e-3 for SmolLM2-135M and 2e-4 for 7-8B models at alpha = 2r "
         "(docs/trainer.md, Defaults).",
         gt=0,
         le=1,
