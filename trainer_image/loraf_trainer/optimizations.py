@@ -198,8 +198,8 @@ def decide(
         compile=o.compile,
         cpu_embeddings=o.cpu_embeddings,
         oom_recovery=o.oom_recovery,
-        # +11.7 % tok/s on 8B QLoRA, +2.4 % and -2 GiB on LoRA bf16, the same losses
-        # (H200, bench/results/gpu_x17_llama3-8b.json); not under FSDP: fit_fsdp
+        # 8B LoRA bf16 on an H200: 2 GiB less, the same losses (gpu_x17_llama3-8b.json;
+        # its QLoRA speed-up did not hold in interleaved rounds); not under FSDP: fit_fsdp
         keep_input_dtype=True,
     )
     if d.oom_recovery and world_size > 1:
