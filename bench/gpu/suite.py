@@ -155,6 +155,13 @@ def suites(steps: int) -> dict[str, list[dict[str, Any]]]:
                 "steps": 12,
             },
         ],
+        # LoRA bf16: Unsloth next to the trainer and the strongest TRL (one round: the
+        # device time left after fair3/fair3-mem)
+        "x17-lora": [
+            {"id": "b", **trl(True, gc="none", lora_dropout=0.0, optim=FUSED), **g3, "steps": 12},
+            {"id": "a", **project(lora_dropout=0.0), **g3, "steps": 12},
+            {"id": "u", **unsloth(gc="none", lora_dropout=0.0, optim=FUSED), **g3, "steps": 12},
+        ],
         # fair3: after the x17 exploration, the trainer with its new default
         # (keep-input-dtype), the strongest TRL and Unsloth in the same call
         "fair3": [
