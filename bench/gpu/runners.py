@@ -9,7 +9,7 @@ Runners:
 - "unsloth": Unsloth's documented recipe: FastLanguageModel.from_pretrained(load_in_4bit),
   FastLanguageModel.get_peft_model, TRL's SFTTrainer (Unsloth patches it); its own
   trl/datasets pins live in their own folder (`site`, bench/gpu/unsloth-wheels.sh).
-Both get the same LoRA shape, optimizer, schedule, seed, rows and effective batch.
+All get the same LoRA shape, optimizer, schedule, seed, rows and effective batch.
 """
 
 from __future__ import annotations
