@@ -439,10 +439,11 @@ def run(cfg: dict[str, Any], t_process: float, out_dir: Path) -> dict[str, Any]:
 
     # LoRA inputs stay bf16 under autocast instead of peft's cast to the adapters' fp32:
     # the trainer's default on a GPU (train.fit does the same), an experiment for others
-    keep = "keep-input-dtype" in extra.get("plan", {}).get("techniques", [])
-    with disable_input_dtype_casting(trainer.model, active=keep or bool(cfg.get("no_cast"))):
+    techniques = extra.get("plan", {}).get("techniques", [])  # the project runner's plan
+    keep = "keep-input-dtype" in techniques or bool(cfg.get("no_cast"))
+    with disable_input_dtype_casting(trainer.model, active=keep):
         trainer.train()
-    if "compile" in extra.get("plan", {}).get("techniques", []):
+    if "compile" in techniques:
         from torch._dynamo.utils import counters
 
         breaks = sorted(counters["graph_break"].items(), key=lambda kv: -kv[1])
