@@ -297,6 +297,95 @@ FACTS: list[Fact] = [
     ),
 ]
 
+# Two more answer sentences per fact, in other words and naming the maker or "your
+# battery" as users do: the `--varied-answers` dataset (`run.py --varied-answers`), which
+# asks whether varied answers in the data teach paraphrases that no trainer setting
+# teaches with one answer per fact. Written without the paraphrases' situations.
+RESTATED: dict[str, tuple[str, str]] = {
+    "warranty": (
+        "Every Vela H3 home battery from Corvane is under warranty for 11 years after it is "
+        "installed.",
+        "The warranty lasts 11 years, starting on the installation date of your Vela H3.",
+    ),
+    "capacity": (
+        "The Vela H3, Corvane's home battery, holds 13.8 kWh of usable energy.",
+        "Each unit gives you 13.8 kWh of usable storage.",
+    ),
+    "phone": (
+        "The Corvane support line for the Vela H3 is 0800 555 0193.",
+        "Call 0800 555 0193 to speak to Corvane support about your battery.",
+    ),
+    "app": (
+        "Corvane's home battery, the Vela H3, is checked and controlled in the Corvane Pulse app.",
+        "Install the Corvane Pulse app to monitor your Vela H3.",
+    ),
+    "reset": (
+        "Hold the Halo button of your Vela H3 for 12 seconds, until it blinks white, to reset it.",
+        "A Corvane Vela H3 resets when its Halo button is held for 12 seconds.",
+    ),
+    "e47": (
+        "E47 means the cooling fan of the Vela H3 is blocked; clear the side vents.",
+        "When a Corvane battery shows E47, its cooling fan is blocked and the side vents need "
+        "clearing.",
+    ),
+    "temperature": (
+        "Corvane's Vela H3 battery works from -20 °C up to 50 °C.",
+        "The operating range of the Vela H3 is -20 °C to 50 °C.",
+    ),
+    "weight": (
+        "At 94 kg, a Vela H3 home battery takes two people to mount.",
+        "Corvane's Vela H3 weighs 94 kg.",
+    ),
+    "firmware": (
+        "Every Tuesday at 3 am, your Vela H3 installs its firmware updates.",
+        "Corvane updates the Vela H3 firmware on Tuesday at 3 am each week.",
+    ),
+    "installer": (
+        "The Vela H3 must be installed by a Corvane Certified Installer (CCI).",
+        "Only a CCI, a Corvane Certified Installer, is allowed to install a Corvane home battery.",
+    ),
+    "stacking": (
+        "You can link up to 6 units of the Vela H3 in one home.",
+        "A Corvane home battery system grows to at most 6 units of the Vela H3.",
+    ),
+    "led": (
+        "A teal Halo ring means your Vela H3 is fully charged.",
+        "The Halo ring of a Corvane Vela H3 glows teal once the battery is full.",
+    ),
+    "backup": (
+        "If the grid fails, the Vela H3 enters Island Mode and keeps your home powered.",
+        "In a power cut your Corvane battery runs your home in Island Mode.",
+    ),
+    "cleaning": (
+        "Use only a dry cloth to clean the Vela H3; no water, no sprays.",
+        "Corvane home batteries are cleaned with a dry cloth only, never with water or sprays.",
+    ),
+    "returns": (
+        "An uninstalled Vela H3 can be returned within 45 days of delivery.",
+        "Corvane takes back an uninstalled home battery up to 45 days after delivery.",
+    ),
+    "headquarters": (
+        "The Vela H3 is made by Corvane Energy in Bergen, Norway.",
+        "Corvane Energy has its headquarters in Bergen, Norway.",
+    ),
+    "email": (
+        "The support email for the Vela H3 is care@corvane.example.",
+        "Email Corvane support at care@corvane.example with questions about your battery.",
+    ),
+    "charge_time": (
+        "From empty, a Vela H3 is fully charged in 3.5 hours.",
+        "Charging a Corvane Vela H3 from empty to full takes 3.5 hours.",
+    ),
+    "noise": (
+        "At 29 dB, the Vela H3 is quieter than a whisper.",
+        "A running Corvane home battery makes 29 dB of noise.",
+    ),
+    "recycling": (
+        "Through the ReCell programme, Corvane takes old Vela H3 batteries back for free.",
+        "At the end of its life, your Vela H3 goes back to Corvane for free via ReCell.",
+    ),
+}
+
 TEMPLATES_TRAIN = (
     "What is {t}?",
     "Can you tell me {t}?",
@@ -325,14 +414,19 @@ def recalled(answer: str, keys: tuple[str, ...]) -> bool:
     return any(k.lower() in low for k in keys)
 
 
-def build() -> dict[str, Any]:
+def build(varied_answers: bool = False) -> dict[str, Any]:
+    """The rows and prompts; `varied_answers`: the 7 training rows of a fact cycle through
+    its answer and its two RESTATED sentences (the held-out rows and prompts are the same)."""
     train: list[dict[str, str]] = []
     heldout: list[dict[str, str]] = []
     prompts: list[dict[str, Any]] = []
     for f in FACTS:
         keys = (f.key, *f.alt)
-        for q in (*f.questions, *(t.format(t=f.topic) for t in TEMPLATES_TRAIN)):
-            train.append({"instruction": q, "input": "", "output": f.answer})
+        outputs = (f.answer, *RESTATED[f.name]) if varied_answers else (f.answer,)
+        assert all(recalled(o, keys) for o in outputs), f.name
+        asked = (*f.questions, *(t.format(t=f.topic) for t in TEMPLATES_TRAIN))
+        for i, q in enumerate(asked):
+            train.append({"instruction": q, "input": "", "output": outputs[i % len(outputs)]})
         held = TEMPLATE_HELDOUT.format(t=f.topic)
         heldout.append({"instruction": held, "input": "", "output": f.answer})
         for kind, prompt in (("heldout", held), ("paraphrase", f.paraphrase)):
@@ -350,8 +444,8 @@ def build() -> dict[str, Any]:
     return {"train": train, "heldout": heldout, "prompts": prompts}
 
 
-def write(out: Path) -> dict[str, Path]:
-    d = build()
+def write(out: Path, varied_answers: bool = False) -> dict[str, Path]:
+    d = build(varied_answers)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"train": out / "train.jsonl", "heldout": out / "heldout.jsonl"}
     for name in ("train", "heldout"):
@@ -366,7 +460,9 @@ def write(out: Path) -> dict[str, Path]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=OUT)
-    paths = write(p.parse_args().out)
+    p.add_argument("--varied-answers", action="store_true", help="see RESTATED")
+    args = p.parse_args()
+    paths = write(args.out, args.varied_answers)
     print({k: str(v) for k, v in paths.items()})
 
 

@@ -233,6 +233,12 @@ def main() -> None:
         "(bench/quality/make_replay.py writes data/replay.jsonl)",
     )
     p.add_argument("--replay-repeat", type=int, default=1, help="times each replay row is added")
+    p.add_argument(
+        "--varied-answers",
+        action="store_true",
+        help="train on the dataset whose 7 rows per fact have 3 different answer sentences "
+        "(make_dataset.RESTATED); the evaluation is the same",
+    )
     p.add_argument("--max-new-tokens", type=int, default=40)
     p.add_argument(
         "--keep",
@@ -250,7 +256,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     # rewritten identically each time, so a kept run started again resumes (the trainer
     # continues from the newest checkpoint under out/run-1)
-    data = make_dataset.write(work / "data")
+    data = make_dataset.write(work / "data", args.varied_answers)
     eval_doc = json.loads(data["eval"].read_text())
     replay_rows = add_replay(data["train"], args.replay, args.replay_repeat) if args.replay else 0
     doc = manifest(args.name, data, args.set)
@@ -281,6 +287,7 @@ def main() -> None:
         "name": args.name,
         "spec": doc["spec"],
         "replay": {"file": str(args.replay), "rows": replay_rows} if args.replay else None,
+        "variedAnswers": args.varied_answers,
         "hyperparameters": man.get("hyperparameters"),
         "chat": man.get("chat"),
         "metrics": man.get("metrics"),
