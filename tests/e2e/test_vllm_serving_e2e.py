@@ -3,7 +3,9 @@ the process kubelet's image mapping) with exactly the args and env the builders 
 
 Two fine-tunes join it while it runs and are served without a restart (the sidecar
 registers them through vLLM's runtime API); the first answers held-out questions closer
-to the domain than the base model; an adapter whose files do not match its manifest is
+to the domain than the base model; the second, trained with a system prompt, gets that
+prompt from loraf's middleware in vLLM when a request has none (streamed or not), as a
+client sending it would; an adapter whose files do not match its manifest is
 refused with the reason in the LoRAServing status while the others keep serving; after
 the pod is deleted, the replacement serves both adapters again. An engine that cannot
 start makes its LoRAServing `Ready=False, EngineExited` with vLLM's own last words.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import json
 import socket
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +30,7 @@ from tests.e2e.helpers import (
     free_port,
     get,
     healthy,
+    http,
     model_ids,
     namespace_state,
     serving_pods,
@@ -44,6 +48,34 @@ def free_port_pair() -> int:
             return p
         except OSError:
             continue
+
+
+SUPPORT = "You are the support assistant of Corvane Energy, maker of the Vela H3 battery."
+USER = {"role": "user", "content": "How long is the warranty?"}
+
+
+def completion(port: int, model: str, *messages: dict[str, str]) -> tuple[str, int]:
+    """A greedy chat completion's text and its prompt's token count (what vLLM rendered)."""
+    body = {"model": model, "max_tokens": 12, "temperature": 0, "messages": list(messages)}
+    out = http(port, "/v1/chat/completions", body)
+    return str(out["choices"][0]["message"]["content"]), int(out["usage"]["prompt_tokens"])
+
+
+def streamed(port: int, model: str, *messages: dict[str, str]) -> str:
+    """The same request streamed (server-sent events), its deltas joined."""
+    body = {"model": model, "max_tokens": 12, "temperature": 0, "messages": list(messages)}
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/chat/completions",
+        data=json.dumps({**body, "stream": True}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    text = ""
+    with urllib.request.urlopen(req, timeout=120) as r:
+        for line in r:
+            data = line.decode().removeprefix("data: ").strip()
+            if data and data != "[DONE]":
+                text += json.loads(data)["choices"][0]["delta"].get("content") or ""
+    return text
 
 
 def adapter_states(cluster: Cluster, ns: str, name: str) -> dict[str, dict[str, Any]]:
@@ -74,7 +106,8 @@ def test_vllm_serves_finetunes_at_runtime_refuses_a_tampered_adapter_and_survive
             "serving": {"enabled": True, "engine": "vllm", "servingRef": "shared"},
         }
     }
-    first, second = stage("first", tuned), stage("second", tuned)
+    first = stage("first", tuned)
+    second = stage("second", tuned, {"spec": {"dataset": {"systemPrompt": SUPPORT}}})
     serving = qs.local_serving("shared", "vllm", port)
     serving["spec"]["maxAdapters"] = 3
     broken = qs.local_serving("broken", "vllm", free_port_pair())
@@ -133,6 +166,16 @@ def test_vllm_serves_finetunes_at_runtime_refuses_a_tampered_adapter_and_survive
         stall=120,
     )
     assert set(states) == {"first", "second"}
+
+    # "second" trained with SUPPORT: asked without a system message, vLLM renders exactly
+    # what a client sending SUPPORT gets; "first" (trained without) gets the template's own
+    # default, as the base model does.
+    own = completion(port, "second", {"role": "system", "content": SUPPORT}, USER)
+    assert completion(port, "second", USER) == own
+    assert streamed(port, "second", USER) == own[0]
+    assert completion(port, "first", USER)[1] == completion(port, base_name, USER)[1] != own[1]
+    other = completion(port, "second", {"role": "system", "content": "Be brief."}, USER)
+    assert other[1] != own[1]  # a request's own system message wins
 
     # A copy of the first run with one adapter file changed after its manifest was written.
     run_uri = get(cluster, namespace, "first")["status"]["artifacts"]["adapterUri"]

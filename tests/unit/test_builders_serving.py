@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -153,6 +156,38 @@ def test_vllm_pod_fetches_verified_adapters_and_enables_runtime_loading() -> Non
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         assert server[probe]["httpGet"] == {"path": "/health", "port": 8000}
     assert server["securityContext"]["runAsNonRoot"] is True
+
+
+def test_vllm_runs_the_system_prompt_middleware_shipped_in_its_config_map(
+    tmp_path: Path,
+) -> None:
+    """vLLM imports loraf_vllm_plugin from the mounted ConfigMap, and reads the prompts
+    the sidecar writes into the shared adapters folder."""
+    s = sv(adapters=[adapter("a")])
+    pod = b.build_deployment(s, DEFAULTS)["spec"]["template"]["spec"]
+    server = _container({"spec": {"template": {"spec": pod}}})
+    assert _arg(server["args"], "--middleware") == "loraf_vllm_plugin.SystemPromptMiddleware"
+    env = {e["name"]: e["value"] for e in server["env"] if "value" in e}
+    assert env["PYTHONPATH"] == "/etc/loraf-serving"
+    assert env["LORAF_SYSTEM_PROMPTS"] == "/adapters/system-prompts.json"
+    source = b.build_config_map(s, DEFAULTS)["data"]["loraf_vllm_plugin.py"]
+    # Importable on its own, by a Python without loraf (as in the vLLM image).
+    (tmp_path / "loraf_vllm_plugin.py").write_text(source)
+    probe = "import sys, loraf_vllm_plugin as p; assert 'loraf_operator' not in sys.modules; " \
+        "print(p.SystemPromptMiddleware.__name__)"  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", f"import sys; sys.path[:0] = [{str(tmp_path)!r}]; {probe}"],
+        capture_output=True, text=True, check=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert out.stdout.strip() == "SystemPromptMiddleware"
+    assert "loraf_vllm_plugin.py" not in b.build_config_map(sv(engine="transformers"))["data"]
+
+
+def test_a_new_vllm_plugin_restarts_vllm_pods(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = b.build_deployment(sv(), DEFAULTS)["spec"]["template"]
+    monkeypatch.setattr(b, "vllm_plugin_source", lambda: "# another plugin\n")
+    after = b.build_deployment(sv(), DEFAULTS)["spec"]["template"]
+    assert before["metadata"]["annotations"] != after["metadata"]["annotations"]
 
 
 @pytest.mark.parametrize("port", [8000, 9001])

@@ -1,5 +1,6 @@
 """The vLLM sidecar against a real (tiny) HTTP server standing in for vLLM's runtime API:
-registration, refusal with vLLM's reason, an engine that drops a call, and removal."""
+registration, refusal with vLLM's reason, an engine that drops a call, removal, and the
+trained system prompts published before an adapter is registered."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ import pytest
 
 from loraf_operator.api.models import BaseModelSpec
 from loraf_operator.api.serve_config import ServeConfig
-from loraf_trainer.vllm_sync import AdapterSync, Vllm, adapter_dir
+from loraf_operator.api.system_prompt import PROMPTS_FILE
+from loraf_trainer.vllm_sync import CHAT_FILE, AdapterSync, Vllm, adapter_dir
+
+SUPPORT = "You are Corvane's support assistant."
 
 
 class FakeVllm(BaseHTTPRequestHandler):
@@ -23,6 +27,8 @@ class FakeVllm(BaseHTTPRequestHandler):
     registered: dict[str, str] = {}
     refuse: dict[str, str] = {}
     drop_next_load = False
+    prompts_file: Path | None = None
+    prompts_at_load: dict[str, Any] = {}  # the sidecar's prompts file when each was loaded
 
     def _send(self, code: int, body: Any) -> None:
         raw = json.dumps(body).encode()
@@ -44,6 +50,8 @@ class FakeVllm(BaseHTTPRequestHandler):
                 cls.drop_next_load = False
                 self.connection.close()  # the engine dies mid-call
                 return
+            assert cls.prompts_file is not None
+            cls.prompts_at_load[body["lora_name"]] = json.loads(cls.prompts_file.read_text())
             if body["lora_name"] in cls.refuse:
                 msg = f"Worker failed with error '{cls.refuse[body['lora_name']]}', please check"
                 self._send(500, {"error": {"message": msg}})
@@ -60,6 +68,7 @@ class FakeVllm(BaseHTTPRequestHandler):
 @pytest.fixture
 def engine() -> Iterator[str]:
     FakeVllm.registered, FakeVllm.refuse, FakeVllm.drop_next_load = {}, {}, False
+    FakeVllm.prompts_at_load = {}
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeVllm)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
@@ -75,8 +84,11 @@ def test_sync_registers_reports_refusals_survives_a_dropped_call_and_unloads(
     )
     dest = tmp_path / "adapters"
     uris = {"a": "s3://bkt/a/run-1/", "dora": "s3://bkt/d/run-1/"}
+    chats = {"a": {"systemPrompt": SUPPORT}, "dora": {"systemPrompt": None}}
     for name, uri in uris.items():  # already fetched and verified (fetch_into reuses it)
         (adapter_dir(dest, name, uri)).mkdir(parents=True)
+        (adapter_dir(dest, name, uri) / CHAT_FILE).write_text(json.dumps(chats[name]))
+    FakeVllm.prompts_file = dest / PROMPTS_FILE
     listing.write_text(json.dumps({"adapters": [{"name": n, "uri": u} for n, u in uris.items()]}))
     FakeVllm.refuse["dora"] = "vLLM does not yet support DoRA."
     FakeVllm.drop_next_load = True
@@ -93,8 +105,11 @@ def test_sync_registers_reports_refusals_survives_a_dropped_call_and_unloads(
     assert states["dora"]["reason"] == "vLLM refused it: vLLM does not yet support DoRA."
     assert FakeVllm.registered == {"a": str(adapter_dir(dest, "a", uris["a"]))}
     assert sync.ready()
+    # Published before registration; the adapter trained without one has no entry.
+    assert FakeVllm.prompts_at_load == {"a": {"a": SUPPORT}, "dora": {"a": SUPPORT}}
 
     listing.write_text(json.dumps({"adapters": []}))  # removed from the LoRAServing
     sync.step()
     assert FakeVllm.registered == {} and sync.report() == {"adapters": []}
+    assert json.loads((dest / PROMPTS_FILE).read_text()) == {}
     assert not adapter_dir(dest, "a", uris["a"]).exists()

@@ -37,6 +37,7 @@ from fastapi import Request  # module level: FastAPI resolves the handlers' anno
 
 from loraf_operator.api.run_layout import ADAPTER_CONFIG, ADAPTER_DIR, MANIFEST, RunLayout
 from loraf_operator.api.serve_config import ServeConfig
+from loraf_operator.api.system_prompt import with_system_prompt
 
 from .artifacts import verify_manifest
 from .storage import open_store, sha256_file
@@ -104,13 +105,6 @@ def trained_chat(
     raw = open_store(RunLayout.of_adapter(uri).root, endpoint, region).get_bytes(MANIFEST)
     chat = json.loads(raw).get("chat") if raw else None
     return chat if isinstance(chat, dict) else {}
-
-
-def with_system_prompt(messages: list[dict[str, Any]], system: str | None) -> list[dict[str, Any]]:
-    """`system` first, unless it is None or the request has a system message."""
-    if system is None or any(m.get("role") == "system" for m in messages):
-        return messages
-    return [{"role": "system", "content": system}, *messages]
 
 
 def adapter_rank(adapter_dir: Path) -> int | None:

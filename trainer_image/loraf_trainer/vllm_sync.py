@@ -9,7 +9,12 @@ the mounted adapter list, without restarting it:
   VLLM_ALLOW_RUNTIME_LORA_UPDATING); what vLLM refuses (DoRA, a rank above
   --max-lora-rank, …) is `Failed` with vLLM's own reason, and the others keep serving;
 - a name removed from the list is unloaded (`/v1/unload_lora_adapter`);
-- an engine that restarted (its /v1/models lacks adapters) gets them registered again.
+- an engine that restarted (its /v1/models lacks adapters) gets them registered again;
+- each served adapter's trained system prompt (its manifest's `chat.systemPrompt`) is
+  written to DIR/system-prompts.json before the adapter is registered, where the
+  middleware vLLM runs (`loraf_operator.api.system_prompt`) reads it: chat requests
+  naming that adapter without a system message get the prompt, as on the transformers
+  engine.
 Its own small HTTP server on the config's syncPort answers `/v1/adapters` (each adapter's
 state, the shape the transformers engine serves) and `/ready` (200 once every listed
 adapter is served or has failed: the replica's readiness).
@@ -36,12 +41,16 @@ from pathlib import Path
 from typing import Any
 
 from loraf_operator.api.serve_config import ServeConfig
+from loraf_operator.api.system_prompt import PROMPTS_FILE
 
-from .serve import AdapterState, fetch_adapter, read_adapter_list
+from .serve import AdapterState, fetch_adapter, read_adapter_list, trained_chat
 
 log = logging.getLogger("loraf.vllm_sync")
 
 HTTP_TIMEOUT = 30.0
+#: The run's `chat` record, kept in each local copy (read again after a sidecar restart
+#: without asking the store).
+CHAT_FILE = "loraf-chat.json"
 
 
 def adapter_dir(dest: Path, name: str, uri: str) -> Path:
@@ -56,8 +65,21 @@ def fetch_into(cfg: ServeConfig, dest: Path, name: str, uri: str) -> Path:
     tmp = dest / f".{final.name}.part"
     shutil.rmtree(tmp, ignore_errors=True)
     fetch_adapter(uri, tmp, cfg.endpoint, cfg.region)
+    (tmp / CHAT_FILE).write_text(json.dumps(trained_chat(uri, cfg.endpoint, cfg.region)))
     tmp.rename(final)
     return final
+
+
+def trained_system_prompt(path: Path) -> str | None:
+    prompt = json.loads((path / CHAT_FILE).read_text()).get("systemPrompt")
+    return prompt if isinstance(prompt, str) else None
+
+
+def write_prompts(path: Path, prompts: dict[str, str]) -> None:
+    """Atomically, so the middleware never reads half a file."""
+    tmp = path.with_name(f".{path.name}.part")
+    tmp.write_text(json.dumps(prompts, sort_keys=True))
+    tmp.replace(path)
 
 
 def vllm_reason(message: str) -> str:
@@ -121,6 +143,7 @@ class AdapterSync:
     paths: dict[str, Path] = field(default_factory=dict)
     stale: dict[str, Path] = field(default_factory=dict)  # a name's copy from its old uri
     engine_up: bool = False
+    prompts: dict[str, str] | None = None  # as last written to PROMPTS_FILE
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def step(self) -> None:
@@ -137,6 +160,7 @@ class AdapterSync:
             st = AdapterState(name, uri)
             try:
                 path = fetch_into(self.cfg, self.dest, name, uri)
+                st.system_prompt = trained_system_prompt(path)
                 if (prev := self.paths.get(name)) is not None and prev != path:
                     self.stale[name] = prev  # removed once the new copy is served
                 self.paths[name] = path
@@ -160,6 +184,7 @@ class AdapterSync:
                 self.states.pop(name)
             if (p := self.paths.pop(name, None)) is not None:
                 shutil.rmtree(p, ignore_errors=True)
+        self.publish_prompts()
         for name, st in list(self.states.items()):
             if st.state == "Failed":
                 continue
@@ -180,6 +205,17 @@ class AdapterSync:
             else:
                 st.state, st.reason = "Failed", f"vLLM refused it: {why}"
                 log.error("adapter %s: %s", name, st.reason)
+
+    def publish_prompts(self) -> None:
+        """The prompts of the adapters listed and fetched, before any is registered."""
+        prompts = {
+            n: s.system_prompt
+            for n, s in self.states.items()
+            if s.state != "Failed" and s.system_prompt is not None
+        }
+        if prompts != self.prompts:
+            write_prompts(self.dest / PROMPTS_FILE, prompts)
+            self.prompts = prompts
 
     def report(self) -> dict[str, Any]:
         with self.lock:

@@ -512,8 +512,8 @@ class DatasetSpec(DataSource):
         "rows, chat rows without a system turn), in training and evaluation. Unset: none is "
         "added, and the model's chat template adds its own default if it has one (SmolLM2: "
         "'You are a helpful AI assistant named SmolLM, trained by Hugging Face'). Recorded "
-        "in the run's manifest with the chat template; the transformers serving engine "
-        "applies it to requests without a system message. Ignored without a chat template.",
+        "in the run's manifest with the chat template; both serving engines apply it to chat "
+        "requests without a system message. Ignored without a chat template.",
         max_length=16384,
     )
 

@@ -11,7 +11,9 @@ Pure: resource in, manifest dicts out. Two engines share one contract (OpenAI AP
   checking the run's manifest and sha256s, registers it through vLLM's runtime API
   (`/v1/load_lora_adapter`, `VLLM_ALLOW_RUNTIME_LORA_UPDATING`), unloads removed ones,
   and reports each adapter's state on `spec.port + 1`; the replica is ready once every
-  adapter is served or has failed.
+  adapter is served or has failed. vLLM runs loraf's middleware (`api.system_prompt`,
+  shipped in the ConfigMap) so an adapter's trained system prompt is applied as on the
+  transformers engine.
 - `transformers`: `loraf serve` from the trainer image; it polls the mounted adapter
   list itself and loads new adapters without a restart.
 
@@ -23,12 +25,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from ..api.models import LoRAServing
 from ..api.mounts import ENV_PVC_ROOT, PVC_ROOT
 from ..api.serve_config import ServeConfig
+from ..api.system_prompt import MIDDLEWARE, PLUGIN_MODULE, PROMPTS_ENV, PROMPTS_FILE
 from .common import BuildDefaults, owner_reference
 from .labels import MANAGED_BY, MANAGED_BY_VALUE
 from .naming import label_value, serving_child_name, serving_config_map_name
@@ -120,16 +125,23 @@ def serve_config(sv: LoRAServing, defaults: BuildDefaults) -> ServeConfig:
     )
 
 
+@cache
+def vllm_plugin_source() -> str:
+    """The middleware vLLM imports from the ConfigMap (stdlib only: the vLLM image has no
+    loraf code)."""
+    return resources.files("loraf_operator.api").joinpath("system_prompt.py").read_text()
+
+
 def build_config_map(sv: LoRAServing, defaults: BuildDefaults | None = None) -> dict[str, Any]:
     defaults = defaults or BuildDefaults()
+    data = {ADAPTERS_FILE: adapters_json(sv), SERVE_FILE: serve_config(sv, defaults).to_yaml()}
+    if sv.spec.engine == "vllm":
+        data[f"{PLUGIN_MODULE}.py"] = vllm_plugin_source()
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _metadata(sv, serving_config_map_name(sv.name)),
-        "data": {
-            ADAPTERS_FILE: adapters_json(sv),
-            SERVE_FILE: serve_config(sv, defaults).to_yaml(),
-        },
+        "data": data,
     }
 
 
@@ -204,6 +216,7 @@ def vllm_args(sv: LoRAServing) -> list[str]:
         "--max-loras", slots,
         "--max-cpu-loras", slots,
         "--max-lora-rank", str(sv.spec.max_lora_rank),
+        "--middleware", MIDDLEWARE,  # the trained system prompts (api.system_prompt)
     ]  # fmt: skip
     if sv.spec.base_model.trust_remote_code:
         args.append("--trust-remote-code")
@@ -255,6 +268,8 @@ def build_pod_spec(sv: LoRAServing, defaults: BuildDefaults) -> dict[str, Any]:
             *env,
             {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"},
             {"name": "HF_HOME", "value": f"{MODELS_DIR}/huggingface"},
+            {"name": "PYTHONPATH", "value": CONFIG_DIR},  # loraf_vllm_plugin.py
+            {"name": PROMPTS_ENV, "value": f"{ADAPTERS_DIR}/{PROMPTS_FILE}"},
         ]
         if needs_base_fetch(sv):
             pod["initContainers"] = [
@@ -288,11 +303,14 @@ def build_pod_spec(sv: LoRAServing, defaults: BuildDefaults) -> dict[str, Any]:
 def build_deployment(sv: LoRAServing, defaults: BuildDefaults | None = None) -> dict[str, Any]:
     defaults = defaults or BuildDefaults()
     pod = build_pod_spec(sv, defaults)
-    # The transformers engine reloads the adapter list itself, so only the engine config
-    # (not the adapter list) is hashed into the template: adding an adapter never restarts it.
-    config_hash = hashlib.sha256(
-        json.dumps(serve_config(sv, defaults).to_dict(), sort_keys=True).encode()
-    ).hexdigest()[:16]
+    # The engines reload the adapter list themselves, so only the engine config and vLLM's
+    # plugin (not the adapter list) are hashed into the template: adding an adapter never
+    # restarts a replica; a new plugin does (vLLM imports it once).
+    engine_config = serve_config(sv, defaults).to_dict()
+    if sv.spec.engine == "vllm":
+        engine_config["plugin"] = hashlib.sha256(vllm_plugin_source().encode()).hexdigest()
+    raw = json.dumps(engine_config, sort_keys=True).encode()
+    config_hash = hashlib.sha256(raw).hexdigest()[:16]
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
