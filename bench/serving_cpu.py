@@ -100,6 +100,7 @@ def prepare(work: Path) -> tuple[Path, list[Path]]:
 def start_vllm(base: Path, adapters: list[Path], port: int, log: Path) -> subprocess.Popen[bytes]:
     import loraf_dev.quickstart as qs
     from loraf_operator.api.models import LoRAServing
+    from loraf_operator.api.system_prompt import PLUGIN_MODULE, PROMPTS_ENV, PROMPTS_FILE
     from loraf_operator.builders import serving as build
 
     sv = LoRAServing.model_validate(
@@ -115,9 +116,18 @@ def start_vllm(base: Path, adapters: list[Path], port: int, log: Path) -> subpro
     args += ["--lora-modules", *(f"{p.name}={p}" for p in adapters)]
     venv = subprocess.run([str(ROOT / "hack" / "vllm-venv.sh")], check=True,
                           capture_output=True, text=True).stdout.strip()  # fmt: skip
+    # loraf's middleware as in the pods, with a trained system prompt for every adapter,
+    # so each request takes its rewrite path (the worst case).
+    plugin = log.parent / "plugin"
+    plugin.mkdir(exist_ok=True)
+    (plugin / f"{PLUGIN_MODULE}.py").write_text(build.vllm_plugin_source())
+    prompts = plugin / PROMPTS_FILE
+    prompts.write_text(json.dumps({p.name: "You are a support assistant." for p in adapters}))
+    env = {**os.environ, "PYTHONPATH": str(plugin), PROMPTS_ENV: str(prompts)}
     return subprocess.Popen(
-        [f"{venv}/bin/vllm", "serve", *args], stdout=log.open("wb"), stderr=subprocess.STDOUT
-    )
+        [f"{venv}/bin/vllm", "serve", *args],
+        stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env,
+    )  # fmt: skip
 
 
 TRANSFORMERS_SERVER = """
