@@ -8,7 +8,9 @@ and a long one (a 32 KB conversation), on three paths: rewritten (the rule appli
 passed through after parsing (the request has its own system message), and a model with
 no prompt (the base model: parsed, then replayed as it came).
 
-    .venv/bin/python bench/system_prompt_middleware.py   # → bench/results/system_prompt_middleware.json
+    .venv/bin/python bench/system_prompt_middleware.py
+
+writes bench/results/system_prompt_middleware.json.
 
 Reported per case: median microseconds per request over 7 rounds of 2,000 requests, with
 min and max, and the overhead against the bare call.
@@ -84,8 +86,10 @@ def main() -> None:
                 samples[case]["bare"].append(asyncio.run(time_calls(drain, raw)))
                 samples[case]["mw"].append(asyncio.run(time_calls(mw, raw)))
     results = {}
+    overheads = {case: [m - b for m, b in zip(s["mw"], s["bare"], strict=True)]
+                 for case, s in samples.items()}  # fmt: skip
     for case, s in samples.items():
-        over = [m - b for m, b in zip(s["mw"], s["bare"], strict=True)]
+        over = overheads[case]
         results[case] = {
             "body_bytes": len(cases[case]),
             "bare_us": round(statistics.median(s["bare"]), 2),
@@ -104,9 +108,9 @@ def main() -> None:
     }
     dest = ROOT / "bench" / "results" / "system_prompt_middleware.json"
     dest.write_text(json.dumps(out, indent=2) + "\n")
-    for case, r in results.items():
-        o = r["overhead_us"]
-        print(f"{case:28s} {r['body_bytes']:6d} B  +{o['median']:7.1f} µs ({o['min']:.1f}–{o['max']:.1f})")
+    for case, over in overheads.items():
+        spread = f"{min(over):.1f}–{max(over):.1f}"
+        print(f"{case:28s} {len(cases[case]):6d} B  +{statistics.median(over):7.1f} µs ({spread})")
 
 
 if __name__ == "__main__":
