@@ -16,7 +16,8 @@ import pytest
 from loraf_operator.api.models import BaseModelSpec
 from loraf_operator.api.serve_config import ServeConfig
 from loraf_operator.api.system_prompt import PROMPTS_FILE
-from loraf_trainer.vllm_sync import CHAT_FILE, AdapterSync, Vllm, adapter_dir
+from loraf_trainer.serve import CHAT_FILE
+from loraf_trainer.vllm_sync import AdapterSync, Vllm, adapter_dir
 
 SUPPORT = "You are Corvane's support assistant."
 

@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_TOKENS = 16
 MAX_TOKENS_LIMIT = 512
+#: Written by `fetch_adapter` next to the adapter files: the run's `chat` record, from the
+#: manifest the copy was checked against (read again after a restart without the store).
+CHAT_FILE = "loraf-chat.json"
 
 
 # ------------------------------------------------------------------ the adapter list
@@ -81,9 +84,10 @@ def fetch_adapter(
     problems = verify_manifest(store, check_hashes=False)
     if problems:
         raise AdapterInvalid("; ".join(problems[:3]))
+    manifest = json.loads(raw)
     expected = {
         f["path"][len(ADAPTER_DIR) + 1 :]: f["sha256"]
-        for f in json.loads(raw).get("files", [])
+        for f in manifest.get("files", [])
         if f["path"].startswith(ADAPTER_DIR + "/")
     }
     if ADAPTER_CONFIG not in expected:
@@ -94,16 +98,16 @@ def fetch_adapter(
         path = dest / name
         if not path.is_file() or sha256_file(path) != digest:
             raise AdapterInvalid(f"{ADAPTER_DIR}/{name}: sha256 differs from the manifest")
+    # The chat record of the manifest just checked, kept with the copy it describes.
+    chat = manifest.get("chat")
+    (dest / CHAT_FILE).write_text(json.dumps(chat if isinstance(chat, dict) else {}))
     return dest
 
 
-def trained_chat(
-    uri: str, endpoint: str | None = None, region: str | None = None
-) -> dict[str, Any]:
+def trained_chat(local: Path) -> dict[str, Any]:
     """The run manifest's `chat` record (system prompt and chat template used in
-    training); empty for runs from before it was recorded."""
-    raw = open_store(RunLayout.of_adapter(uri).root, endpoint, region).get_bytes(MANIFEST)
-    chat = json.loads(raw).get("chat") if raw else None
+    training) of a copy `fetch_adapter` made; empty for runs from before it was recorded."""
+    chat = json.loads((local / CHAT_FILE).read_text())
     return chat if isinstance(chat, dict) else {}
 
 
@@ -188,7 +192,7 @@ class Engine:
                 self.endpoint,
                 self.region,
             )
-            chat = trained_chat(uri, self.endpoint, self.region)
+            chat = trained_chat(local)
             st.system_prompt, st.chat_template = chat.get("systemPrompt"), chat.get("chatTemplate")
             with self._lock:
                 self._attach(name, local)

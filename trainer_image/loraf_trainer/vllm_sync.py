@@ -48,9 +48,6 @@ from .serve import AdapterState, fetch_adapter, read_adapter_list, trained_chat
 log = logging.getLogger("loraf.vllm_sync")
 
 HTTP_TIMEOUT = 30.0
-#: The run's `chat` record, kept in each local copy (read again after a sidecar restart
-#: without asking the store).
-CHAT_FILE = "loraf-chat.json"
 
 
 def adapter_dir(dest: Path, name: str, uri: str) -> Path:
@@ -65,13 +62,12 @@ def fetch_into(cfg: ServeConfig, dest: Path, name: str, uri: str) -> Path:
     tmp = dest / f".{final.name}.part"
     shutil.rmtree(tmp, ignore_errors=True)
     fetch_adapter(uri, tmp, cfg.endpoint, cfg.region)
-    (tmp / CHAT_FILE).write_text(json.dumps(trained_chat(uri, cfg.endpoint, cfg.region)))
     tmp.rename(final)
     return final
 
 
 def trained_system_prompt(path: Path) -> str | None:
-    prompt = json.loads((path / CHAT_FILE).read_text()).get("systemPrompt")
+    prompt = trained_chat(path).get("systemPrompt")
     return prompt if isinstance(prompt, str) else None
 
 
