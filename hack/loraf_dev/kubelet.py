@@ -89,6 +89,7 @@ class Proc:
     probe: tuple[int, str] | None  # readiness httpGet (port, path)
     ready: bool = False
     mnt_ns: str | None = None  # the container's mount namespace, once it exists
+    ns_fd: int | None = None  # held while the pod runs: see container_namespace
 
 
 @dataclass
@@ -146,12 +147,29 @@ def _mnt_ns(pid: int) -> str | None:
 
 def container_namespace(p: Proc) -> str | None:
     """The container's own mount namespace (None until `unshare` has made it: a process
-    still in ours must never count as the container)."""
-    if p.mnt_ns is None:
-        ns = _mnt_ns(p.proc.pid)
-        if ns is not None and ns != _mnt_ns(os.getpid()):
-            p.mnt_ns = ns
+    still in ours must never count as the container).
+
+    A descriptor on it is held until `release_namespace`: the kernel gives a freed
+    namespace's number to the next `unshare` at once, so without it a cleanup that runs
+    just after a container ends would SIGKILL whichever container started next."""
+    if p.mnt_ns is None and p.proc.returncode is None:  # not reaped: the pid is still ours
+        try:
+            fd = os.open(f"/proc/{p.proc.pid}/ns/mnt", os.O_RDONLY)
+        except OSError:
+            return None
+        ino = os.fstat(fd).st_ino
+        if ino == os.stat("/proc/self/ns/mnt").st_ino:
+            os.close(fd)
+            return None
+        p.ns_fd, p.mnt_ns = fd, f"mnt:[{ino}]"
     return p.mnt_ns
+
+
+def release_namespace(p: Proc) -> None:
+    """Let the kernel reuse the container's namespace number (its processes are gone)."""
+    if p.ns_fd is not None:
+        os.close(p.ns_fd)
+    p.ns_fd = p.mnt_ns = None
 
 
 def kill_namespace(ns: str, sig: int = signal.SIGKILL) -> int:
@@ -586,6 +604,7 @@ class ProcessKubelet:
                 },
             )
             term = self._terminated(p, p.proc.wait())
+            release_namespace(p)
             r.init_statuses.append(self._status(p, {"terminated": term}, False))
             if term["exitCode"] != 0:
                 failed = True
@@ -617,6 +636,8 @@ class ProcessKubelet:
         except ApiException as exc:
             if exc.status != 404:
                 log.warning("status patch for %s failed: %s", r.pod, exc.reason)
+        for p in r.procs.values():
+            release_namespace(p)
         with self.lock:
             self.running.pop(uid, None)
             self.done.add(uid)
